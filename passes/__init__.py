@@ -1,0 +1,1 @@
+"""Relax passes of scalpel-tvm."""

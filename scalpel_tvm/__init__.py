@@ -1,0 +1,1 @@
+"""scalpel-tvm: hardware-aware pruning as an Apache TVM plugin."""

@@ -1,0 +1,1 @@
+"""Kernel templates per target: scheduled TIR for dense, node-shrunk dense and grouped-sparse layers."""
