@@ -135,6 +135,7 @@ class LayerGraph:
 
 def build_layer_graph(func: relax.Function) -> LayerGraph:
     """Index `func`'s layers and chains. `func` should be canonicalized first."""
+    _check_weights_bound(func)
     _check_static_inputs(func)
     bindings, users = {}, {}
     for block in func.body.blocks:
@@ -147,20 +148,12 @@ def build_layer_graph(func: relax.Function) -> LayerGraph:
     for var in _free_vars(func.body.body):
         users.setdefault(var, []).append("output")
 
-    params = _weight_params(func)
     layers, untouched, counts = [], [], {"fc": 0, "conv": 0}
     for var, value in bindings.items():
         kind = {"relax.matmul": "fc", "relax.nn.conv2d": "conv"}.get(op_name(value))
         if kind is None:
             continue
         weight_expr = value.args[1]
-        if isinstance(weight_expr, relax.Var) and weight_expr in params:
-            raise ScalpelError(
-                f"the weight of {op_name(value)} '{var.name}' is the function parameter "
-                f"'{weight_expr.name}', not a constant; bind the weights first, e.g. "
-                "mod, params = relax.frontend.detach_params(mod); "
-                "mod = relax.transform.BindParams('main', params['main'])(mod), "
-                "or import the ONNX model without keep_params_in_input=True")
         reason = _why_not_a_layer(kind, var, value)
         if reason:
             untouched.append(Untouched(var.name, op_name(value), reason))
@@ -191,11 +184,16 @@ def _check_static_inputs(func: relax.Function) -> None:
                 "--input-shape input=1,784`")
 
 
-def _weight_params(func: relax.Function) -> set:
+def _check_weights_bound(func: relax.Function) -> None:
+    """Weights passed as parameters (from_onnx(keep_params_in_input=True)) can't be pruned."""
     num_input = func.attrs.get("num_input") if func.attrs is not None else None
-    if num_input is None:
-        return set()
-    return set(func.params[int(num_input):])
+    if num_input is None or len(func.params) <= int(num_input):
+        return
+    names = ", ".join(p.name for p in func.params[int(num_input):][:4])
+    raise ScalpelError(
+        f"main takes its weights as parameters ({names}, ...), not as constants; bind them "
+        "first with mod = scalpel_tvm.bind_weights(mod) (relax.transform.BindParams with the "
+        "values), or import the ONNX model without keep_params_in_input=True")
 
 
 def _free_vars(expr):

@@ -1,0 +1,130 @@
+"""LowerLayers: replace every FC / conv layer with a `call_tir` to a scheduled kernel.
+
+TVM's default CPU pipeline leaves `matmul` and `conv2d` as naive loops, so every layer with a
+constant weight becomes a call to one of scalpel-tvm's kernel templates — dense (which is also the
+node-shrunk form: the same template at the smaller shape) or grouped-sparse — with the layer's bias
+add and ReLU fused into the kernel's epilogue. The form per layer comes from the plan; the kernel
+function is named after the layer and its form (`fc1_gsparse_g8x1`, `conv2_shrunk_38of50`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from scalpel_tvm.schedules.conv2d import conv2d_nchw, pack_conv_weight
+from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
+from scalpel_tvm.schedules.fc import dense_fc
+from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
+
+from .layer_graph import Layer, build_layer_graph, const_array, op_name, static_shape
+
+
+def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool,
+              activation: str | None, name: str):
+    """The PrimFunc for an FC layer in `form`, and the constant arguments it takes before
+    the bias (dense: the weight; sparse: indptr, indices, values)."""
+    if form == "dense":
+        prim = dense_fc(batch, w_kn.shape[0], w_kn.shape[1], bias=bias, activation=activation,
+                        name=name)
+        return prim, [np.ascontiguousarray(w_kn, dtype="float32")]
+    if form in ("gsparse_gx1", "gsparse_1xg"):
+        weight = GroupedSparseWeight.from_dense(w_kn, group, form.split("_")[1])
+        prim = grouped_sparse_fc(weight, batch, bias=bias, activation=activation, name=name)
+    elif form == "csr":
+        weight = CSRWeight.from_dense(w_kn)
+        prim = csr_fc(weight, batch, bias=bias, activation=activation, name=name)
+    else:
+        raise ValueError(f"unknown FC form {form!r}")
+    return prim, [weight.indptr, weight.indices, weight.values]
+
+
+def conv_kernel(w_oihw: np.ndarray, x_shape, attrs, *, bias: bool, activation: str | None,
+                lanes: int, name: str):
+    """The PrimFunc for a conv layer (dense or shrunk) and its packed weight."""
+    batch, channels, height, width = x_shape
+    prim = conv2d_nchw(
+        batch, channels, height, width, w_oihw.shape[0], tuple(w_oihw.shape[2:]),
+        strides=tuple(int(s) for s in attrs.strides), padding=tuple(int(p) for p in attrs.padding),
+        dilation=tuple(int(d) for d in attrs.dilation), bias=bias, activation=activation,
+        lanes=lanes, name=name)
+    return prim, [pack_conv_weight(w_oihw, lanes=lanes)]
+
+
+def fused_epilogue(layer: Layer) -> tuple[np.ndarray | None, str | None, list]:
+    """The bias and activation that directly follow `layer` and can run in its kernel.
+
+    Returns (bias vector or None, "relu" or None, the chain bindings they replace).
+    """
+    bias, activation, fused = None, None, []
+    chain = layer.chain
+    if chain and op_name(chain[0].call) == "relax.add" and chain[0].multiplicity == 1:
+        k = const_array(chain[0].call.args[1]) if const_array(chain[0].call.args[0]) is None \
+            else const_array(chain[0].call.args[0])
+        bias = np.broadcast_to(np.asarray(k, "float32").reshape(-1), (layer.out_channels,)) \
+            if k.size in (1, layer.out_channels) else None
+        if bias is not None:
+            fused.append(chain[0].var)
+    if fused and len(chain) > 1 and op_name(chain[1].call) == "relax.nn.relu":
+        activation = "relu"
+        fused.append(chain[1].var)
+    return (None if bias is None else np.ascontiguousarray(bias)), activation, fused
+
+
+@tvm.transform.module_pass(opt_level=0, name="scalpel.LowerLayers")
+class LowerLayers:
+    """Lower each layer to a scheduled kernel.
+
+    `choices` maps a layer name to (form, kernel name); layers it does not name are lowered dense.
+    `group` is the group width G of the grouped-sparse forms and `lanes` the conv vector width.
+    The module must already be canonical (the ShrinkNodes pass leaves it so).
+    """
+
+    def __init__(self, choices: dict[str, tuple[str, str]], group: int, lanes: int):
+        self.choices = choices
+        self.group = group
+        self.lanes = lanes
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        graph = build_layer_graph(mod["main"])
+        lowered = _Lowerer(mod, graph.layers, self)
+        lowered.builder_.update_func(mod.get_global_var("main"), lowered.visit_expr(mod["main"]))
+        return relax.transform.DeadCodeElimination()(lowered.builder_.get())
+
+
+@relax.expr_functor.mutator
+class _Lowerer(relax.PyExprMutator):
+    def __init__(self, mod, layers: list[Layer], options: LowerLayers):
+        super().__init__(mod)
+        self.layers = {layer.var: layer for layer in layers}
+        self.options = options
+        self.skipped = set()
+
+    def visit_var_binding_(self, binding):
+        if binding.var in self.skipped:
+            return None
+        layer = self.layers.get(binding.var)
+        if layer is None:
+            return super().visit_var_binding_(binding)
+        bias, activation, fused = fused_epilogue(layer)
+        form, kernel_name = self.options.choices.get(layer.name, ("dense", f"{layer.name}_dense"))
+        x = self.visit_expr(layer.call.args[0])
+        x_shape = static_shape(layer.call.args[0])
+        if layer.kind == "fc":
+            prim, consts = fc_kernel(form, layer.weight, x_shape[0], self.options.group,
+                                     bias=bias is not None, activation=activation, name=kernel_name)
+        else:
+            prim, consts = conv_kernel(layer.weight, x_shape, layer.call.attrs,
+                                       bias=bias is not None, activation=activation,
+                                       lanes=self.options.lanes, name=kernel_name)
+        if bias is not None:
+            consts.append(bias)
+        gv = self.builder_.add_func(prim.with_attr("global_symbol", kernel_name), kernel_name)
+        out_ty = relax.TensorType(static_shape(layer.var), "float32")
+        call = relax.call_tir(gv, [x, *[relax.const(c) for c in consts]], out_ty)
+        last = fused[-1] if fused else binding.var
+        emit = self.builder_.emit if isinstance(last, relax.DataflowVar) else self.builder_.emit_output
+        new_var = emit(call, name_hint=kernel_name)
+        self.set_var_remap(last, new_var)
+        self.skipped.update(fused)
+        return None

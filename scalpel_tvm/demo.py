@@ -1,0 +1,214 @@
+"""`scalpel demo`: the whole user path on a built-in model, measured side by side in one run.
+
+For each demo network and batch size: plan, pass and compile the Scalpel-pruned model and the same
+network unpruned, check the outputs against the model compiled without the pass and against
+onnxruntime, and time (a) the unpruned model through the pass (our dense baseline: every kernel
+scheduled), (b) the pruned model through the pass, (c) onnxruntime on the unpruned and (d) on the
+pruned model. All timings are single-threaded medians, taken in the same process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from . import models
+from .onnx_import import import_onnx
+from .planner import as_spec, plan as make_plan
+
+DATA = Path(__file__).parent / "data"
+NETWORKS = {"lenet_300_100": models.lenet_300_100, "lenet5": models.lenet5}
+
+# This machine's limits, one core (README: measured or taken from the vendor's figures).
+DRAM_BYTES_PER_S = 18e9
+L3_BYTES_PER_S = 55e9
+FLOPS_PER_S = 100e9
+
+
+def demo_model_path(network: str, pruned: bool) -> Path:
+    return DATA / f"{network}_{'scalpel' if pruned else 'dense'}.onnx"
+
+
+def ensure_demo_models() -> None:
+    """Write the demo ONNX files if they are missing (python/make_demo_models.py does the same)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    for network, build in NETWORKS.items():
+        for pruned in (False, True):
+            path = demo_model_path(network, pruned)
+            if not path.exists():
+                onnx.save(build(pruned=pruned), path)
+
+
+def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches=(1, 50),
+             out_dir: str | os.PathLike = "out", repeat: int = 20) -> dict:
+    import tvm
+
+    from .pipeline import Pass
+
+    spec = as_spec(target)
+    ensure_demo_models()
+    results = []
+    steps = [(n, b) for n in networks for b in batches]
+    for network, batch in tqdm(steps, desc="demo", unit="model"):
+        pruned_onnx = onnx.load(demo_model_path(network, True))
+        dense_onnx = onnx.load(demo_model_path(network, False))
+        pruned_mod = import_onnx(pruned_onnx, batch)
+        layer_plan = make_plan(pruned_mod, spec)
+        tqdm.write(layer_plan.table())
+        x = np.random.default_rng(0).standard_normal(
+            [d if d else batch for d in _input_shape(pruned_onnx, batch)]).astype("float32")
+
+        compiled = {
+            "pruned": _compile(tvm.transform.Sequential([Pass(spec, plan=layer_plan)])(pruned_mod), spec),
+            "dense": _compile(Pass(spec)(import_onnx(dense_onnx, batch)), spec),
+            "pruned_no_pass": _compile(pruned_mod, spec),
+        }
+        outputs = {name: _run(vm, x) for name, vm in compiled.items()}
+        ort = {"pruned": _ort_session(pruned_onnx), "dense": _ort_session(dense_onnx)}
+        ort_out = {name: sess.run(None, {"input": x})[0] for name, sess in ort.items()}
+        seconds = {
+            "scalpel_dense": _time_vm(compiled["dense"], x, repeat),
+            "scalpel_pruned": _time_vm(compiled["pruned"], x, repeat),
+            "ort_dense": _time_ort(ort["dense"], x, repeat),
+            "ort_pruned": _time_ort(ort["pruned"], x, repeat),
+        }
+        dense_bytes = _weight_bytes(dense_onnx)
+        chosen = [lp.candidate(lp.chosen) for lp in layer_plan.layers]
+        pruned_bytes = sum(c.weight_bytes for c in chosen) + _bias_bytes(dense_onnx)
+        macs = sum(c.macs for c in chosen)
+        record = {
+            "network": network, "batch": batch, "target": spec.name,
+            "weights_removed": models.weights_removed(pruned_onnx),
+            "max_abs_diff_vs_no_pass": float(np.abs(outputs["pruned"] - outputs["pruned_no_pass"]).max()),
+            "max_abs_diff_vs_onnxruntime": float(np.abs(outputs["pruned"] - ort_out["pruned"]).max()),
+            "dense_max_abs_diff_vs_onnxruntime": float(np.abs(outputs["dense"] - ort_out["dense"]).max()),
+            "model_bytes_dense": dense_bytes, "model_bytes_pruned": pruned_bytes,
+            "seconds": seconds,
+            "speedup_vs_scalpel_dense": seconds["scalpel_dense"] / seconds["scalpel_pruned"],
+            "speedup_vs_ort_dense": seconds["ort_dense"] / seconds["scalpel_pruned"],
+            "pruned_weight_stream_GBps": pruned_bytes / seconds["scalpel_pruned"] / 1e9,
+            "dense_weight_stream_GBps": dense_bytes / seconds["scalpel_dense"] / 1e9,
+            "pruned_GFLOPs": 2 * macs / seconds["scalpel_pruned"] / 1e9,
+            "plan": json.loads(layer_plan.to_json()),
+        }
+        results.append(record)
+        tqdm.write(_summary(record))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out / "demo.png")
+    print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")
+    return {"results": results}
+
+
+def _input_shape(model, batch):
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.dim_value > 0 else batch for d in dims]
+
+
+def _compile(mod, spec):
+    import tvm
+    from tvm import relax
+
+    ex = tvm.compile(mod, target=spec.target)
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def _run(vm, x):
+    import tvm
+
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _time_vm(vm, x, repeat):
+    import tvm
+
+    arg = tvm.runtime.tensor(x)
+    vm["main"](arg)
+    start = time.perf_counter()
+    vm["main"](arg)
+    once = time.perf_counter() - start
+    number = max(1, int(2e-3 / max(once, 1e-7)))  # each repeat runs ~2 ms
+    timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
+    return float(np.median(timer(arg).results))
+
+
+def _ort_session(model):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _time_ort(session, x, repeat):
+    feed = {"input": x}
+    session.run(None, feed)
+    start = time.perf_counter()
+    session.run(None, feed)
+    number = max(1, int(2e-3 / max(time.perf_counter() - start, 1e-7)))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            session.run(None, feed)
+        samples.append((time.perf_counter() - start) / number)
+    return float(np.median(samples))
+
+
+def _weight_bytes(model) -> int:
+    return sum(int(np.prod(init.dims)) * 4 for init in model.graph.initializer)
+
+
+def _bias_bytes(model) -> int:
+    return sum(int(np.prod(init.dims)) * 4 for init in model.graph.initializer
+               if not init.name.endswith(".weight"))
+
+
+def _summary(r) -> str:
+    s = r["seconds"]
+    return (
+        f"{r['network']} batch {r['batch']}: {r['weights_removed']:.1%} of weights removed; "
+        f"max |diff| vs no-pass {r['max_abs_diff_vs_no_pass']:.2e}, vs onnxruntime "
+        f"{r['max_abs_diff_vs_onnxruntime']:.2e}\n"
+        f"  model bytes {r['model_bytes_dense']:,} -> {r['model_bytes_pruned']:,} "
+        f"({r['model_bytes_pruned'] / r['model_bytes_dense']:.1%})\n"
+        f"  latency us: (a) dense via pass {s['scalpel_dense'] * 1e6:.1f}  (b) pruned via pass "
+        f"{s['scalpel_pruned'] * 1e6:.1f}  (c) onnxruntime dense {s['ort_dense'] * 1e6:.1f}  "
+        f"(d) onnxruntime pruned {s['ort_pruned'] * 1e6:.1f}\n"
+        f"  speedup (b) vs (a): {r['speedup_vs_scalpel_dense']:.2f}x   (b) vs (c): "
+        f"{r['speedup_vs_ort_dense']:.2f}x\n"
+        f"  machine limits: dense streams weights at {r['dense_weight_stream_GBps']:.1f} GB/s, "
+        f"pruned at {r['pruned_weight_stream_GBps']:.1f} GB/s (L3 ~{L3_BYTES_PER_S / 1e9:.0f}, "
+        f"DRAM ~{DRAM_BYTES_PER_S / 1e9:.0f} GB/s); pruned does {r['pruned_GFLOPs']:.1f} useful "
+        f"GFLOP/s (FMA peak ~{FLOPS_PER_S / 1e9:.0f})")
+
+
+def _plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['network']}\nbatch {r['batch']}" for r in results]
+    keys = [("scalpel_dense", "dense via pass"), ("scalpel_pruned", "Scalpel-pruned via pass"),
+            ("ort_dense", "onnxruntime dense"), ("ort_pruned", "onnxruntime pruned")]
+    fig, ax = plt.subplots(figsize=(2.6 * len(results) + 2, 4))
+    width = 0.2
+    for i, (key, label) in enumerate(keys):
+        ax.bar(np.arange(len(results)) + (i - 1.5) * width,
+               [r["seconds"][key] * 1e6 for r in results], width, label=label)
+    ax.set_xticks(np.arange(len(results)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per call (us, log)")
+    ax.set_title("scalpel demo: same run, one thread")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

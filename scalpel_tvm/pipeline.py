@@ -1,0 +1,37 @@
+"""`scalpel_tvm.Pass(target)`: the whole rewrite as one TVM pass.
+
+Phases, in the style of MLC-LLM's pipeline: canonicalize (fold weight transposes, decompose
+batch-norm), plan, shrink dead nodes, lower every layer to a scheduled kernel, clean up.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .passes.lower_layers import LowerLayers
+from .passes.shrink_nodes import ShrinkNodes
+from .planner import Plan, as_spec, check_plan_target, plan as make_plan
+
+
+def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool = False):
+    """The scalpel-tvm rewrite for `target` as a `tvm.transform.Pass`.
+
+    Applies `plan` if given (e.g. one a user inspected or edited), else plans on the spot with
+    `cost` (default: the analytical model). The module's `main` must have its weights bound as
+    constants and fixed input shapes.
+    """
+    spec = as_spec(target)
+    check_plan_target(spec)
+
+    @tvm.transform.module_pass(opt_level=0, name="scalpel.Pass")
+    def scalpel_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        layer_plan = plan or make_plan(mod, spec, cost=cost, allow_dead_layers=allow_dead_layers)
+        shrunk = {lp.name for lp in layer_plan.layers if lp.removed_nodes}
+        seq = tvm.transform.Sequential([
+            ShrinkNodes(only=shrunk, allow_dead_layers=allow_dead_layers),
+            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32")),
+            relax.transform.DeadCodeElimination(),
+        ])
+        return seq(mod)
+
+    return scalpel_pass

@@ -1,0 +1,190 @@
+"""The per-layer plan: which form each layer takes on a target, with the estimates behind it.
+
+Node shrinking is exact and never slower, so every removable dead node is removed. Then each FC
+layer, at its shrunk shape, is priced in every form the target's parallelism class allows (dense;
+grouped-sparse G×1 and 1×G with G = the target's lanes) and takes the cheapest; conv layers stay
+dense (shrunk) on CPUs, as Scalpel prescribes for moderate parallelism.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import tvm
+
+from .cost import AnalyticalCost, KernelQuery, MeasuredCost
+from .errors import ScalpelError
+from .passes.layer_graph import Layer, build_layer_graph, canonicalize, static_shape
+from .passes.shrink_nodes import analyze_shrink, feature_index
+from .schedules.grouped_sparse import group_sparsity
+from .target import TargetSpec
+
+
+@dataclass
+class Candidate:
+    form: str
+    seconds: float
+    source: str  # where the estimate came from: "analytical" or "measured"
+    weight_bytes: int  # the layer's weight in this form (values, indices, pointers)
+    macs: int  # multiply-accumulates actually executed, whole batch
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    kind: str  # "fc" | "conv"
+    shape: tuple  # weight shape as the model has it (FC: [K, N], conv: OIHW)
+    shrunk_shape: tuple
+    batch: int
+    density: float  # non-zero weights / weights, before shrinking
+    dead_nodes: int
+    removed_nodes: int
+    shrink_reason: str
+    group_sparsity: dict  # orientation -> fraction of all-zero aligned groups (shrunk weight)
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: str = "dense"
+    reason: str = ""
+    kernel: str = ""  # the kernel function's name in the compiled module
+
+    def candidate(self, form: str) -> Candidate:
+        return next(c for c in self.candidates if c.form == form)
+
+    @property
+    def chosen_seconds(self) -> float:
+        return self.candidate(self.chosen).seconds
+
+    @property
+    def dense_seconds(self) -> float:
+        return self.candidate("dense").seconds
+
+
+@dataclass
+class Plan:
+    target: str
+    group: int
+    layers: list[LayerPlan]
+    untouched: list[dict]  # ops left as they are, with the reason
+
+    def choices(self) -> dict[str, tuple[str, str]]:
+        return {layer.name: (layer.chosen, layer.kernel) for layer in self.layers}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_json_default)
+
+    def table(self) -> str:
+        """The plan as a text table, one line per layer, then what was left untouched."""
+        head = (f"{'layer':<7}{'weight':>14}{'batch':>6}{'density':>9}{'dead':>7}{'removed':>8}"
+                f"{'grp-sp':>8}  {'chosen':<13}{'est us':>8}{'dense us':>9}  kernel / reason")
+        lines = [f"plan for {self.target} (G = {self.group})", head, "-" * len(head)]
+        for lp in self.layers:
+            gsp = max(lp.group_sparsity.values()) if lp.group_sparsity else 0.0
+            lines.append(
+                f"{lp.name:<7}{'x'.join(map(str, lp.shape)):>14}{lp.batch:>6}{lp.density:>9.1%}"
+                f"{lp.dead_nodes:>7}{lp.removed_nodes:>8}{gsp:>8.1%}  {lp.chosen:<13}"
+                f"{lp.chosen_seconds * 1e6:>8.2f}{lp.dense_seconds * 1e6:>9.2f}  {lp.kernel}")
+            lines.append(f"{'':<7}shrink: {lp.shrink_reason}; form: {lp.reason}")
+        for op in self.untouched:
+            lines.append(f"untouched {op['var']} ({op['op']}): {op['reason']}")
+        return "\n".join(lines)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def plan(mod: tvm.IRModule, target, *, cost=None, allow_dead_layers: bool = False) -> Plan:
+    """Decide every layer's form for `target` (a TargetSpec, a preset name or a tvm Target).
+
+    `cost` is a cost model with `estimate(KernelQuery)`; by default the analytical one.
+    """
+    spec = as_spec(target)
+    cost = cost or AnalyticalCost(spec)
+    graph = build_layer_graph(canonicalize(mod)["main"])
+    decisions = analyze_shrink(graph, allow_dead_layers)
+    kept_inputs = {d.layer.consumer.name: (d.keep, d.layer.out_channels)
+                   for d in decisions.values() if d.removed.size and d.layer.consumer}
+    group = spec.lanes("float32")
+    layers = []
+    for layer in graph.layers:
+        decision = decisions[layer.name]
+        weight = _shrunk_weight(layer, decision.keep, kept_inputs.get(layer.name))
+        lp = LayerPlan(
+            name=layer.name, kind=layer.kind, shape=tuple(layer.weight.shape),
+            shrunk_shape=tuple(weight.shape), batch=static_shape(layer.call.args[0])[0],
+            density=float(np.count_nonzero(layer.weight) / max(layer.weight.size, 1)),
+            dead_nodes=int(decision.dead.size), removed_nodes=int(decision.removed.size),
+            shrink_reason=decision.reason, group_sparsity={})
+        _price(lp, layer, weight, spec, cost, group)
+        layers.append(lp)
+    untouched = [{"var": u.var_name, "op": u.op, "reason": u.reason} for u in graph.untouched]
+    return Plan(spec.name, group, layers, untouched)
+
+
+def as_spec(target) -> TargetSpec:
+    if isinstance(target, TargetSpec):
+        return target
+    if isinstance(target, str):
+        return TargetSpec.preset(target)
+    return TargetSpec.from_target(target)
+
+
+def _shrunk_weight(layer: Layer, keep: np.ndarray, kept_in) -> np.ndarray:
+    out_axis, in_axis = (1, 0) if layer.kind == "fc" else (0, 1)
+    weight = np.take(layer.weight, keep, axis=out_axis)
+    if kept_in is not None:
+        keep_in, producer_channels = kept_in
+        rows = feature_index(keep_in, layer.in_channels // producer_channels)
+        weight = np.take(weight, rows, axis=in_axis)
+    return weight
+
+
+def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, cost, group: int):
+    """Fill in candidates, the chosen form, its reason and the kernel name."""
+    shrunk = f"_shrunk_{weight.shape[1 if layer.kind == 'fc' else 0]}of{layer.out_channels}" \
+        if lp.removed_nodes else ""
+    if layer.kind == "conv":
+        o, i, kh, kw = weight.shape
+        out = static_shape(layer.var)
+        query = KernelQuery("conv", "dense", lp.batch, i * kh * kw, o, pixels=out[2] * out[3])
+        lp.candidates.append(_ask(cost, query, None))
+        lp.reason = "conv layers stay dense on CPUs (node pruning only)"
+        lp.kernel = f"{layer.name}{shrunk or '_dense'}"
+        return
+    k, n = weight.shape
+    lp.candidates.append(_ask(cost, KernelQuery("fc", "dense", lp.batch, k, n), weight))
+    if spec.parallelism != "high" and group > 1:
+        for orientation in ("gx1", "1xg"):
+            sparsity = group_sparsity(weight, group, orientation)
+            lp.group_sparsity[orientation] = sparsity
+            if sparsity == 0:
+                continue
+            blocks, span = (n, k) if orientation == "1xg" else (k, n)
+            groups = round(blocks * -(-span // group) * (1 - sparsity))
+            query = KernelQuery("fc", f"gsparse_{orientation}", lp.batch, k, n, group=group, groups=groups)
+            lp.candidates.append(_ask(cost, query, weight))
+    best = min(lp.candidates, key=lambda c: c.seconds)
+    lp.chosen = best.form
+    dense = lp.dense_seconds
+    if best.form == "dense":
+        lp.reason = ("no all-zero groups of %d" % group) if len(lp.candidates) == 1 else \
+            "dense is predicted fastest at this group sparsity"
+        lp.kernel = f"{layer.name}{shrunk or '_dense'}"
+    else:
+        lp.reason = f"{best.form} predicted {dense / best.seconds:.1f}x faster than dense"
+        tag = f"g{group}x1" if best.form.endswith("gx1") else f"g1x{group}"
+        lp.kernel = f"{layer.name}{shrunk}_gsparse_{tag}"
+
+
+def _ask(cost, query: KernelQuery, weight) -> Candidate:
+    estimate = cost.estimate(query, weight) if isinstance(cost, MeasuredCost) else cost.estimate(query)
+    return Candidate(query.form, estimate.seconds, estimate.source, query.weight_bytes, query.macs)
+
+
+def check_plan_target(spec: TargetSpec) -> None:
+    if spec.parallelism != "moderate":
+        raise ScalpelError(
+            f"compiling for {spec.name} is not supported yet (x86 only: x86-avx2, x86-avx512, "
+            "host); Cortex-M and CUDA deployment are separate issues")

@@ -1,0 +1,119 @@
+"""Small ONNX networks with chosen dead neurons / filters / zero groups, and ways to run them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from scalpel_tvm.onnx_import import import_onnx
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
+
+
+def mlp(dims, *, dead=None, zero_groups=None, bias=None, seed=0, activation="Relu"):
+    """An MLP of Gemm(transB=1) + activation layers.
+
+    dead: {layer index: output neurons with all-zero weights}; zero_groups: {layer index:
+    fraction of aligned G×1 groups (G = 8) zeroed}; bias: {layer index: constant bias value}.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "input"
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
+        w_kn = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        if zero_groups and i in zero_groups:
+            w_kn = zero_aligned_groups(w_kn, zero_groups[i], rng)
+        if dead and i in dead:
+            w_kn[:, list(dead[i])] = 0
+        b = rng.standard_normal(n).astype(np.float32) * 0.1
+        if bias and i in bias:
+            b[:] = bias[i]
+        inits += [numpy_helper.from_array(np.ascontiguousarray(w_kn.T), f"w{i}"),
+                  numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"fc{i}"], transB=1))
+        prev = f"fc{i}"
+        if i < len(dims) - 2:
+            nodes.append(helper.make_node(activation, [prev], [f"act{i}"]))
+            prev = f"act{i}"
+    return model(nodes, inits, ["batch", dims[0]], prev, ["batch", dims[-1]])
+
+
+def zero_aligned_groups(w_kn, fraction, rng, group=8):
+    k, n = w_kn.shape
+    blocks = -(-n // group)
+    mask = rng.random((k, blocks)) < fraction
+    full = np.repeat(mask, group, axis=1)[:, :n]
+    return np.where(full, 0, w_kn).astype(np.float32)
+
+
+def cnn(channels=(1, 6, 8), *, dead=None, hw=12, fc=10, bn=False, padding=0, seed=0,
+        pool="MaxPool", bias=None):
+    """conv(3x3) [+ BN] + ReLU + 2x2 pool per stage, then Flatten + Gemm.
+
+    dead: {conv index: filters with all-zero weights}; bias: {conv index: constant bias}.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev, size = [], [], "input", hw
+    for i, (c, o) in enumerate(zip(channels[:-1], channels[1:])):
+        w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        if dead and i in dead:
+            w[list(dead[i])] = 0
+        b = rng.standard_normal(o).astype(np.float32) * 0.1
+        if bias and i in bias:
+            b[:] = bias[i]
+        inits += [numpy_helper.from_array(w, f"cw{i}"), numpy_helper.from_array(b, f"cb{i}")]
+        nodes.append(helper.make_node("Conv", [prev, f"cw{i}", f"cb{i}"], [f"conv{i}"],
+                                      kernel_shape=[3, 3], pads=[padding] * 4))
+        prev, size = f"conv{i}", size - 2 + 2 * padding
+        if bn:
+            for name, value in [("g", rng.random(o) + 0.5), ("be", rng.standard_normal(o)),
+                                ("m", rng.standard_normal(o)), ("v", rng.random(o) + 0.5)]:
+                inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}{i}"))
+            nodes.append(helper.make_node("BatchNormalization",
+                                          [prev, f"g{i}", f"be{i}", f"m{i}", f"v{i}"], [f"bn{i}"]))
+            prev = f"bn{i}"
+        nodes.append(helper.make_node("Relu", [prev], [f"relu{i}"]))
+        nodes.append(helper.make_node(pool, [f"relu{i}"], [f"pool{i}"], kernel_shape=[2, 2],
+                                      strides=[2, 2]))
+        prev, size = f"pool{i}", size // 2
+    nodes.append(helper.make_node("Flatten", [prev], ["flat"]))
+    k = channels[-1] * size * size
+    inits += [numpy_helper.from_array((rng.standard_normal((fc, k)) / np.sqrt(k)).astype(np.float32), "fw"),
+              numpy_helper.from_array(rng.standard_normal(fc).astype(np.float32), "fb")]
+    nodes.append(helper.make_node("Gemm", ["flat", "fw", "fb"], ["out"], transB=1))
+    return model(nodes, inits, ["batch", channels[0], hw, hw], "out", ["batch", fc])
+
+
+def model(nodes, inits, in_shape, out, out_shape):
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def random_input(onnx_model, batch, seed=1):
+    dims = [d.dim_value or batch for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+    dims[0] = batch
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def run_relax(mod, x):
+    ex = tvm.compile(mod, target=TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def run_ort(onnx_model, x):
+    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def relax_module(onnx_model, batch=1):
+    return import_onnx(onnx_model, batch)
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-4):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
