@@ -14,10 +14,11 @@ from tvm import relax
 
 from scalpel_tvm.schedules.conv2d import conv2d_nchw, pack_conv_weight
 from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
-from scalpel_tvm.schedules.fc import dense_fc
+from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
 
 from .layer_graph import Layer, build_layer_graph, const_array, op_name, static_shape
+from .shrink_nodes import channel_vector
 
 
 def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool,
@@ -27,7 +28,7 @@ def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool
     if form == "dense":
         prim = dense_fc(batch, w_kn.shape[0], w_kn.shape[1], bias=bias, activation=activation,
                         name=name)
-        return prim, [np.ascontiguousarray(w_kn, dtype="float32")]
+        return prim, [pack_dense_weight(w_kn)]
     if form in ("gsparse_gx1", "gsparse_1xg"):
         weight = GroupedSparseWeight.from_dense(w_kn, group, form.split("_")[1])
         prim = grouped_sparse_fc(weight, batch, bias=bias, activation=activation, name=name)
@@ -51,24 +52,42 @@ def conv_kernel(w_oihw: np.ndarray, x_shape, attrs, *, bias: bool, activation: s
     return prim, [pack_conv_weight(w_oihw, lanes=lanes)]
 
 
-def fused_epilogue(layer: Layer) -> tuple[np.ndarray | None, str | None, list]:
-    """The bias and activation that directly follow `layer` and can run in its kernel.
+def fused_epilogue(layer: Layer):
+    """The per-channel affine ops and ReLU that directly follow `layer`, as one epilogue.
 
-    Returns (bias vector or None, "relu" or None, the chain bindings they replace).
+    Bias adds and inference batch-norm (decomposed into subtract/divide/multiply/add by
+    constants) compose into `scale * z + shift`; the scale is folded into the layer's weight (the
+    layer is linear in it) and the shift becomes the kernel's bias. Returns (scale or None,
+    shift or None, "relu" or None, the chain bindings the kernel replaces).
     """
-    bias, activation, fused = None, None, []
-    chain = layer.chain
-    if chain and op_name(chain[0].call) == "relax.add" and chain[0].multiplicity == 1:
-        k = const_array(chain[0].call.args[1]) if const_array(chain[0].call.args[0]) is None \
-            else const_array(chain[0].call.args[0])
-        bias = np.broadcast_to(np.asarray(k, "float32").reshape(-1), (layer.out_channels,)) \
-            if k.size in (1, layer.out_channels) else None
-        if bias is not None:
-            fused.append(chain[0].var)
-    if fused and len(chain) > 1 and op_name(chain[1].call) == "relax.nn.relu":
+    n = layer.out_channels
+    scale, shift, fused = np.ones(n), np.zeros(n), []
+    for op in layer.chain:
+        name = op_name(op.call)
+        if op.multiplicity != 1 or name not in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
+            break
+        data_first = const_array(op.call.args[0]) is None
+        k = channel_vector(const_array(op.call.args[1 if data_first else 0]), n, 1)
+        if name == "relax.add":
+            shift = shift + k
+        elif name == "relax.subtract":
+            scale, shift = (scale, shift - k) if data_first else (-scale, k - shift)
+        elif name == "relax.multiply":
+            scale, shift = scale * k, shift * k
+        elif data_first:  # divide by a constant; a constant divided by the data is not affine
+            scale, shift = scale / k, shift / k
+        else:
+            break
+        fused.append(op.var)
+    activation = None
+    if len(layer.chain) > len(fused) and op_name(layer.chain[len(fused)].call) == "relax.nn.relu":
         activation = "relu"
-        fused.append(chain[1].var)
-    return (None if bias is None else np.ascontiguousarray(bias)), activation, fused
+        fused.append(layer.chain[len(fused)].var)
+    if not np.all(np.isfinite(scale)) or not np.all(np.isfinite(shift)):
+        return None, None, None, []  # e.g. a zero batch-norm variance: leave it to TVM's ops
+    affine_ops = len(fused) - (activation is not None)
+    return (None if np.all(scale == 1) else scale.astype("float32"),
+            shift.astype("float32") if affine_ops else None, activation, fused)
 
 
 @tvm.transform.module_pass(opt_level=0, name="scalpel.LowerLayers")
@@ -106,15 +125,18 @@ class _Lowerer(relax.PyExprMutator):
         layer = self.layers.get(binding.var)
         if layer is None:
             return super().visit_var_binding_(binding)
-        bias, activation, fused = fused_epilogue(layer)
+        scale, bias, activation, fused = fused_epilogue(layer)
         form, kernel_name = self.options.choices.get(layer.name, ("dense", f"{layer.name}_dense"))
         x = self.visit_expr(layer.call.args[0])
         x_shape = static_shape(layer.call.args[0])
+        weight = layer.weight
+        if scale is not None:
+            weight = weight * (scale if layer.kind == "fc" else scale[:, None, None, None])
         if layer.kind == "fc":
-            prim, consts = fc_kernel(form, layer.weight, x_shape[0], self.options.group,
+            prim, consts = fc_kernel(form, weight, x_shape[0], self.options.group,
                                      bias=bias is not None, activation=activation, name=kernel_name)
         else:
-            prim, consts = conv_kernel(layer.weight, x_shape, layer.call.attrs,
+            prim, consts = conv_kernel(weight, x_shape, layer.call.attrs,
                                        bias=bias is not None, activation=activation,
                                        lanes=self.options.lanes, name=kernel_name)
         if bias is not None:
@@ -124,7 +146,7 @@ class _Lowerer(relax.PyExprMutator):
         call = relax.call_tir(gv, [x, *[relax.const(c) for c in consts]], out_ty)
         last = fused[-1] if fused else binding.var
         emit = self.builder_.emit if isinstance(last, relax.DataflowVar) else self.builder_.emit_output
-        new_var = emit(call, name_hint=kernel_name)
+        new_var = emit(call, name_hint=layer.name)
         self.set_var_remap(last, new_var)
         self.skipped.update(fused)
         return None

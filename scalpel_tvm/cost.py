@@ -134,5 +134,5 @@ class MeasuredCost:
         start = time.perf_counter()
         ex["kernel"](*args)
         number = max(1, int(1e-3 / max(time.perf_counter() - start, 1e-7)))  # ~1 ms per repeat
-        timer = ex.time_evaluator("kernel", dev, number=number, repeat=self.repeat)
+        timer = ex.mod.time_evaluator("kernel", dev, number=number, repeat=self.repeat)
         return float(np.median(timer(*args).results))

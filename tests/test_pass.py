@@ -1,0 +1,123 @@
+"""scalpel_tvm.Pass end to end: every layer becomes a scheduled kernel and results stay the same."""
+import numpy as np
+import pytest
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import scalpel_tvm
+from nets import assert_close, cnn, mlp, random_input, relax_module, run_ort, run_relax
+from scalpel_tvm import ScalpelError, models
+from scalpel_tvm.planner import Plan
+
+
+def apply(mod, target="x86-avx2", **kwargs):
+    return tvm.transform.Sequential([scalpel_tvm.Pass(target, **kwargs)])(mod)
+
+
+def relax_ops(mod):
+    ops = set()
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            if isinstance(binding.value, tvm.relax.Call) and isinstance(binding.value.op, tvm.ir.Op):
+                ops.add(binding.value.op.name)
+    return ops
+
+
+def kernel_names(mod):
+    return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def check(onnx_model, batch=1, **kwargs):
+    mod = relax_module(onnx_model, batch)
+    out = apply(mod, **kwargs)
+    x = random_input(onnx_model, batch)
+    assert_close(run_relax(out, x), run_relax(mod, x))
+    assert_close(run_relax(out, x), run_ort(onnx_model, x))
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_lenet_300_100_becomes_grouped_sparse_kernels(batch):
+    out = check(models.lenet_300_100(), batch)
+    assert "relax.matmul" not in relax_ops(out)
+    assert kernel_names(out) == ["fc1_gsparse_g8x1", "fc2_gsparse_g8x1", "fc3_gsparse_g8x1"]
+
+
+def test_lenet5_shrinks_convs_and_sparsifies_fc():
+    out = check(models.lenet5(), batch=2)
+    assert {"relax.matmul", "relax.nn.conv2d"}.isdisjoint(relax_ops(out))
+    assert kernel_names(out) == ["conv1_shrunk_10of20", "conv2_shrunk_16of50",
+                                 "fc1_gsparse_g8x1", "fc2_gsparse_g8x1"]
+
+
+def test_dense_model_gets_scheduled_dense_kernels():
+    out = check(models.lenet_300_100(pruned=False))
+    assert kernel_names(out) == ["fc1_dense", "fc2_dense", "fc3_dense"]
+
+
+def test_batch_norm_folds_into_the_conv_kernel():
+    out = check(cnn((1, 6, 8), dead={0: [1, 2]}, bn=True, hw=14))
+    assert {"relax.subtract", "relax.divide", "relax.multiply", "relax.nn.relu"}.isdisjoint(relax_ops(out))
+    assert kernel_names(out) == ["conv1_shrunk_4of6", "conv2_dense", "fc1_dense"]
+
+
+def test_sigmoid_mlp_with_dead_neurons_and_groups():
+    check(mlp([40, 32, 24, 6], dead={0: [0, 5, 9], 1: [3]}, zero_groups={0: 0.8, 1: 0.6},
+              activation="Sigmoid"), batch=3)
+
+
+def test_user_edited_plan_is_applied():
+    mod = relax_module(models.lenet_300_100())
+    layer_plan = scalpel_tvm.plan(mod, "x86-avx2")
+    for lp in layer_plan.layers:
+        lp.chosen, lp.kernel = "gsparse_1xg", f"{lp.name}_mine"
+    out = apply(mod, plan=layer_plan)
+    assert kernel_names(out) == ["fc1_mine", "fc2_mine", "fc3_mine"]
+    x = random_input(models.lenet_300_100(), 1)
+    assert_close(run_relax(out, x), run_relax(mod, x))
+
+
+def test_non_constant_matmul_is_left_untouched_and_reported():
+    from onnx import helper
+    net = mlp([8, 8, 4])
+    net.graph.node.append(helper.make_node("MatMul", ["act0", "act0_t"], ["sq"]))
+    net.graph.node.insert(2, helper.make_node("Transpose", ["act0"], ["act0_t"]))
+    net.graph.output.append(helper.make_tensor_value_info("sq", 1, ["batch", "batch"]))
+    mod = relax_module(net)
+    layer_plan = scalpel_tvm.plan(mod, "x86-avx2")
+    assert any("not a constant" in u["reason"] for u in layer_plan.untouched)
+    out = apply(mod)
+    assert "relax.matmul" in relax_ops(out)
+    x = random_input(net, 1)
+    ref = run_ort(net, x)
+    got = tvm.compile(out, target=tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"}))
+    vm = tvm.relax.VirtualMachine(got, tvm.cpu())
+    result = vm["main"](tvm.runtime.tensor(x))
+    assert_close(result[0].numpy(), ref)
+
+
+def test_non_x86_targets_are_refused_clearly():
+    with pytest.raises(ScalpelError, match="not supported yet"):
+        scalpel_tvm.Pass("cuda")
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_pruned_mlps_compile_to_the_same_outputs(data):
+    dims = data.draw(st.lists(st.integers(3, 40), min_size=3, max_size=4))
+    dead = {i: data.draw(st.sets(st.integers(0, dims[i + 1] - 1), max_size=dims[i + 1] - 1))
+            for i in range(len(dims) - 2)}
+    groups = {i: data.draw(st.sampled_from([0.0, 0.5, 0.9])) for i in range(len(dims) - 1)}
+    check(mlp(dims, dead=dead, zero_groups=groups, seed=data.draw(st.integers(0, 99))),
+          batch=data.draw(st.sampled_from([1, 4])))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_pruned_cnns_compile_to_the_same_outputs(data):
+    channels = tuple(data.draw(st.lists(st.integers(1, 9), min_size=3, max_size=3)))
+    dead = {i: data.draw(st.sets(st.integers(0, channels[i + 1] - 1), max_size=channels[i + 1] - 1))
+            for i in range(2)}
+    check(cnn(channels, dead=dead, bn=data.draw(st.booleans()), padding=data.draw(st.sampled_from([0, 1])),
+              seed=data.draw(st.integers(0, 99))), batch=data.draw(st.sampled_from([1, 2])))

@@ -1,0 +1,85 @@
+"""The per-layer plan, its cost interface, and the `scalpel plan` command."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import scalpel_tvm
+from nets import mlp, relax_module
+from scalpel_tvm import ScalpelError, models
+from scalpel_tvm.cli import main
+from scalpel_tvm.cost import AnalyticalCost, KernelQuery, MeasuredCost
+from scalpel_tvm.target import TargetSpec
+
+
+def test_plan_reports_every_layer_with_candidates_and_reasons():
+    layer_plan = scalpel_tvm.plan(relax_module(models.lenet5()), "x86-avx2")
+    by_name = {lp.name: lp for lp in layer_plan.layers}
+    assert list(by_name) == ["conv1", "conv2", "fc1", "fc2"]
+    assert (by_name["conv1"].dead_nodes, by_name["conv1"].removed_nodes) == (10, 10)
+    assert by_name["conv2"].shrunk_shape == (16, 10, 5, 5)
+    assert by_name["fc1"].shrunk_shape == (16 * 16, 500)  # conv2's dead filters took fc1's rows
+    fc1 = by_name["fc1"]
+    assert {c.form for c in fc1.candidates} == {"dense", "gsparse_gx1", "gsparse_1xg"}
+    assert fc1.chosen == min(fc1.candidates, key=lambda c: c.seconds).form
+    assert fc1.group_sparsity["gx1"] > 0.85
+    assert all(c.source == "analytical" for c in fc1.candidates)
+    assert "faster than dense" in fc1.reason
+
+
+def test_dense_layers_keep_dense_and_say_why():
+    layer_plan = scalpel_tvm.plan(relax_module(mlp([16, 8, 4])), "x86-avx2")
+    assert all(lp.chosen == "dense" for lp in layer_plan.layers)
+    assert "no all-zero groups" in layer_plan.layers[0].reason
+
+
+def test_analytical_cost_orders_forms_sensibly():
+    cost = AnalyticalCost(TargetSpec.preset("x86-avx2"))
+    dense = cost.estimate(KernelQuery("fc", "dense", 1, 4096, 4096)).seconds
+    groups = 4096 * 512
+    sparse_90 = cost.estimate(KernelQuery("fc", "gsparse_gx1", 1, 4096, 4096, group=8, groups=groups // 10))
+    sparse_10 = cost.estimate(KernelQuery("fc", "gsparse_gx1", 1, 4096, 4096, group=8, groups=groups * 9 // 10))
+    assert sparse_90.seconds < dense < sparse_10.seconds
+    assert cost.estimate(KernelQuery("fc", "dense", 50, 784, 300)).seconds > \
+        cost.estimate(KernelQuery("fc", "dense", 1, 784, 300)).seconds
+
+
+def test_measured_cost_times_the_real_kernel():
+    spec = TargetSpec.preset("x86-avx2")
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype("float32")
+    estimate = MeasuredCost(spec, repeat=3).estimate(KernelQuery("fc", "dense", 1, 64, 32), w)
+    assert estimate.source == "measured"
+    assert 0 < estimate.seconds < 1e-3
+
+
+def test_plan_json_roundtrips():
+    layer_plan = scalpel_tvm.plan(relax_module(models.lenet_300_100()), "x86-avx2")
+    data = json.loads(layer_plan.to_json())
+    assert [layer["kernel"] for layer in data["layers"]] == ["fc1_gsparse_g8x1", "fc2_gsparse_g8x1", "fc3_gsparse_g8x1"]
+
+
+def test_cli_plan_prints_table_and_json(tmp_path, capsys):
+    path = tmp_path / "lenet.onnx"
+    onnx.save(models.lenet_300_100(), path)
+    assert main(["plan", str(path), "--target", "x86-avx2"]) == 0
+    table = capsys.readouterr().out
+    assert "fc1_gsparse_g8x1" in table and "plan for x86-avx2" in table
+    assert main(["plan", str(path), "--target", "x86-avx2", "--json", "--batch", "50"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["batch"] == 50
+
+
+def test_cli_malformed_onnx_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"this is not a protobuf")
+    assert main(["plan", str(path)]) == 2
+    assert "is not a valid ONNX model" in capsys.readouterr().err
+    assert main(["plan", str(tmp_path / "missing.onnx")]) == 2
+    assert "no such ONNX file" in capsys.readouterr().err
+
+
+def test_dynamic_inner_dimension_is_a_clear_error():
+    net = mlp([6, 4, 2])
+    net.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
+    with pytest.raises(ScalpelError, match="dynamic dimension 1"):
+        relax_module(net)
