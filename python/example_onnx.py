@@ -1,0 +1,25 @@
+"""The user path in a dozen lines: an ONNX model in, a fast pruned TVM module out.
+
+    python python/example_onnx.py [MODEL.onnx]   (default: the shipped Scalpel-pruned LeNet-300-100)
+"""
+import sys
+
+import numpy as np
+import tvm
+from tvm import relax
+
+import scalpel_tvm
+from scalpel_tvm.demo import demo_model_path
+
+path = sys.argv[1] if len(sys.argv) > 1 else demo_model_path("lenet_300_100", pruned=True)
+target = scalpel_tvm.TargetSpec.preset("host")
+
+mod = scalpel_tvm.import_onnx(path, batch=1)            # weights bound as constants, batch fixed
+print(scalpel_tvm.plan(mod, target).table())             # what the pass will do, per layer
+mod = tvm.transform.Sequential([scalpel_tvm.Pass(target)])(mod)
+mod["main"].show()                                       # fc1 = R.call_tir(fc1_gsparse_g8x1, ...)
+
+vm = relax.VirtualMachine(tvm.compile(mod, target=target.target), tvm.cpu())
+shape = [int(d) for d in mod["main"].params[0].ty.shape]
+x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+print(vm["main"](tvm.runtime.tensor(x)).numpy())

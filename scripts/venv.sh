@@ -1,0 +1,15 @@
+# Sourced by the other scripts: create .venv at the repository root (once) and install the
+# project with its pinned dependencies; a no-op when the install is already current.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+extras="${1:-}"
+stamp=".venv/.installed${extras:+-$extras}"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-lock.txt -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -c requirements-lock.txt -e ".${extras:+[$extras]}"
+  touch "$stamp"
+fi
