@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--cost", choices=["analytical", "measure"], default="analytical",
                       help="estimate with the calibrated model, or compile and time each candidate")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--plot", metavar="PNG", help="also draw the per-layer candidates")
 
     args = parser.parse_args(argv)
     # Single-threaded by default so timings compare like with like (onnxruntime too).
@@ -55,6 +56,10 @@ def _plan(args) -> None:
     cost = MeasuredCost(spec) if args.cost == "measure" else None
     result = plan(import_onnx(args.model, args.batch), spec, cost=cost)
     print(result.to_json() if args.json else result.table())
+    if args.plot:
+        from .plots import plot_plan
+
+        plot_plan(result, args.plot)
 
 
 if __name__ == "__main__":

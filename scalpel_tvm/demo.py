@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import models
 from .onnx_import import import_onnx
 from .planner import as_spec, plan as make_plan
+from .plots import plot_plan
 
 DATA = Path(__file__).parent / "data"
 NETWORKS = {"lenet_300_100": models.lenet_300_100, "lenet5": models.lenet5}
@@ -52,6 +53,7 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
 
     spec = as_spec(target)
     ensure_demo_models()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     results = []
     steps = [(n, b) for n in networks for b in batches]
     for network, batch in tqdm(steps, desc="demo", unit="model"):
@@ -60,6 +62,7 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
         pruned_mod = import_onnx(pruned_onnx, batch)
         layer_plan = make_plan(pruned_mod, spec)
         tqdm.write(layer_plan.table())
+        plot_plan(layer_plan, Path(out_dir) / f"plan_{network}_b{batch}.png")
         x = np.random.default_rng(0).standard_normal(
             [d if d else batch for d in _input_shape(pruned_onnx, batch)]).astype("float32")
 
