@@ -25,6 +25,7 @@ def mlp(dims, *, dead=None, zero_groups=None, bias=None, seed=0, activation="Rel
         w_kn = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
         if zero_groups and i in zero_groups:
             w_kn = zero_aligned_groups(w_kn, zero_groups[i], rng)
+            w_kn[0, :] = 1.0  # random groups never empty a layer (that is refused; tested apart)
         if dead and i in dead:
             w_kn[:, list(dead[i])] = 0
         b = rng.standard_normal(n).astype(np.float32) * 0.1
