@@ -1,15 +1,17 @@
 """The cost interface the planner asks: how many seconds would this layer take in this form?
 
 Two implementations live here: `AnalyticalCost`, a roofline-style model (fixed call overhead, then
-the larger of compute time and weight-streaming time) whose rates were measured on this machine
-kind by `python/bench_kernels.py`, and `MeasuredCost`, which compiles the candidate kernel and
+the larger of compute time and weight-streaming time) whose rates are fitted to this machine's
+kernel benchmark by `python/calibrate_cost.py`, and `MeasuredCost`, which compiles the candidate kernel and
 times it on the spot. The autotuning-log models of a later issue plug in behind the same
 `estimate(query) -> Estimate` call.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -57,41 +59,45 @@ class Estimate:
     source: str  # "analytical" | "measured" (later: "log", "model")
 
 
-@dataclass(frozen=True)
-class _Rates:
-    overhead: float  # seconds per kernel call
-    macs_per_s: float  # sustained multiply-accumulates per second, one core
-    bytes_per_s: float  # weight streaming bandwidth (L2/L3 resident between calls)
+COST_FILE = Path(__file__).parent / "data" / "cost_x86-avx2.json"
+L2_BYTES = 512 * 1024  # per core on this machine kind (AMD EPYC, Zen 3)
 
 
-# One core of this machine kind (AMD EPYC, AVX2+FMA), fitted by eye to bench_kernels' medians;
-# the sparse forms pay for the index gather (gx1: one broadcast load per group; 1xg: a horizontal
-# reduction per output), which shows up as a lower sustained MAC rate.
-_X86_AVX2_RATES = {
-    "dense": _Rates(0.6e-6, 20e9, 60e9),
-    "gsparse_gx1": _Rates(0.6e-6, 12e9, 50e9),
-    "gsparse_1xg": _Rates(0.8e-6, 6e9, 40e9),
-    "csr": _Rates(0.8e-6, 1.2e9, 30e9),
-}
+def rate_key(query: KernelQuery) -> str:
+    """Kernels switch schedules between batch 1 (latency-bound gathers) and batched (register
+    tiles over rows), so each form has one set of rates per regime."""
+    return f"{query.form}@{'batch1' if query.batch == 1 else 'batched'}"
+
+
+def predict_seconds(query: KernelQuery, rates: dict) -> float:
+    """overhead + compute + weight streaming (from L2 while the weight fits).
+
+    Additive rather than a max: these kernels overlap the two poorly (a sum fitted the benchmark
+    with a third less error)."""
+    bytes_per_s = rates["l2_bytes_per_s"] if query.weight_bytes <= L2_BYTES else rates["l3_bytes_per_s"]
+    return rates["overhead"] + query.macs / rates["macs_per_s"] + query.weight_bytes / bytes_per_s
 
 
 class AnalyticalCost:
-    """Seconds from a roofline with measured rates: overhead + max(MACs / rate, bytes / bandwidth)."""
+    """Seconds from a roofline whose rates were fitted to this machine's kernel benchmark.
+
+    `python/calibrate_cost.py` fits them (per form: call overhead, MAC rate, L2 and L3 weight
+    bandwidth) to `python/bench_kernels.py`'s measurements and writes `data/cost_x86-avx2.json`.
+    Wider vectors (AVX-512) scale the MAC rate, not the bandwidth.
+    """
 
     def __init__(self, spec: TargetSpec):
         if spec.parallelism != "moderate":
             raise ScalpelError(
                 f"no analytical cost model for {spec.name} ({spec.parallelism} parallelism) yet; "
                 "x86 targets (x86-avx2, x86-avx512, host) are supported")
-        # Wider vectors scale the compute rate, not the memory rate.
-        self.width_scale = spec.lanes("float32") / 8
-        self.rates = _X86_AVX2_RATES
+        calibration = json.loads(COST_FILE.read_text())
+        width_scale = spec.lanes("float32") / 8
+        self.rates = {key: {**rates, "macs_per_s": rates["macs_per_s"] * width_scale}
+                      for key, rates in calibration["rates"].items()}
 
     def estimate(self, query: KernelQuery) -> Estimate:
-        rates = self.rates[query.form]
-        compute = query.macs / (rates.macs_per_s * self.width_scale)
-        memory = query.weight_bytes / rates.bytes_per_s
-        return Estimate(rates.overhead + max(compute, memory), "analytical")
+        return Estimate(predict_seconds(query, self.rates[rate_key(query)]), "analytical")
 
 
 class MeasuredCost:

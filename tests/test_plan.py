@@ -56,7 +56,9 @@ def test_measured_cost_times_the_real_kernel():
 def test_plan_json_roundtrips():
     layer_plan = scalpel_tvm.plan(relax_module(models.lenet_300_100()), "x86-avx2")
     data = json.loads(layer_plan.to_json())
-    assert [layer["kernel"] for layer in data["layers"]] == ["fc1_gsparse_g8x1", "fc2_gsparse_g8x1", "fc3_gsparse_g8x1"]
+    assert [layer["kernel"] for layer in data["layers"]] == [lp.kernel for lp in layer_plan.layers]
+    assert data["layers"][0]["kernel"] == "fc1_gsparse_g8x1"
+    assert data["layers"][0]["candidates"][0]["form"] == "dense"
 
 
 def test_cli_plan_prints_table_and_json(tmp_path, capsys):

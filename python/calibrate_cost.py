@@ -1,0 +1,88 @@
+"""Fit the analytical cost model's rates to a kernel benchmark run, and write them into the package.
+
+    python python/bench_kernels.py --out out          # measure (about 8 minutes)
+    python python/calibrate_cost.py out/bench_kernels.json
+
+For each kernel form and batch regime (batch 1, batched) the model is  t = overhead + max(MACs / mac_rate, bytes / bandwidth),  where
+the bandwidth is the L2 one while the weight fits in L2 and the L3 one beyond. The four rates per
+form are fitted by least squares on log time over every measured point, so the planner's estimates
+come from this machine's measurements, not from hand-set numbers. Writes
+scalpel_tvm/data/cost_x86-avx2.json and prints the fit's error per form.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from scalpel_tvm.cost import COST_FILE, KernelQuery, predict_seconds, rate_key
+
+GROUP = 8
+
+
+def points(bench: dict):
+    """(KernelQuery, measured seconds) for every kernel timed in the benchmark."""
+    for row in bench["results"]:
+        n, k = row["shape"]
+        batch = row["batch"]
+        for entry in row["sparse"]:
+            yield KernelQuery("fc", "dense", batch, k, n), entry["dense_us"] * 1e-6
+            for form, blocks in (("gx1", -(-n // GROUP)), ("1xg", n)):
+                # Invert the format's size (values + one index per group + one pointer per block).
+                groups = (entry[f"{form}_bytes"] - 4 * (blocks + 1)) // (4 * GROUP + 4)
+                query = KernelQuery("fc", f"gsparse_{form}", batch, k, n, group=GROUP, groups=int(groups))
+                yield query, entry[f"{form}_us"] * 1e-6
+            nnz = (entry["csr_bytes"] - 4 * (n + 1)) // 8
+            yield KernelQuery("fc", "csr", batch, k, n, group=1, groups=int(nnz)), entry["csr_us"] * 1e-6
+        for entry in row["shrunk"]:
+            for key in ("n", "nk"):
+                n_s, k_s = entry[f"{key}_shape"]
+                yield KernelQuery("fc", "dense", batch, k_s, n_s), entry[f"{key}_us"] * 1e-6
+
+
+def fit(samples):
+    queries = [q for q, _ in samples]
+    measured = np.array([t for _, t in samples])
+
+    def residuals(log_rates):
+        rates = dict(zip(("overhead", "macs_per_s", "l2_bytes_per_s", "l3_bytes_per_s"), np.exp(log_rates)))
+        predicted = np.array([predict_seconds(q, rates) for q in queries])
+        return np.log(predicted) - np.log(measured)
+
+    # Bounds keep the rates physical (one Zen 3 core: 2 FMA units x 8 lanes x ~3.5 GHz = 56 GMAC/s):
+    # at a single batch size MACs and bytes of a sparse kernel are proportional, and an unbounded
+    # fit would explain everything by one of them.
+    lower = np.log([1e-8, 1e8, 1e9, 1e9])
+    upper = np.log([2e-5, 56e9, 200e9, 100e9])
+    start = np.log([0.5e-6, 20e9, 100e9, 40e9])
+    result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
+    rates = dict(zip(("overhead", "macs_per_s", "l2_bytes_per_s", "l3_bytes_per_s"),
+                     (float(v) for v in np.exp(result.x))))
+    error = np.exp(np.abs(residuals(result.x))) - 1
+    return rates, float(np.median(error)), float(np.max(error))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_json", help="bench_kernels.json from python/bench_kernels.py")
+    args = parser.parse_args()
+    bench = json.loads(Path(args.bench_json).read_text())
+    by_key = {}
+    for query, seconds in points(bench):
+        by_key.setdefault(rate_key(query), []).append((query, seconds))
+    calibration = {"source": "python/bench_kernels.py on " + bench["machine"]["cpu"],
+                   "threads": bench["threads"], "rates": {}}
+    for key, samples in sorted(by_key.items()):
+        rates, median_error, max_error = fit(samples)
+        calibration["rates"][key] = {**rates, "points": len(samples),
+                                     "median_rel_error": median_error, "max_rel_error": max_error}
+        print(f"{key:<20} {len(samples):>4} points  overhead {rates['overhead'] * 1e6:5.2f} us  "
+              f"{rates['macs_per_s'] / 1e9:6.1f} GMAC/s  L2 {rates['l2_bytes_per_s'] / 1e9:6.1f} GB/s  "
+              f"L3 {rates['l3_bytes_per_s'] / 1e9:6.1f} GB/s  error median {median_error:.0%} max {max_error:.0%}")
+    COST_FILE.write_text(json.dumps(calibration, indent=2) + "\n")
+    print(f"wrote {COST_FILE}")
+
+
+if __name__ == "__main__":
+    main()
