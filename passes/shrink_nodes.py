@@ -40,13 +40,12 @@ def analyze_shrink(graph: LayerGraph, allow_dead_layers: bool = False,
     decisions = {}
     for layer in graph.layers:
         dead = layer.dead_channels()
-        if dead.size == layer.out_channels and layer.out_channels > 0:
-            if not allow_dead_layers:
-                raise ScalpelError(
-                    f"layer {layer.name} has all {layer.out_channels} output channels pruned "
-                    "(all weights zero): the model's output no longer depends on its input "
-                    "through it. Keep at least one neuron per layer, or pass "
-                    "allow_dead_layers=True to compile it unshrunk.")
+        if dead.size == layer.out_channels and not allow_dead_layers:
+            raise ScalpelError(
+                f"layer {layer.name} has all {layer.out_channels} output channels pruned "
+                "(all weights zero): the model's output no longer depends on its input "
+                "through it. Keep at least one neuron per layer, or pass "
+                "allow_dead_layers=True to compile it unshrunk.")
         decisions[layer.name] = _decide(layer, dead, only)
     return decisions
 
@@ -70,13 +69,17 @@ def _decide(layer: Layer, dead: np.ndarray, only) -> ShrinkDecision:
     values = dead_values(layer)
     removable = dead[np.isfinite(values[dead])]
     consumer = layer.consumer
-    reason = f"{removable.size} dead nodes removed"
+    kept = []
+    if removable.size < dead.size:
+        kept.append(f"{dead.size - removable.size} dead nodes kept: what they pass on is not "
+                    "one finite constant")
     if consumer.kind == "conv" and any(int(p) for p in consumer.call.attrs.padding):
         zero = removable[values[removable] == 0]
         if zero.size < removable.size:
-            reason = (f"{removable.size - zero.size} dead nodes kept: their constant output "
-                      f"reaches the zero-padded {consumer.name}, where it is not a bias")
+            kept.append(f"{removable.size - zero.size} dead nodes kept: their constant output "
+                        f"reaches the zero-padded {consumer.name}, where it is not a bias")
         removable = zero
+    reason = "; ".join([f"{removable.size} dead nodes removed", *kept])
     if removable.size == 0:
         keep_all.reason = reason
         return keep_all
