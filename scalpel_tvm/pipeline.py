@@ -5,6 +5,8 @@ batch-norm), plan, shrink dead nodes, lower every layer to a scheduled kernel, c
 """
 from __future__ import annotations
 
+import warnings
+
 import tvm
 from tvm import relax
 
@@ -26,6 +28,9 @@ def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool
     @tvm.transform.module_pass(opt_level=0, name="scalpel.Pass")
     def scalpel_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         layer_plan = plan or make_plan(mod, spec, cost=cost, allow_dead_layers=allow_dead_layers)
+        for op in layer_plan.untouched:
+            warnings.warn(f"scalpel: left {op['op']} '{op['var']}' untouched: {op['reason']}",
+                          stacklevel=2)
         shrunk = {lp.name for lp in layer_plan.layers if lp.removed_nodes}
         seq = tvm.transform.Sequential([
             ShrinkNodes(only=shrunk, allow_dead_layers=allow_dead_layers),
