@@ -19,8 +19,6 @@ os.environ["TVM_NUM_THREADS"] = "1"  # read when TVM starts its thread pool
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 from tvm import relax
 
+from scalpel_tvm.timing import cpu_name, median_us, ort_session, ort_timer, vm_timer
 from scalpel_tvm.schedules.conv2d import (
     conv2d_nchw,
     conv2d_output_shape,
@@ -53,52 +52,8 @@ LAYERS = [
 BATCHES = (1, 50)
 
 
-def _vm_timer(mod, x):
-    """Compile a Relax module; return a timer: seconds per call over ``number`` calls."""
-    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
-
-    def timer(number):
-        if number == 1:  # slow candidates: skip time_evaluator's extra warm-up call
-            start = time.perf_counter()
-            vm["main"](x)
-            return time.perf_counter() - start
-        return vm.time_evaluator("main", tvm.cpu(), number=number, repeat=1)(x).mean
-
-    return timer, vm["main"]
-
-
-def _ort_timer(sess, x):
-    """Timer of ``run_with_iobinding`` with the input bound once, the closest to a VM call."""
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
-    binding.bind_output("y")
-
-    def timer(number):
-        start = time.perf_counter()
-        for _ in range(number):
-            sess.run_with_iobinding(binding)
-        return (time.perf_counter() - start) / number
-
-    return timer
-
-
-def median_us(timers, budget_s, rounds):
-    """Median time per call of each timer, in interleaved rounds so host noise hits all alike.
-
-    Each round of a timer lasts about ``budget_s / rounds``; a timer whose single call is
-    longer than that gets 3 rounds.
-    """
-    once = {}
-    for k, timer in timers.items():
-        timer(1)  # warm-up
-        once[k] = timer(1)
-    number = {k: max(1, int(budget_s / rounds / t)) for k, t in once.items()}
-    samples = {k: [] for k in timers}
-    for r in range(rounds):
-        for k, timer in timers.items():
-            if r < 3 or once[k] <= budget_s / rounds:
-                samples[k].append(timer(number[k]))
-    return {k: float(np.median(v) * 1e6) for k, v in samples.items()}
+def compile_vm(mod):
+    return relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
 
 
 def kernel_module(x_shape, w, b, padding):
@@ -135,7 +90,8 @@ def default_module(x_shape, w, b, padding):
     return bb.get()
 
 
-def ort_session(x_shape, w, b, padding):
+def conv_onnx(x_shape, w, b, padding):
+    """The same layer as an ONNX Conv + Relu, for onnxruntime."""
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[padding] * 4),
         helper.make_node("Relu", ["c"], ["y"]),
@@ -145,11 +101,7 @@ def ort_session(x_shape, w, b, padding):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def measure(layer, batch, budget_s, rounds, rng):
@@ -162,16 +114,16 @@ def measure(layer, batch, budget_s, rounds, rng):
     keep_out = out_channels // 2
     x_tvm, xs_tvm = tvm.runtime.tensor(x), tvm.runtime.tensor(x[:, :keep_in].copy())
 
-    kernel, run = _vm_timer(kernel_module(x.shape, w, b, padding), x_tvm)
-    sess = ort_session(x.shape, w, b, padding)
+    kernel_vm = compile_vm(kernel_module(x.shape, w, b, padding))
+    sess = ort_session(conv_onnx(x.shape, w, b, padding))
     expected = sess.run(None, {"x": x})[0]
-    np.testing.assert_allclose(run(x_tvm).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(kernel_vm["main"](x_tvm).numpy(), expected, rtol=1e-4, atol=1e-4)
     shrunk_mod = kernel_module(xs_tvm.shape, w[:keep_out, :keep_in].copy(), b[:keep_out], padding)
     timers = {
-        "kernel_us": kernel,
-        "ort_us": _ort_timer(sess, x),
-        "tvm_default_us": _vm_timer(default_module(x.shape, w, b, padding), x_tvm)[0],
-        "shrunk_us": _vm_timer(shrunk_mod, xs_tvm)[0],
+        "kernel_us": vm_timer(kernel_vm, x_tvm),
+        "ort_us": ort_timer(sess, {"x": x}),
+        "tvm_default_us": vm_timer(compile_vm(default_module(x.shape, w, b, padding)), x_tvm),
+        "shrunk_us": vm_timer(compile_vm(shrunk_mod), xs_tvm),
     }
     oc_block = default_oc_block(out_channels, LANES)
     ow_tile = default_ow_tile(expected.shape[3], oc_block, LANES)
@@ -186,15 +138,6 @@ def measure(layer, batch, budget_s, rounds, rng):
     row["shrunk_ideal"] = in_channels * out_channels / (keep_in * keep_out)
     row["shrunk_speedup"] = row["kernel_us"] / row["shrunk_us"]
     return row
-
-
-def _cpu_name():
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main():
@@ -230,7 +173,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "threads": 1,
         "target": str(TARGET),
         "lanes": LANES,

@@ -27,7 +27,6 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
+from scalpel_tvm.timing import cpu_name, median_us, ort_session, ort_timer, vm_timer
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
 
@@ -64,15 +64,7 @@ def tvm_timer(prim, *inputs, out_shape):
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
     args.append(tvm.runtime.tensor(np.zeros(out_shape, "float32"), dev))
     mod[name](*args)
-
-    def timer(number):
-        if number == 1:
-            start = time.perf_counter()
-            mod[name](*args)
-            return time.perf_counter() - start
-        return mod.time_evaluator(name, dev, number=number, repeat=1)(*args).mean
-
-    return timer, args[-1].numpy()
+    return vm_timer(mod, *args, func=name), args[-1].numpy()
 
 
 def numpy_timer(x, w, b):
@@ -85,7 +77,7 @@ def numpy_timer(x, w, b):
     return timer
 
 
-def ort_timer(x, w, b):
+def ort_timer_fc(x, w, b):
     """onnxruntime Gemm + Relu (W an initializer), run_with_iobinding with x bound once."""
     nodes = [
         helper.make_node("Gemm", ["x", "w", "b"], ["g"]),
@@ -97,23 +89,9 @@ def ort_timer(x, w, b):
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
-    binding.bind_output("y")
-    sess.run_with_iobinding(binding)
-    np.testing.assert_allclose(binding.copy_outputs_to_cpu()[0], reference(x, w, b), **TOLERANCE)
-
-    def timer(number):
-        start = time.perf_counter()
-        for _ in range(number):
-            sess.run_with_iobinding(binding)
-        return (time.perf_counter() - start) / number
-
-    return timer
+    sess = ort_session(model.SerializeToString())
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], reference(x, w, b), **TOLERANCE)
+    return ort_timer(sess, {"x": x})
 
 
 TOLERANCE = dict(rtol=1e-3, atol=1e-3)
@@ -121,25 +99,6 @@ TOLERANCE = dict(rtol=1e-3, atol=1e-3)
 
 def reference(x, w, b):
     return np.maximum(x @ w + b, 0)
-
-
-def median_us(timers, budget_s, rounds):
-    """Median time per call of each timer, in interleaved rounds so host noise hits all alike.
-
-    A round of a timer lasts about budget_s / rounds; a timer whose single call is longer than
-    that gets 3 rounds.
-    """
-    once = {}
-    for k, timer in timers.items():
-        timer(1)  # warm-up
-        once[k] = timer(1)
-    number = {k: max(1, int(budget_s / rounds / t)) for k, t in once.items()}
-    samples = {k: [] for k in timers}
-    for r in range(rounds):
-        for k, timer in timers.items():
-            if r < 3 or once[k] <= budget_s / rounds:
-                samples[k].append(timer(number[k]))
-    return {k: float(np.median(v) * 1e6) for k, v in samples.items()}
 
 
 def zero_fraction(rng, w, sparsity, group_shape):
@@ -176,7 +135,7 @@ class Case:
         timers = {
             "dense_us": self.dense,
             "numpy_us": numpy_timer(self.x, self.w, self.b),
-            "ort_us": ort_timer(self.x, self.w, self.b),
+            "ort_us": ort_timer_fc(self.x, self.w, self.b),
         }
         return median_us(timers, budget_s, rounds)
 
@@ -307,15 +266,6 @@ def print_table(results):
             print(f"{r['shape'][0]:>5}x{r['shape'][1]:<5} {r['batch']:>3} {left} | {right}")
 
 
-def _cpu_name():
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="folder for bench_kernels.json and .png")
@@ -354,7 +304,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "threads": "1 (TVM_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, onnxruntime intra_op=1)",
         "target": str(TARGET),
         "group": G,

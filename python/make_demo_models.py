@@ -3,12 +3,7 @@ package, from the seeded builders in scalpel_tvm/models.py. Run it after changin
 import onnx
 
 from scalpel_tvm import models
-from scalpel_tvm.demo import NETWORKS, demo_model_path
+from scalpel_tvm.demo import ensure_demo_models
 
-for network, build in NETWORKS.items():
-    for pruned in (False, True):
-        path = demo_model_path(network, pruned)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        model = build(pruned=pruned)
-        onnx.save(model, path)
-        print(f"{path}: {models.weights_removed(model):.1%} of weights zero")
+for path in ensure_demo_models(overwrite=True):
+    print(f"{path}: {models.weights_removed(onnx.load(path)):.1%} of weights zero")

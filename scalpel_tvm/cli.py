@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="which demo network(s); default both")
     demo.add_argument("--batch", type=int, action="append", help="batch size(s); default 1 and 50")
     demo.add_argument("--out", default="out", help="folder for demo.json and demo.png")
-    demo.add_argument("--repeat", type=int, default=20, help="timing repeats (the median is shown)")
+    demo.add_argument("--rounds", type=int, default=15,
+                      help="interleaved timing rounds (the median is shown)")
 
     plan = sub.add_parser("plan", help="print the per-layer plan for an ONNX model")
     plan.add_argument("model", help="an ONNX file")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(args.target, tuple(args.network or ("lenet_300_100", "lenet5")),
-                     tuple(args.batch or (1, 50)), args.out, args.repeat)
+                     tuple(args.batch or (1, 50)), args.out, args.rounds)
         elif args.command == "plan":
             _plan(args)
     except ScalpelError as err:

@@ -4,13 +4,12 @@ For each demo network and batch size: plan, pass and compile the Scalpel-pruned 
 network unpruned, check the outputs against the model compiled without the pass and against
 onnxruntime, and time (a) the unpruned model through the pass (our dense baseline: every kernel
 scheduled), (b) the pruned model through the pass, (c) onnxruntime on the unpruned and (d) on the
-pruned model. All timings are single-threaded medians, taken in the same process.
+pruned model. All timings are single-threaded medians of interleaved rounds, in the same process.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from . import models
 from .onnx_import import import_onnx
 from .planner import as_spec, plan as make_plan
 from .plots import plot_plan
+from .timing import median_us, ort_session, ort_timer, vm_timer
 
 DATA = Path(__file__).parent / "data"
 NETWORKS = {"lenet_300_100": models.lenet_300_100, "lenet5": models.lenet5}
@@ -35,18 +35,21 @@ def demo_model_path(network: str, pruned: bool) -> Path:
     return DATA / f"{network}_{'scalpel' if pruned else 'dense'}.onnx"
 
 
-def ensure_demo_models() -> None:
-    """Write the demo ONNX files if they are missing (python/make_demo_models.py does the same)."""
+def ensure_demo_models(overwrite: bool = False) -> list[Path]:
+    """Write the demo ONNX files from the seeded builders where missing (or all, `overwrite`)."""
     DATA.mkdir(parents=True, exist_ok=True)
+    written = []
     for network, build in NETWORKS.items():
         for pruned in (False, True):
             path = demo_model_path(network, pruned)
-            if not path.exists():
+            if overwrite or not path.exists():
                 onnx.save(build(pruned=pruned), path)
+                written.append(path)
+    return written
 
 
 def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches=(1, 50),
-             out_dir: str | os.PathLike = "out", repeat: int = 20) -> dict:
+             out_dir: str | os.PathLike = "out", rounds: int = 15) -> dict:
     import tvm
 
     from .pipeline import Pass
@@ -63,23 +66,25 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
         layer_plan = make_plan(pruned_mod, spec)
         tqdm.write(layer_plan.table())
         plot_plan(layer_plan, Path(out_dir) / f"plan_{network}_b{batch}.png")
-        x = np.random.default_rng(0).standard_normal(
-            [d if d else batch for d in _input_shape(pruned_onnx, batch)]).astype("float32")
+        x = np.random.default_rng(0).standard_normal(_input_shape(pruned_onnx, batch)).astype("float32")
 
         compiled = {
             "pruned": _compile(tvm.transform.Sequential([Pass(spec, plan=layer_plan)])(pruned_mod), spec),
             "dense": _compile(Pass(spec)(import_onnx(dense_onnx, batch)), spec),
             "pruned_no_pass": _compile(pruned_mod, spec),
         }
-        outputs = {name: _run(vm, x) for name, vm in compiled.items()}
-        ort = {"pruned": _ort_session(pruned_onnx), "dense": _ort_session(dense_onnx)}
+        arg = tvm.runtime.tensor(x)
+        outputs = {name: vm["main"](arg).numpy() for name, vm in compiled.items()}
+        ort = {name: ort_session(model.SerializeToString())
+               for name, model in (("pruned", pruned_onnx), ("dense", dense_onnx))}
         ort_out = {name: sess.run(None, {"input": x})[0] for name, sess in ort.items()}
-        seconds = {
-            "scalpel_dense": _time_vm(compiled["dense"], x, repeat),
-            "scalpel_pruned": _time_vm(compiled["pruned"], x, repeat),
-            "ort_dense": _time_ort(ort["dense"], x, repeat),
-            "ort_pruned": _time_ort(ort["pruned"], x, repeat),
+        timers = {
+            "scalpel_dense": vm_timer(compiled["dense"], arg),
+            "scalpel_pruned": vm_timer(compiled["pruned"], arg),
+            "ort_dense": ort_timer(ort["dense"], {"input": x}),
+            "ort_pruned": ort_timer(ort["pruned"], {"input": x}),
         }
+        seconds = {k: us * 1e-6 for k, us in median_us(timers, budget_s=0.2 * rounds, rounds=rounds).items()}
         dense_bytes = _weight_bytes(dense_onnx)
         chosen = [lp.candidate(lp.chosen) for lp in layer_plan.layers]
         pruned_bytes = sum(c.weight_bytes for c in chosen) + _bias_bytes(dense_onnx)
@@ -120,49 +125,6 @@ def _compile(mod, spec):
 
     ex = tvm.compile(mod, target=spec.target)
     return relax.VirtualMachine(ex, tvm.cpu())
-
-
-def _run(vm, x):
-    import tvm
-
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
-def _time_vm(vm, x, repeat):
-    import tvm
-
-    arg = tvm.runtime.tensor(x)
-    vm["main"](arg)
-    start = time.perf_counter()
-    vm["main"](arg)
-    once = time.perf_counter() - start
-    number = max(1, int(2e-3 / max(once, 1e-7)))  # each repeat runs ~2 ms
-    timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
-    return float(np.median(timer(arg).results))
-
-
-def _ort_session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _time_ort(session, x, repeat):
-    feed = {"input": x}
-    session.run(None, feed)
-    start = time.perf_counter()
-    session.run(None, feed)
-    number = max(1, int(2e-3 / max(time.perf_counter() - start, 1e-7)))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            session.run(None, feed)
-        samples.append((time.perf_counter() - start) / number)
-    return float(np.median(samples))
 
 
 def _weight_bytes(model) -> int:

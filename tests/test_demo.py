@@ -20,7 +20,7 @@ def test_demo_models_carry_the_papers_pruning():
 
 
 def test_demo_reports_equal_outputs_latencies_and_sizes(tmp_path):
-    assert main(["demo", "--network", "lenet_300_100", "--batch", "1", "--repeat", "3",
+    assert main(["demo", "--network", "lenet_300_100", "--batch", "1", "--rounds", "3",
                  "--out", str(tmp_path)]) == 0
     (record,) = json.loads((tmp_path / "demo.json").read_text())
     assert record["max_abs_diff_vs_no_pass"] < 1e-4
