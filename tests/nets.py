@@ -87,6 +87,23 @@ def cnn(channels=(1, 6, 8), *, dead=None, hw=12, fc=10, bn=False, padding=0, see
     return model(nodes, inits, ["batch", channels[0], hw, hw], "out", ["batch", fc])
 
 
+def dead_sets(data, widths):
+    """Hypothesis draw: for each layer width, a set of dead nodes that never empties the layer."""
+    from hypothesis import strategies as st
+
+    return {i: data.draw(st.sets(st.integers(0, w - 1), max_size=w - 1)) for i, w in enumerate(widths)}
+
+
+def random_cnn(data, max_channels):
+    """Hypothesis draw: a small pruned CNN (random widths, dead filters, BN, padding) and a batch."""
+    from hypothesis import strategies as st
+
+    channels = tuple(data.draw(st.lists(st.integers(1, max_channels), min_size=3, max_size=3)))
+    net = cnn(channels, dead=dead_sets(data, channels[1:]), bn=data.draw(st.booleans()),
+              padding=data.draw(st.sampled_from([0, 1])), seed=data.draw(st.integers(0, 99)))
+    return net, data.draw(st.sampled_from([1, 2]))
+
+
 def model(nodes, inits, in_shape, out, out_shape):
     graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits)

@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scalpel_tvm
-from nets import assert_close, cnn, mlp, random_input, relax_module, run_ort, run_relax
+from nets import (assert_close, cnn, dead_sets, mlp, random_cnn, random_input, relax_module,
+                  run_ort, run_relax)
 from scalpel_tvm import ScalpelError, models
 from scalpel_tvm.planner import Plan
 
@@ -115,8 +116,7 @@ def test_non_x86_targets_are_refused_clearly():
 @given(st.data())
 def test_random_pruned_mlps_compile_to_the_same_outputs(data):
     dims = data.draw(st.lists(st.integers(3, 40), min_size=3, max_size=4))
-    dead = {i: data.draw(st.sets(st.integers(0, dims[i + 1] - 1), max_size=dims[i + 1] - 1))
-            for i in range(len(dims) - 2)}
+    dead = dead_sets(data, dims[1:-1])
     groups = {i: data.draw(st.sampled_from([0.0, 0.5, 0.9])) for i in range(len(dims) - 1)}
     check(mlp(dims, dead=dead, zero_groups=groups, seed=data.draw(st.integers(0, 99))),
           batch=data.draw(st.sampled_from([1, 4])))
@@ -125,8 +125,5 @@ def test_random_pruned_mlps_compile_to_the_same_outputs(data):
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_pruned_cnns_compile_to_the_same_outputs(data):
-    channels = tuple(data.draw(st.lists(st.integers(1, 9), min_size=3, max_size=3)))
-    dead = {i: data.draw(st.sets(st.integers(0, channels[i + 1] - 1), max_size=channels[i + 1] - 1))
-            for i in range(2)}
-    check(cnn(channels, dead=dead, bn=data.draw(st.booleans()), padding=data.draw(st.sampled_from([0, 1])),
-              seed=data.draw(st.integers(0, 99))), batch=data.draw(st.sampled_from([1, 2])))
+    net, batch = random_cnn(data, max_channels=9)
+    check(net, batch)

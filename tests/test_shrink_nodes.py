@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import relax
 
-from nets import assert_close, cnn, mlp, relax_module, random_input, run_ort, run_relax
+from nets import (assert_close, cnn, dead_sets, mlp, random_cnn, random_input, relax_module,
+                  run_ort, run_relax)
 from scalpel_tvm import ScalpelError
 from scalpel_tvm.onnx_import import bind_weights
 from scalpel_tvm.passes.layer_graph import build_layer_graph, canonicalize, static_shape
@@ -163,9 +164,7 @@ def test_dynamic_shapes_are_a_clear_error():
 def test_random_mlps_keep_their_outputs(data):
     depth = data.draw(st.integers(2, 4))
     dims = data.draw(st.lists(st.integers(2, 24), min_size=depth + 1, max_size=depth + 1))
-    dead = {}
-    for i in range(depth - 1):  # never every neuron of a layer
-        dead[i] = data.draw(st.sets(st.integers(0, dims[i + 1] - 1), max_size=dims[i + 1] - 1))
+    dead = dead_sets(data, dims[1:-1])
     bias = {i: data.draw(st.sampled_from([None, 0.3, -0.3]))
             for i in range(depth)}
     bias = {i: v for i, v in bias.items() if v is not None}
@@ -179,9 +178,5 @@ def test_random_mlps_keep_their_outputs(data):
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_cnns_keep_their_outputs(data):
-    channels = tuple(data.draw(st.lists(st.integers(1, 6), min_size=3, max_size=3)))
-    dead = {i: data.draw(st.sets(st.integers(0, channels[i + 1] - 1), max_size=channels[i + 1] - 1))
-            for i in range(2)}
-    net = cnn(channels, dead=dead, bn=data.draw(st.booleans()), seed=data.draw(st.integers(0, 100)),
-              padding=data.draw(st.sampled_from([0, 1])))
-    check_same_outputs(net, batch=data.draw(st.sampled_from([1, 2])))
+    net, batch = random_cnn(data, max_channels=6)
+    check_same_outputs(net, batch)
