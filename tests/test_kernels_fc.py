@@ -109,6 +109,11 @@ def test_zero_weight_gives_bias(kind):
         ("gx1", 7, dict(batch_tile=3, streams=3, parallel=True)),
         ("gx1", 7, dict(batch_tile=2, batch_outer=True, parallel=True)),
         ("gx1", 1, dict(streams=5)),
+        # batch in lanes: whole tiles + a tail tile of batch vectors + leftover rows
+        ("gx1", 45, dict(batch_lanes=True, batch_tile=16, tile_outputs=4)),
+        ("gx1", 21, dict(batch_lanes=True, batch_tile=24, tile_outputs=8)),  # tail tile only
+        ("gx1", 8, dict(batch_lanes=True, batch_tile=8, tile_outputs=2)),
+        ("gx1", 3, dict(batch_lanes=True)),  # batch < G: the row-broadcast kernel
         ("1xg", 7, dict(batch_tile=4, streams=2, parallel=True)),
         ("csr", 21, dict(batch_tile=2, streams=3, parallel=True)),  # 3 batch vectors, 1 tail
         ("csr", 1, dict(streams=1)),
@@ -118,6 +123,14 @@ def test_kernel_knobs(kind, batch, knobs):
     rng = np.random.default_rng(3)
     w = pruned_weight(rng, 101, 45, orientation="1xg" if kind == "1xg" else "gx1")
     check(kind, w, batch, bias=True, activation=None, **knobs)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_gx1_batch_lanes_epilogue(bias, activation):
+    # K = 300, N = 10: a partial transpose block on both sides and a padded last block.
+    rng = np.random.default_rng(5)
+    check("gx1", pruned_weight(rng, 300, 10), 50, bias, activation, batch_lanes=True)
 
 
 def test_unknown_knob_and_bad_arguments_raise():
