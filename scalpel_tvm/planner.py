@@ -169,8 +169,8 @@ def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, co
     lp.chosen = best.form
     dense = lp.dense_seconds
     if best.form == "dense":
-        lp.reason = ("no all-zero groups of %d" % group) if len(lp.candidates) == 1 else \
-            "dense is predicted fastest at this group sparsity"
+        lp.reason = (f"no all-zero groups of {group}" if len(lp.candidates) == 1
+                     else "dense is predicted fastest at this group sparsity")
         lp.kernel = f"{layer.name}{shrunk or '_dense'}"
     else:
         lp.reason = f"{best.form} predicted {dense / best.seconds:.1f}x faster than dense"
