@@ -16,29 +16,41 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from scalpel_tvm.cost import COST_FILE, KernelQuery, predict_seconds, rate_key
+from scalpel_tvm.cost import COST_FILE, AnalyticalCost, KernelQuery, predict_seconds, rate_key
+from scalpel_tvm.target import TargetSpec
 
 GROUP = 8
 
 
-def points(bench: dict):
-    """(KernelQuery, measured seconds) for every kernel timed in the benchmark."""
+def sparse_point(batch: int, n: int, k: int, entry: dict) -> dict:
+    """form -> (KernelQuery, measured seconds) for one sparsity row of the benchmark."""
+    measured = {"dense": (KernelQuery("fc", "dense", batch, k, n), entry["dense_us"] * 1e-6)}
+    for form, blocks in (("gx1", -(-n // GROUP)), ("1xg", n)):
+        # Invert the format's size (values + one index per group + one pointer per block).
+        groups = (entry[f"{form}_bytes"] - 4 * (blocks + 1)) // (4 * GROUP + 4)
+        query = KernelQuery("fc", f"gsparse_{form}", batch, k, n, group=GROUP, groups=int(groups))
+        measured[query.form] = (query, entry[f"{form}_us"] * 1e-6)
+    nnz = (entry["csr_bytes"] - 4 * (n + 1)) // 8
+    measured["csr"] = (KernelQuery("fc", "csr", batch, k, n, group=1, groups=int(nnz)), entry["csr_us"] * 1e-6)
+    return measured
+
+
+def sparse_points(bench: dict):
     for row in bench["results"]:
         n, k = row["shape"]
-        batch = row["batch"]
         for entry in row["sparse"]:
-            yield KernelQuery("fc", "dense", batch, k, n), entry["dense_us"] * 1e-6
-            for form, blocks in (("gx1", -(-n // GROUP)), ("1xg", n)):
-                # Invert the format's size (values + one index per group + one pointer per block).
-                groups = (entry[f"{form}_bytes"] - 4 * (blocks + 1)) // (4 * GROUP + 4)
-                query = KernelQuery("fc", f"gsparse_{form}", batch, k, n, group=GROUP, groups=int(groups))
-                yield query, entry[f"{form}_us"] * 1e-6
-            nnz = (entry["csr_bytes"] - 4 * (n + 1)) // 8
-            yield KernelQuery("fc", "csr", batch, k, n, group=1, groups=int(nnz)), entry["csr_us"] * 1e-6
+            yield sparse_point(row["batch"], n, k, entry)
+
+
+def points(bench: dict):
+    """(KernelQuery, measured seconds) for every kernel timed in the benchmark."""
+    for measured in sparse_points(bench):
+        yield from measured.values()
+    for row in bench["results"]:
         for entry in row["shrunk"]:
             for key in ("n", "nk"):
                 n_s, k_s = entry[f"{key}_shape"]
-                yield KernelQuery("fc", "dense", batch, k_s, n_s), entry[f"{key}_us"] * 1e-6
+                yield KernelQuery("fc", "dense", row["batch"], k_s, n_s), entry[f"{key}_us"] * 1e-6
 
 
 def fit(samples):
@@ -82,6 +94,22 @@ def main():
               f"L3 {rates['l3_bytes_per_s'] / 1e9:6.1f} GB/s  error median {median_error:.0%} max {max_error:.0%}")
     COST_FILE.write_text(json.dumps(calibration, indent=2) + "\n")
     print(f"wrote {COST_FILE}")
+    print_decision_quality(bench)
+
+
+def print_decision_quality(bench: dict) -> None:
+    """How often the fitted model picks the measured-fastest of dense / G×1 / 1×G (in-sample:
+    the same points it was fitted to; held-out evaluation comes with the tuning-log models)."""
+    cost = AnalyticalCost(TargetSpec.preset("x86-avx2"))
+    right, regrets = 0, []
+    for measured in sparse_points(bench):
+        del measured["csr"]  # the planner never picks CSR; it stands for traditional pruning
+        chosen = min(measured, key=lambda form: cost.estimate(measured[form][0]).seconds)
+        best = min(measured, key=lambda form: measured[form][1])
+        right += chosen == best
+        regrets.append(measured[chosen][1] / measured[best][1])
+    print(f"decision accuracy (in-sample): {right}/{len(regrets)} picks are the measured-fastest "
+          f"form; the others are at most {max(regrets):.2f}x slower than it (mean {np.mean(regrets):.3f}x)")
 
 
 if __name__ == "__main__":
