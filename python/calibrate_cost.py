@@ -1,13 +1,14 @@
 """Fit the analytical cost model's rates to a kernel benchmark run, and write them into the package.
 
-    python python/bench_kernels.py --out out          # measure (about 8 minutes)
+    python python/bench_kernels.py --out out          # measure (about 5 minutes)
     python python/calibrate_cost.py out/bench_kernels.json
 
-For each kernel form and batch regime (batch 1, batched) the model is  t = overhead + max(MACs / mac_rate, bytes / bandwidth),  where
-the bandwidth is the L2 one while the weight fits in L2 and the L3 one beyond. The four rates per
-form are fitted by least squares on log time over every measured point, so the planner's estimates
-come from this machine's measurements, not from hand-set numbers. Writes
-scalpel_tvm/data/cost_x86-avx2.json and prints the fit's error per form.
+For each kernel form and batch regime (batch 1, batched) the model is
+t = overhead + MACs / mac_rate + weight bytes / bandwidth, the bandwidth being the L2 one while the
+weight fits in L2 and the L3 one beyond. The four rates are fitted by least squares on log time
+over every measured point, so the planner's estimates come from this machine's measurements, not
+from hand-set numbers. Writes scalpel_tvm/data/cost_x86-avx2.json and prints the fit's error per
+form and how often the fitted model picks the measured-fastest form.
 """
 import argparse
 import json
