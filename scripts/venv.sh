@@ -9,7 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-lock.txt -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c requirements-lock.txt -e ".${extras:+[$extras]}"
+  echo "installing scalpel-tvm and its pinned dependencies into .venv (log: .venv/install.log)"
+  {
+    .venv/bin/python -m pip install --upgrade pip &&
+    .venv/bin/python -m pip install -c requirements-lock.txt -e ".${extras:+[$extras]}"
+  } > .venv/install.log 2>&1 || { tail -40 .venv/install.log; exit 1; }
   touch "$stamp"
 fi
