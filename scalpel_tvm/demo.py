@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from . import models
 from .onnx_import import import_onnx
-from .planner import as_spec, plan as make_plan
+from .errors import ScalpelError
+from .planner import as_spec, check_plan_target, plan as make_plan
+from .target import TargetSpec
 from .plots import plot_plan
 from .timing import median_us, ort_session, ort_timer, vm_timer
 
@@ -55,6 +57,7 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
     from .pipeline import Pass
 
     spec = as_spec(target)
+    check_runs_here(spec)
     ensure_demo_models()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     results = []
@@ -116,6 +119,21 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
     _plot(results, out / "demo.png")
     print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")
     return {"results": results}
+
+
+def check_runs_here(spec) -> None:
+    """The demo executes what it compiles, so the target must be one this CPU can run."""
+    from tvm.target import codegen
+
+    check_plan_target(spec)
+    isa = {"sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
+           "avx512vl", "avx512vnni"}  # instruction sets, not LLVM's tuning flags
+    missing = isa & set(codegen.llvm_get_cpu_features(spec.target)) - set(
+        codegen.llvm_get_cpu_features(TargetSpec.host().target))
+    if missing:
+        raise ScalpelError(
+            f"the demo runs its models on this machine, whose CPU lacks {', '.join(sorted(missing)[:4])} "
+            f"that {spec.name} code uses; use --target host (or `scalpel plan` to only plan for {spec.name})")
 
 
 def _input_shape(model, batch):
