@@ -15,12 +15,13 @@ from .passes.shrink_nodes import ShrinkNodes
 from .planner import Plan, as_spec, check_plan_target, plan as make_plan
 
 
-def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool = False):
+def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool = False,
+         chain: bool = True):
     """The scalpel-tvm rewrite for `target` as a `tvm.transform.Pass`.
 
     Applies `plan` if given (e.g. one a user inspected or edited), else plans on the spot with
-    `cost` (default: the analytical model). The module's `main` must have its weights bound as
-    constants and fixed input shapes.
+    `cost` (default: the analytical model). `chain` runs consecutive FC layers as one kernel call.
+    The module's `main` must have its weights bound as constants and fixed input shapes.
     """
     spec = as_spec(target)
     check_plan_target(spec)
@@ -34,7 +35,7 @@ def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool
         shrunk = {lp.name for lp in layer_plan.layers if lp.removed_nodes}
         seq = tvm.transform.Sequential([
             ShrinkNodes(only=shrunk, allow_dead_layers=allow_dead_layers),
-            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32")),
+            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32"), chain),
             relax.transform.DeadCodeElimination(),
         ])
         return seq(mod)

@@ -16,6 +16,7 @@ import tvm
 from .cost import AnalyticalCost, KernelQuery, MeasuredCost
 from .errors import ScalpelError
 from .passes.layer_graph import Layer, build_layer_graph, canonicalize, static_shape
+from .passes.lower_layers import chained_runs
 from .passes.shrink_nodes import analyze_shrink, feature_index
 from .schedules.grouped_sparse import group_sparsity
 from .target import TargetSpec
@@ -65,6 +66,7 @@ class Plan:
     group: int
     layers: list[LayerPlan]
     untouched: list[dict]  # ops left as they are, with the reason
+    chains: list[list[str]] = field(default_factory=list)  # layers that run as one kernel call
 
     def choices(self) -> dict[str, tuple[str, str]]:
         return {layer.name: (layer.chosen, layer.kernel) for layer in self.layers}
@@ -84,6 +86,8 @@ class Plan:
                 f"{lp.dead_nodes:>7}{lp.removed_nodes:>8}{gsp:>8.1%}  {lp.chosen:<13}"
                 f"{lp.chosen_seconds * 1e6:>8.2f}{lp.dense_seconds * 1e6:>9.2f}  {lp.kernel}")
             lines.append(f"{'':<7}shrink: {lp.shrink_reason}; form: {lp.reason}")
+        for chain in self.chains:
+            lines.append(f"one kernel call: {' -> '.join(chain)}")
         for op in self.untouched:
             lines.append(f"untouched {op['var']} ({op['op']}): {op['reason']}")
         return "\n".join(lines)
@@ -120,7 +124,8 @@ def plan(mod: tvm.IRModule, target, *, cost=None, allow_dead_layers: bool = Fals
         _price(lp, layer, weight, spec, cost, group)
         layers.append(lp)
     untouched = [{"var": u.var_name, "op": u.op, "reason": u.reason} for u in graph.untouched]
-    return Plan(spec.name, group, layers, untouched)
+    chains = [[layer.name for layer in run] for run in chained_runs(graph.layers)]
+    return Plan(spec.name, group, layers, untouched, chains)
 
 
 def as_spec(target) -> TargetSpec:

@@ -1,6 +1,7 @@
 """scalpel_tvm.Pass end to end: every layer becomes a scheduled kernel and results stay the same."""
 import numpy as np
 import pytest
+from onnx import numpy_helper as onnx_numpy
 import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,30 +40,54 @@ def check(onnx_model, batch=1, **kwargs):
 
 
 def planned_kernels(onnx_model, batch):
-    return sorted(lp.kernel for lp in scalpel_tvm.plan(relax_module(onnx_model, batch), "x86-avx2").layers)
+    """The kernel functions the plan says the module will have (chains as one function)."""
+    layer_plan = scalpel_tvm.plan(relax_module(onnx_model, batch), "x86-avx2")
+    by_name = {lp.name: lp.kernel for lp in layer_plan.layers}
+    chained = {name for chain in layer_plan.chains for name in chain}
+    names = [kernel for name, kernel in by_name.items() if name not in chained]
+    names += ["__".join(by_name[name] for name in chain) for chain in layer_plan.chains]
+    return sorted(names)
 
 
-@pytest.mark.parametrize("batch", [1, 5])
-def test_lenet_300_100_becomes_grouped_sparse_kernels(batch):
-    out = check(models.lenet_300_100(), batch)
+def test_lenet_300_100_at_batch_1_is_one_grouped_sparse_chain():
+    out = check(models.lenet_300_100(), 1)
     assert "relax.matmul" not in relax_ops(out)
-    names = kernel_names(out)
-    assert names == planned_kernels(models.lenet_300_100(), batch)
+    (name,) = kernel_names(out)
+    assert [name] == planned_kernels(models.lenet_300_100(), 1)
     # The big layers are >90% group-sparse; the 100x10 output layer is a near tie either way.
-    assert names[:2] == ["fc1_gsparse_g8x1", "fc2_gsparse_g8x1"]
+    assert name.startswith("fc1_gsparse_g8x1__fc2_gsparse_g8x1__fc3_")
 
 
-def test_lenet5_shrinks_convs_and_sparsifies_fc():
-    out = check(models.lenet5(), batch=2)
+@pytest.mark.parametrize("batch,chain", [(1, False), (5, True)])
+def test_each_layer_its_own_kernel_when_batched_or_asked(batch, chain):
+    out = check(models.lenet_300_100(), batch, chain=chain)
+    names = kernel_names(out)
+    assert names[:2] == ["fc1_gsparse_g8x1", "fc2_gsparse_g8x1"] and len(names) == 3
+    if chain:
+        assert names == planned_kernels(models.lenet_300_100(), batch)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lenet5_shrinks_convs_and_sparsifies_fc(batch):
+    out = check(models.lenet5(), batch)
     assert {"relax.matmul", "relax.nn.conv2d"}.isdisjoint(relax_ops(out))
     names = kernel_names(out)
-    assert names == planned_kernels(models.lenet5(), 2)
-    assert names[:3] == ["conv1_shrunk_10of20", "conv2_shrunk_16of50", "fc1_gsparse_g8x1"]
+    assert names == planned_kernels(models.lenet5(), batch)
+    assert names[:2] == ["conv1_shrunk_10of20", "conv2_shrunk_16of50"]
+    assert names[2].startswith("fc1_gsparse_g8x1__fc2_" if batch == 1 else "fc1_gsparse_g8x1")
 
 
 def test_dense_model_gets_scheduled_dense_kernels():
     out = check(models.lenet_300_100(pruned=False))
-    assert kernel_names(out) == ["fc1_dense", "fc2_dense", "fc3_dense"]
+    assert kernel_names(out) == ["fc1_dense__fc2_dense__fc3_dense"]
+
+
+def test_chain_of_identical_layers():
+    """Equal layers may share one specialized kernel; the chain must still be well formed."""
+    net = mlp([16, 16, 16, 16])
+    for i in range(3):
+        net.graph.initializer[2 * i].CopyFrom(onnx_numpy.from_array(np.eye(16, dtype="float32"), f"w{i}"))
+    check(net, batch=2)
 
 
 def test_batch_norm_folds_into_the_conv_kernel():
@@ -82,7 +107,7 @@ def test_user_edited_plan_is_applied():
     for lp in layer_plan.layers:
         lp.chosen, lp.kernel = "gsparse_1xg", f"{lp.name}_mine"
     out = apply(mod, plan=layer_plan)
-    assert kernel_names(out) == ["fc1_mine", "fc2_mine", "fc3_mine"]
+    assert kernel_names(out) == ["fc1_mine__fc2_mine__fc3_mine"]
     x = random_input(models.lenet_300_100(), 1)
     assert_close(run_relax(out, x), run_relax(mod, x))
 
