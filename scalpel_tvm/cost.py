@@ -1,15 +1,14 @@
 """The cost interface the planner asks: how many seconds would this layer take in this form?
 
-Two implementations live here: `AnalyticalCost`, a roofline-style model (fixed call overhead, then
-the larger of compute time and weight-streaming time) whose rates are fitted to this machine's
-kernel benchmark by `python/calibrate_cost.py`, and `MeasuredCost`, which compiles the candidate kernel and
-times it on the spot. The autotuning-log models of a later issue plug in behind the same
+Two implementations live here: `AnalyticalCost`, a roofline-style model (call overhead plus
+compute time plus weight-streaming time) whose rates are fitted to this machine's kernel
+benchmark by `python/calibrate_cost.py`, and `MeasuredCost`, which compiles the candidate kernel
+and times it on the spot. The autotuning-log models of a later issue plug in behind the same
 `estimate(query) -> Estimate` call.
 """
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,6 @@ import tvm
 
 from .errors import ScalpelError
 from .target import TargetSpec
-
-FORMS = ("dense", "gsparse_gx1", "gsparse_1xg", "csr")
-
 
 @dataclass(frozen=True)
 class KernelQuery:
@@ -101,44 +97,40 @@ class AnalyticalCost:
 
 
 class MeasuredCost:
-    """Seconds measured by compiling the candidate kernel and timing it (median of repeats).
+    """Seconds measured by compiling the candidate FC kernel and timing it (median of rounds).
 
     Needs the layer's weights for the sparse forms (their pattern decides the work), so the planner
-    hands them in with `weights=`; results are cached per query.
+    hands them in with `weights=`; results are cached per query. Conv layers have one form on
+    CPUs, so they are priced by `AnalyticalCost` (the estimate's source says so).
     """
 
-    def __init__(self, spec: TargetSpec, repeat: int = 5):
+    def __init__(self, spec: TargetSpec, rounds: int = 5):
         if spec.parallelism != "moderate":
             raise ScalpelError(f"measuring kernels for {spec.name} needs that device; "
                                "only x86 targets are measured on this machine")
         self.spec = spec
-        self.repeat = repeat
+        self.rounds = rounds
+        self.analytical = AnalyticalCost(spec)
         self._cache: dict = {}
 
     def estimate(self, query: KernelQuery, weights: np.ndarray | None = None) -> Estimate:
-        key = (query, None if weights is None else hash(weights.tobytes()))
+        if query.kind != "fc":
+            return self.analytical.estimate(query)
+        if weights is None:
+            raise ScalpelError("MeasuredCost needs the layer's weights to time a kernel")
+        key = (query, hash(weights.tobytes()))
         if key not in self._cache:
             self._cache[key] = Estimate(self._measure(query, weights), "measured")
         return self._cache[key]
 
-    def _measure(self, query: KernelQuery, weights) -> float:
+    def _measure(self, query: KernelQuery, weights: np.ndarray) -> float:
         from .passes.lower_layers import fc_kernel  # late: building kernels pulls in the schedules
+        from .timing import median_us, vm_timer
 
-        if query.kind != "fc":
-            raise ScalpelError("on-the-spot measurement covers FC layers; conv uses AnalyticalCost")
-        if weights is None:
-            raise ScalpelError("MeasuredCost needs the layer's weights to time a kernel")
         prim, consts = fc_kernel(query.form, weights, query.batch, query.group, bias=False,
                                  activation=None, name="kernel")
-        ex = tvm.compile(tvm.IRModule({"kernel": prim}), target=self.spec.target)
-        dev = tvm.cpu()
-        rng = np.random.default_rng(0)
-        args = [rng.standard_normal((query.batch, query.k)).astype("float32"), *consts,
-                np.zeros((query.batch, query.n), "float32")]
-        args = [tvm.runtime.tensor(a, dev) for a in args]
-        ex["kernel"](*args)
-        start = time.perf_counter()
-        ex["kernel"](*args)
-        number = max(1, int(1e-3 / max(time.perf_counter() - start, 1e-7)))  # ~1 ms per repeat
-        timer = ex.mod.time_evaluator("kernel", dev, number=number, repeat=self.repeat)
-        return float(np.median(timer(*args).results))
+        module = tvm.compile(tvm.IRModule({"kernel": prim}), target=self.spec.target).jit()
+        x = np.random.default_rng(0).standard_normal((query.batch, query.k)).astype("float32")
+        args = [tvm.runtime.tensor(a) for a in (x, *consts, np.zeros((query.batch, query.n), "float32"))]
+        timer = vm_timer(module, *args, func="kernel")
+        return median_us({"kernel": timer}, budget_s=0.02 * self.rounds, rounds=self.rounds)["kernel"] * 1e-6

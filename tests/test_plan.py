@@ -48,9 +48,18 @@ def test_analytical_cost_orders_forms_sensibly():
 def test_measured_cost_times_the_real_kernel():
     spec = TargetSpec.preset("x86-avx2")
     w = np.random.default_rng(0).standard_normal((64, 32)).astype("float32")
-    estimate = MeasuredCost(spec, repeat=3).estimate(KernelQuery("fc", "dense", 1, 64, 32), w)
+    estimate = MeasuredCost(spec, rounds=3).estimate(KernelQuery("fc", "dense", 1, 64, 32), w)
     assert estimate.source == "measured"
     assert 0 < estimate.seconds < 1e-3
+
+
+def test_cli_plan_with_measured_costs_covers_conv_layers(tmp_path, capsys):
+    path = tmp_path / "lenet5.onnx"
+    onnx.save(models.lenet5(), path)
+    assert main(["plan", str(path), "--target", "x86-avx2", "--cost", "measure", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    sources = {layer["name"]: {c["source"] for c in layer["candidates"]} for layer in layers}
+    assert sources["conv1"] == {"analytical"} and sources["fc1"] == {"measured"}
 
 
 def test_plan_json_roundtrips():
