@@ -51,7 +51,7 @@ def ensure_demo_models(overwrite: bool = False) -> list[Path]:
 
 
 def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches=(1, 50),
-             out_dir: str | os.PathLike = "out", rounds: int = 15) -> dict:
+             out_dir: str | os.PathLike = "out", rounds: int = 15) -> list[dict]:
     import tvm
 
     from .pipeline import Pass
@@ -59,7 +59,8 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
     spec = as_spec(target)
     check_runs_here(spec)
     ensure_demo_models()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     steps = [(n, b) for n in networks for b in batches]
     for network, batch in tqdm(steps, desc="demo", unit="model"):
@@ -70,11 +71,11 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
         dense_mod = import_onnx(dense_onnx, batch)
         dense_plan = make_plan(dense_mod, spec)
         tqdm.write(layer_plan.table())
-        plot_plan(layer_plan, Path(out_dir) / f"plan_{network}_b{batch}.png")
+        plot_plan(layer_plan, out / f"plan_{network}_b{batch}.png")
         x = np.random.default_rng(0).standard_normal(_input_shape(pruned_onnx, batch)).astype("float32")
 
         compiled = {
-            "pruned": _compile(tvm.transform.Sequential([Pass(spec, plan=layer_plan)])(pruned_mod), spec),
+            "pruned": _compile(Pass(spec, plan=layer_plan)(pruned_mod), spec),
             "dense": _compile(Pass(spec, plan=dense_plan)(dense_mod), spec),
             "pruned_no_pass": _compile(pruned_mod, spec),
         }
@@ -92,7 +93,7 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
         seconds = {k: us * 1e-6 for k, us in median_us(timers, budget_s=0.2 * rounds, rounds=rounds).items()}
         dense_bytes = _weight_bytes(dense_onnx)
         chosen = [lp.candidate(lp.chosen) for lp in layer_plan.layers]
-        pruned_bytes = sum(c.weight_bytes for c in chosen) + _bias_bytes(dense_onnx)
+        pruned_bytes = sum(c.weight_bytes for c in chosen) + _bias_bytes(dense_onnx)  # all biases
         macs = sum(c.macs for c in chosen)
         dense_macs = sum(lp.candidate("dense").macs for lp in dense_plan.layers)
         record = {
@@ -113,12 +114,10 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
         }
         results.append(record)
         tqdm.write(_summary(record))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(results, indent=2))
     _plot(results, out / "demo.png")
     print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")
-    return {"results": results}
+    return results
 
 
 def check_runs_here(spec) -> None:
