@@ -126,11 +126,8 @@ class Untouched:
 
 @dataclass
 class LayerGraph:
-    func: relax.Function
     layers: list[Layer]
     untouched: list[Untouched]
-    bindings: dict  # var -> value
-    users: dict  # var -> list of vars whose binding reads it (and "output" for the function result)
 
 
 def build_layer_graph(func: relax.Function) -> LayerGraph:
@@ -143,9 +140,9 @@ def build_layer_graph(func: relax.Function) -> LayerGraph:
             if not isinstance(binding, relax.VarBinding):
                 continue
             bindings[binding.var] = binding.value
-            for var in _free_vars(binding.value):
+            for var in relax.analysis.free_vars(binding.value):
                 users.setdefault(var, []).append(binding.var)
-    for var in _free_vars(func.body.body):
+    for var in relax.analysis.free_vars(func.body.body):
         users.setdefault(var, []).append("output")
 
     layers, untouched, counts = [], [], {"fc": 0, "conv": 0}
@@ -153,12 +150,11 @@ def build_layer_graph(func: relax.Function) -> LayerGraph:
         kind = {"relax.matmul": "fc", "relax.nn.conv2d": "conv"}.get(op_name(value))
         if kind is None:
             continue
-        weight_expr = value.args[1]
         reason = _why_not_a_layer(kind, var, value)
         if reason:
             untouched.append(Untouched(var.name, op_name(value), reason))
             continue
-        weight = const_array(weight_expr)
+        weight = const_array(value.args[1])
         counts[kind] += 1
         name = f"{kind}{counts[kind]}"
         if not np.all(np.isfinite(weight)):
@@ -171,7 +167,7 @@ def build_layer_graph(func: relax.Function) -> LayerGraph:
     by_var = {layer.var: layer for layer in layers}
     for layer in layers:
         _trace_chain(layer, bindings, users, by_var)
-    return LayerGraph(func, layers, untouched, bindings, users)
+    return LayerGraph(layers, untouched)
 
 
 def _check_static_inputs(func: relax.Function) -> None:
@@ -180,8 +176,8 @@ def _check_static_inputs(func: relax.Function) -> None:
             raise ScalpelError(
                 f"input '{param.name}' has a dynamic shape {param.ty.shape}; "
                 "scalpel-tvm compiles kernels for fixed shapes. Fix the shape when importing, "
-                "e.g. from_onnx(model, shape_dict={'input': [1, 784]}), or `scalpel plan "
-                "--input-shape input=1,784`")
+                "e.g. scalpel_tvm.import_onnx(model, batch=1) or from_onnx(model, "
+                "shape_dict={'input': [1, 784]}); on the command line, --batch N")
 
 
 def _check_weights_bound(func: relax.Function) -> None:
@@ -194,10 +190,6 @@ def _check_weights_bound(func: relax.Function) -> None:
         f"main takes its weights as parameters ({names}, ...), not as constants; bind them "
         "first with mod = scalpel_tvm.bind_weights(mod) (relax.transform.BindParams with the "
         "values), or import the ONNX model without keep_params_in_input=True")
-
-
-def _free_vars(expr):
-    return [v for v in relax.analysis.free_vars(expr)]
 
 
 def _why_not_a_layer(kind: str, var, call) -> str | None:
@@ -217,7 +209,7 @@ def _why_not_a_layer(kind: str, var, call) -> str | None:
             return f"grouped convolution (groups={int(attrs.groups)})"
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
             return f"layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW"
-        if attrs.out_dtype not in (None, "", "float32") and str(attrs.out_dtype) not in ("", "float32"):
+        if attrs.out_dtype and str(attrs.out_dtype) not in ("float32", "void"):
             return f"out_dtype {attrs.out_dtype}"
     return None
 
@@ -227,7 +219,7 @@ def _trace_chain(layer: Layer, bindings, users, by_var) -> None:
     var, multiplicity = layer.var, 1  # channels are axis 1 of both [B, F] and NCHW
     while True:
         readers = users.get(var, [])
-        if readers == ["output"] or "output" in readers:
+        if "output" in readers:
             layer.stop_reason = "its output is the model's output (shapes of outputs never change)"
             return
         if len(readers) != 1:
