@@ -180,3 +180,19 @@ def test_random_mlps_keep_their_outputs(data):
 def test_random_cnns_keep_their_outputs(data):
     net, batch = random_cnn(data, max_channels=6)
     check_same_outputs(net, batch)
+
+
+def test_concat_keeps_the_channels():
+    """relu(fc1) is concatenated with itself before fc2: the analysis does not follow a concat."""
+    from onnx import helper, numpy_helper
+    net = mlp([8, 6, 4], dead={0: [0, 1]})
+    graph = net.graph
+    gemm2 = next(node for node in graph.node if node.output[0] == "fc1")
+    graph.node.insert(list(graph.node).index(gemm2), helper.make_node("Concat", ["act0", "act0"], ["cat"], axis=1))
+    gemm2.input[0] = "cat"
+    w1 = numpy_helper.to_array(graph.initializer[2])
+    graph.initializer[2].CopyFrom(numpy_helper.from_array(np.concatenate([w1, w1], axis=1), "w1"))
+    shrunk = check_same_outputs(net)
+    assert layer_shapes(shrunk)["fc1"] == (8, 6)
+    reason = analyze_shrink(build_layer_graph(canonicalize(relax_module(net))["main"]))["fc1"].reason
+    assert "relax.concat" in reason
