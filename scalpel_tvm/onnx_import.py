@@ -34,7 +34,10 @@ def input_shapes(model: onnx.ModelProto, batch: int = 1) -> dict[str, list[int]]
         dims = value.type.tensor_type.shape.dim
         shape = []
         for axis, dim in enumerate(dims):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
+            if dim.HasField("dim_value") and dim.dim_value == 0:
+                raise ScalpelError(f"input '{value.name}' has size 0 in dimension {axis}: "
+                                   "an empty input leaves nothing to compute; check the export")
+            if dim.HasField("dim_value"):
                 shape.append(dim.dim_value)
             elif axis == 0:
                 shape.append(batch)

@@ -94,3 +94,10 @@ def test_dynamic_inner_dimension_is_a_clear_error():
     net.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
     with pytest.raises(ScalpelError, match="dynamic dimension 1"):
         relax_module(net)
+
+
+def test_empty_input_dimension_is_named_as_such():
+    net = mlp([6, 4, 2])
+    net.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0
+    with pytest.raises(ScalpelError, match="size 0 in dimension 1"):
+        relax_module(net)
