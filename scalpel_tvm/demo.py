@@ -27,7 +27,7 @@ from .timing import median_us, ort_session, ort_timer, vm_timer
 DATA = Path(__file__).parent / "data"
 NETWORKS = {"lenet_300_100": models.lenet_300_100, "lenet5": models.lenet5}
 
-# This machine's limits, one core (README: measured or taken from the vendor's figures).
+# This machine kind's limits on one core, as given for it in the project's issue 2 (not measured here).
 DRAM_BYTES_PER_S = 18e9
 L3_BYTES_PER_S = 55e9
 FLOPS_PER_S = 100e9

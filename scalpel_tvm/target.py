@@ -69,10 +69,6 @@ class TargetSpec:
             return 32  # a warp: groups of one warp keep value loads coalesced
         return max(1, self.vector_bits.get(dtype, 0) // _DTYPE_BITS[dtype])
 
-    @property
-    def num_cores(self) -> int:
-        return int(self.target.attrs.get("num-cores", 1)) if "num-cores" in self.target.attrs else 1
-
     @classmethod
     def preset(cls, name: str) -> "TargetSpec":
         """A named target: x86-avx2, x86-avx512, cortex-m4, cortex-m7, cortex-m55, cuda, host."""
