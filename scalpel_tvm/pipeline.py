@@ -10,6 +10,7 @@ import warnings
 import tvm
 from tvm import relax
 
+from .passes.layer_graph import canonicalize
 from .passes.lower_layers import LowerLayers
 from .passes.shrink_nodes import ShrinkNodes
 from .planner import Plan, as_spec, check_plan_target, plan as make_plan
@@ -28,6 +29,7 @@ def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool
 
     @tvm.transform.module_pass(opt_level=0, name="scalpel.Pass")
     def scalpel_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = canonicalize(mod)  # once: planning and shrinking then find it already canonical
         layer_plan = plan or make_plan(mod, spec, cost=cost, allow_dead_layers=allow_dead_layers)
         for op in layer_plan.untouched:
             warnings.warn(f"scalpel: left {op['op']} '{op['var']}' untouched: {op['reason']}",
