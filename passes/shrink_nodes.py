@@ -132,6 +132,25 @@ def _fold_into_consumer(layer: Layer, values: np.ndarray, removed: np.ndarray) -
     return window_sums @ values[removed]
 
 
+def shrunk_weights(decisions: dict[str, ShrinkDecision]) -> dict[str, np.ndarray]:
+    """Each layer's weight after shrinking: its kept outputs, and the inputs its producer kept."""
+    kept_rows = {}
+    for decision in decisions.values():
+        if decision.removed.size:
+            producer, consumer = decision.layer, decision.layer.consumer
+            kept_rows[consumer.name] = feature_index(
+                decision.keep, consumer.in_channels // producer.out_channels)
+    weights = {}
+    for name, decision in decisions.items():
+        layer = decision.layer
+        out_axis, in_axis = (1, 0) if layer.kind == "fc" else (0, 1)
+        weight = np.take(layer.weight, decision.keep, axis=out_axis)
+        if name in kept_rows:
+            weight = np.take(weight, kept_rows[name], axis=in_axis)
+        weights[name] = np.ascontiguousarray(weight)
+    return weights
+
+
 def feature_index(channels: np.ndarray, multiplicity: int) -> np.ndarray:
     """Feature indices of `channels` after a flatten that gives each channel `multiplicity`."""
     return (channels[:, None] * multiplicity + np.arange(multiplicity)).reshape(-1)
@@ -169,12 +188,13 @@ def _edits(decisions: dict[str, ShrinkDecision]):
     def edit(var, fn):
         edits.setdefault(var, []).append(fn)
 
+    for decision, weight in zip(decisions.values(), shrunk_weights(decisions).values()):
+        if weight.shape != decision.layer.weight.shape:
+            edit(decision.layer.var, lambda call, _, w=weight: _with_weight(call, w))
     for decision in decisions.values():
         if decision.removed.size == 0:
             continue
         layer, keep = decision.layer, decision.keep
-        out_axis = 1 if layer.kind == "fc" else 0
-        edit(layer.var, lambda call, _, k=keep, a=out_axis: _take_weight(call, k, a))
         for op in layer.chain:
             index = feature_index(keep, op.multiplicity)
             if op_name(op.call) in BINARY_OPS:
@@ -183,15 +203,12 @@ def _edits(decisions: dict[str, ShrinkDecision]):
                 edit(op.var, lambda call, orig, n=index.size:
                      relax.op.reshape(call.args[0], (int(orig.ty.shape[0]), n)))
         consumer = layer.consumer
-        rows = feature_index(keep, consumer.in_channels // layer.out_channels)
-        in_axis = 0 if consumer.kind == "fc" else 1
-        edit(consumer.var, lambda call, _, r=rows, a=in_axis: _take_weight(call, r, a))
         if decision.fold is None:
             continue
         first = consumer.chain[0] if consumer.chain else None
         if first is not None and op_name(first.call) == "relax.add" and first.multiplicity == 1:
-            # Registered before the consumer's own slicing (layers are visited in order), so the
-            # fold is added at full width and then sliced with the rest of the bias.
+            # Registered after the consumer's own weight edit but before the slicing of its bias
+            # (layers are visited in order), so the fold is added at full width, then sliced.
             edit(first.var, lambda call, orig, f=decision.fold: _add_to_constant(call, orig, f))
         else:
             kept_by_consumer = decisions[consumer.name].keep
@@ -201,9 +218,8 @@ def _edits(decisions: dict[str, ShrinkDecision]):
     return edits, folds
 
 
-def _take_weight(call: relax.Call, index: np.ndarray, axis: int) -> relax.Call:
-    weight = np.take(const_array(call.args[1]), index, axis=axis)
-    return relax.Call(call.op, [call.args[0], relax.const(np.ascontiguousarray(weight))], call.attrs)
+def _with_weight(call: relax.Call, weight: np.ndarray) -> relax.Call:
+    return relax.Call(call.op, [call.args[0], relax.const(weight)], call.attrs)
 
 
 def _constant_position(call: relax.Call) -> int:

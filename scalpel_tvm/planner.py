@@ -17,7 +17,7 @@ from .cost import AnalyticalCost, KernelQuery, MeasuredCost
 from .errors import ScalpelError
 from .passes.layer_graph import Layer, build_layer_graph, canonicalize, static_shape
 from .passes.lower_layers import chained_runs
-from .passes.shrink_nodes import analyze_shrink, feature_index
+from .passes.shrink_nodes import analyze_shrink, shrunk_weights
 from .schedules.grouped_sparse import group_sparsity
 from .target import TargetSpec
 
@@ -108,13 +108,12 @@ def plan(mod: tvm.IRModule, target, *, cost=None, allow_dead_layers: bool = Fals
     cost = cost or AnalyticalCost(spec)
     graph = build_layer_graph(canonicalize(mod)["main"])
     decisions = analyze_shrink(graph, allow_dead_layers)
-    kept_inputs = {d.layer.consumer.name: (d.keep, d.layer.out_channels)
-                   for d in decisions.values() if d.removed.size and d.layer.consumer}
+    weights = shrunk_weights(decisions)
     group = spec.lanes("float32")
     layers = []
     for layer in graph.layers:
         decision = decisions[layer.name]
-        weight = _shrunk_weight(layer, decision.keep, kept_inputs.get(layer.name))
+        weight = weights[layer.name]
         lp = LayerPlan(
             name=layer.name, kind=layer.kind, shape=tuple(layer.weight.shape),
             shrunk_shape=tuple(weight.shape), batch=static_shape(layer.call.args[0])[0],
@@ -134,16 +133,6 @@ def as_spec(target) -> TargetSpec:
     if isinstance(target, str):
         return TargetSpec.preset(target)
     return TargetSpec.from_target(target)
-
-
-def _shrunk_weight(layer: Layer, keep: np.ndarray, kept_in) -> np.ndarray:
-    out_axis, in_axis = (1, 0) if layer.kind == "fc" else (0, 1)
-    weight = np.take(layer.weight, keep, axis=out_axis)
-    if kept_in is not None:
-        keep_in, producer_channels = kept_in
-        rows = feature_index(keep_in, layer.in_channels // producer_channels)
-        weight = np.take(weight, rows, axis=in_axis)
-    return weight
 
 
 def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, cost, group: int):
