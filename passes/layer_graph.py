@@ -54,6 +54,13 @@ def const_array(expr) -> np.ndarray | None:
     return None
 
 
+def constant_operand(call: relax.Call) -> tuple[int, np.ndarray | None]:
+    """(position, value) of a binary op's constant operand; the data operand is the other one.
+    Position 1 (data first, `x - c`) when neither is constant."""
+    first = const_array(call.args[0])
+    return (0, first) if first is not None else (1, const_array(call.args[1]))
+
+
 def op_name(expr) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return expr.op.name
@@ -251,8 +258,7 @@ def _chain_step(call, var, multiplicity):
     if name in UNARY_OPS:
         return multiplicity
     if name in BINARY_OPS:
-        other = call.args[1] if call.args[0].same_as(var) else call.args[0]
-        k = const_array(other)
+        _, k = constant_operand(call)
         if k is None:
             return "the other operand is not a constant (e.g. a residual add)"
         if not _is_per_channel(k, static_shape(call)):

@@ -21,7 +21,7 @@ from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
 
-from .layer_graph import Layer, build_layer_graph, const_array, op_name, static_shape
+from .layer_graph import Layer, build_layer_graph, constant_operand, op_name, static_shape
 from .shrink_nodes import channel_vector
 
 
@@ -70,8 +70,9 @@ def fused_epilogue(layer: Layer):
         name = op_name(op.call)
         if op.multiplicity != 1 or name not in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
             break
-        data_first = const_array(op.call.args[0]) is None
-        k = channel_vector(const_array(op.call.args[1 if data_first else 0]), n, 1)
+        position, k = constant_operand(op.call)
+        data_first = position == 1
+        k = channel_vector(k, n, 1)
         if name == "relax.add":
             shift = shift + k
         elif name == "relax.subtract":

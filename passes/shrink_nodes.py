@@ -19,7 +19,7 @@ from tvm import relax
 from scalpel_tvm.errors import ScalpelError
 
 from .layer_graph import (BINARY_OPS, UNARY_OPS, Layer, LayerGraph, build_layer_graph,
-                          canonicalize, const_array, op_name)
+                          canonicalize, constant_operand, op_name)
 
 
 @dataclass
@@ -97,10 +97,9 @@ def dead_values(layer: Layer) -> np.ndarray:
             if name in UNARY_OPS:
                 values = UNARY_OPS[name](values)
             elif name in BINARY_OPS:
-                first_is_data = not isinstance(op.call.args[0], tvm.ir.GenericConst)
-                k = channel_vector(const_array(op.call.args[1 if first_is_data else 0]),
-                                   layer.out_channels, op.multiplicity)
-                args = (values, k) if first_is_data else (k, values)
+                position, k = constant_operand(op.call)
+                k = channel_vector(k, layer.out_channels, op.multiplicity)
+                args = (values, k) if position == 1 else (k, values)
                 values = BINARY_OPS[name](*args)
     return values
 
@@ -222,14 +221,9 @@ def _with_weight(call: relax.Call, weight: np.ndarray) -> relax.Call:
     return relax.Call(call.op, [call.args[0], relax.const(weight)], call.attrs)
 
 
-def _constant_position(call: relax.Call) -> int:
-    return 0 if isinstance(call.args[0], tvm.ir.GenericConst) else 1
-
-
 def _slice_constant_operand(call: relax.Call, orig: relax.Call, index: np.ndarray) -> relax.Call:
     args = list(call.args)
-    pos = _constant_position(call)
-    k = const_array(args[pos])
+    pos, k = constant_operand(call)
     axis = k.ndim - (len(orig.ty.shape) - 1)  # the channel axis (1) in k's own dims
     if k.ndim > 0 and 0 <= axis < k.ndim and k.shape[axis] > 1:
         args[pos] = relax.const(np.ascontiguousarray(np.take(k, index, axis=axis)))
@@ -238,8 +232,7 @@ def _slice_constant_operand(call: relax.Call, orig: relax.Call, index: np.ndarra
 
 def _add_to_constant(call: relax.Call, orig: relax.Call, fold: np.ndarray) -> relax.Call:
     args = list(call.args)
-    pos = _constant_position(call)
-    k = const_array(args[pos])
+    pos, k = constant_operand(call)
     shape = (fold.size,) if len(orig.ty.shape) == 2 else (fold.size, 1, 1)
     merged = np.broadcast_to(k, np.broadcast_shapes(k.shape, shape)) + fold.reshape(shape)
     args[pos] = relax.const(merged.astype(k.dtype))

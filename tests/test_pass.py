@@ -10,7 +10,6 @@ import scalpel_tvm
 from nets import (assert_close, cnn, dead_sets, mlp, random_cnn, random_input, relax_module,
                   run_ort, run_relax)
 from scalpel_tvm import ScalpelError, models
-from scalpel_tvm.planner import Plan
 
 
 def apply(mod, target="x86-avx2", **kwargs):
