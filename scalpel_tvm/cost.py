@@ -4,7 +4,7 @@ Two implementations live here: `AnalyticalCost`, a roofline-style model (call ov
 compute time plus weight-streaming time) whose rates are fitted to this machine's kernel
 benchmark by `python/calibrate_cost.py`, and `MeasuredCost`, which compiles the candidate kernel
 and times it on the spot. The autotuning-log models of a later issue plug in behind the same
-`estimate(query) -> Estimate` call.
+`estimate(query, weights) -> Estimate` call.
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ class AnalyticalCost:
         self.rates = {key: {**rates, "macs_per_s": rates["macs_per_s"] * width_scale}
                       for key, rates in calibration["rates"].items()}
 
-    def estimate(self, query: KernelQuery) -> Estimate:
+    def estimate(self, query: KernelQuery, weights: np.ndarray | None = None) -> Estimate:
+        """`weights` is part of the cost interface (a measuring model needs them); unused here."""
         return Estimate(predict_seconds(query, self.rates[rate_key(query)]), "analytical")
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import tvm
 
-from .cost import AnalyticalCost, KernelQuery, MeasuredCost
+from .cost import AnalyticalCost, KernelQuery
 from .errors import ScalpelError
 from .passes.layer_graph import Layer, build_layer_graph, canonicalize, static_shape
 from .passes.lower_layers import chained_runs
@@ -102,7 +102,7 @@ def _json_default(value):
 def plan(mod: tvm.IRModule, target, *, cost=None, allow_dead_layers: bool = False) -> Plan:
     """Decide every layer's form for `target` (a TargetSpec, a preset name or a tvm Target).
 
-    `cost` is a cost model with `estimate(KernelQuery)`; by default the analytical one.
+    `cost` is a cost model with `estimate(KernelQuery, weights)`; by default the analytical one.
     """
     spec = as_spec(target)
     cost = cost or AnalyticalCost(spec)
@@ -173,7 +173,7 @@ def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, co
 
 
 def _ask(cost, query: KernelQuery, weight) -> Candidate:
-    estimate = cost.estimate(query, weight) if isinstance(cost, MeasuredCost) else cost.estimate(query)
+    estimate = cost.estimate(query, weight)
     return Candidate(query.form, estimate.seconds, estimate.source, query.weight_bytes, query.macs)
 
 
