@@ -26,16 +26,27 @@ from .shrink_nodes import channel_vector
 
 
 def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool,
-              activation: str | None, name: str):
+              activation: str | None, name: str, lanes: int = 8, log=None):
     """The PrimFunc for an FC layer in `form`, and the constant arguments it takes before
-    the bias (dense: the weight; sparse: indptr, indices, values)."""
+    the bias (dense: the weight packed to `lanes`; sparse: indptr, indices, values).
+
+    With a tuning `log`, the kernel is the fastest one logged for this workload (a
+    meta_schedule schedule or the template's best knobs); otherwise the template's defaults.
+    """
+    from scalpel_tvm.logs import tuned_fc_kernel  # late: logs pull in meta_schedule
+    from scalpel_tvm.workloads import Workload
+
+    k, n = w_kn.shape
     if form == "dense":
-        prim = dense_fc(batch, w_kn.shape[0], w_kn.shape[1], bias=bias, activation=activation,
-                        name=name)
-        return prim, [pack_dense_weight(w_kn)]
+        workload = Workload("dense", batch, k, n, lanes, 0, bias, activation)
+        prim = tuned_fc_kernel(log, workload, name) or dense_fc(
+            batch, k, n, bias=bias, activation=activation, lanes=lanes, name=name)
+        return prim, [pack_dense_weight(w_kn, lanes)]
     if form in ("gsparse_gx1", "gsparse_1xg"):
         weight = GroupedSparseWeight.from_dense(w_kn, group, form.split("_")[1])
-        prim = grouped_sparse_fc(weight, batch, bias=bias, activation=activation, name=name)
+        workload = Workload(form, batch, k, n, group, weight.n_groups, bias, activation)
+        prim = tuned_fc_kernel(log, workload, name) or grouped_sparse_fc(
+            weight, batch, bias=bias, activation=activation, name=name)
     elif form == "csr":
         weight = CSRWeight.from_dense(w_kn)
         prim = csr_fc(weight, batch, bias=bias, activation=activation, name=name)
@@ -126,17 +137,20 @@ class LowerLayers:
     """Lower each layer to a scheduled kernel.
 
     `choices` maps a layer name to (form, kernel name); layers it does not name are lowered dense.
-    `group` is the group width G of the grouped-sparse forms and `lanes` the conv vector width.
-    With `chain`, consecutive FC layers run as one kernel call (see schedules/chain.py).
+    `group` is the group width G of the grouped-sparse forms and `lanes` the vector width
+    the dense FC and conv weights are packed to.
+    With `chain`, consecutive FC layers run as one kernel call (see schedules/chain.py). With a
+    tuning `log` (scalpel_tvm.logs.TuningLog), FC kernels take the fastest logged schedule.
     The module must already be canonical (the ShrinkNodes pass leaves it so).
     """
 
     def __init__(self, choices: dict[str, tuple[str, str]], group: int, lanes: int,
-                 chain: bool = True):
+                 chain: bool = True, log=None):
         self.choices = choices
         self.group = group
         self.lanes = lanes
         self.chain = chain
+        self.log = log
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         graph = build_layer_graph(mod["main"])
@@ -191,7 +205,8 @@ class _Lowerer(relax.PyExprMutator):
             weight = weight * (scale if layer.kind == "fc" else scale[:, None, None, None])
         if layer.kind == "fc":
             prim, consts = fc_kernel(form, weight, x_shape[0], self.options.group,
-                                     bias=bias is not None, activation=activation, name=name)
+                                     bias=bias is not None, activation=activation, name=name,
+                                     lanes=self.options.lanes, log=self.options.log)
         else:
             prim, consts = conv_kernel(weight, x_shape, layer.call.attrs, bias=bias is not None,
                                        activation=activation, lanes=self.options.lanes, name=name)

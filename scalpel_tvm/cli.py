@@ -1,4 +1,5 @@
-"""The `scalpel` command: `scalpel demo`, `scalpel plan MODEL.onnx --target NAME`."""
+"""The `scalpel` command: `scalpel demo`, `scalpel plan MODEL.onnx --target NAME`,
+`scalpel tune --target NAME --model MODEL.onnx | --shapes KxN,...`."""
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,28 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("model", help="an ONNX file")
     plan.add_argument("--target", default="host", choices=preset_names())
     plan.add_argument("--batch", type=int, default=1, help="batch size the model is compiled for")
-    plan.add_argument("--cost", choices=["analytical", "measure"], default="analytical",
-                      help="estimate with the calibrated model, or compile and time each candidate")
+    plan.add_argument("--cost", choices=["log", "analytical", "measure"], default="log",
+                      help="price candidates with the tuning log's model (default; the analytical "
+                           "roofline where no log exists), the roofline, or by timing each one")
+    _log_options(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--plot", metavar="PNG", help="also draw the per-layer candidates")
+
+    tune = sub.add_parser("tune", help="measure every candidate kernel into a meta_schedule log")
+    tune.add_argument("--target", default="host", choices=preset_names())
+    what = tune.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="an ONNX file: tune the candidates of its FC layers")
+    what.add_argument("--shapes", help="FC weight shapes K x N, e.g. 784x300,300x100")
+    tune.add_argument("--batch", type=int, action="append", help="batch size(s); default 1")
+    tune.add_argument("--trials", type=int, default=0,
+                      help="meta_schedule search trials per dense kernel (template knobs are "
+                           "always searched); 0 skips the search")
+    tune.add_argument("--logs", default="scalpel-logs",
+                      help="log directory; an existing log is resumed, never overwritten")
+    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure through a TVM RPC tracker")
+    tune.add_argument("--device-key", help="the tracker key of the devices to measure on")
+    tune.add_argument("--builder-timeout", type=float, default=300,
+                      help="seconds per kernel build (meta_schedule's 30 s fails on 2 cores)")
 
     args = parser.parse_args(argv)
     # Single-threaded by default so timings compare like with like (onnxruntime too).
@@ -42,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                      tuple(args.batch or (1, 50)), args.out, args.rounds)
         elif args.command == "plan":
             _plan(args)
+        elif args.command == "tune":
+            _tune(args)
     except ScalpelError as err:
         print(f"scalpel: error: {err}", file=sys.stderr)
         return 2
@@ -53,14 +74,45 @@ def _plan(args) -> None:
     from .onnx_import import import_onnx
     from .planner import as_spec, plan
 
+    from .cost import AnalyticalCost
+    from .logs import TuningLog
+
     spec = as_spec(args.target)
-    cost = MeasuredCost(spec) if args.cost == "measure" else None
-    result = plan(import_onnx(args.model, args.batch), spec, cost=cost)
+    cost = {"measure": MeasuredCost, "analytical": AnalyticalCost}.get(args.cost)
+    logs = TuningLog(args.logs, skip_corrupt=args.skip_corrupt) if args.logs else None
+    result = plan(import_onnx(args.model, args.batch), spec, cost=cost and cost(spec), logs=logs)
     print(result.to_json() if args.json else result.table())
     if args.plot:
         from .plots import plot_plan
 
         plot_plan(result, args.plot)
+
+
+def _log_options(parser) -> None:
+    parser.add_argument("--logs", help="a tuning log directory (default: the one shipped for the "
+                                       "target, if any)")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="leave out corrupt log lines (each is reported) instead of failing")
+
+
+def _tune(args) -> None:
+    from .onnx_import import import_onnx
+    from .planner import as_spec
+    from .tuning import layer_workloads, model_workloads, parse_shapes, tune
+
+    spec = as_spec(args.target)
+    batches = tuple(args.batch or (1,))
+    if args.model:
+        workloads = [wl for batch in batches
+                     for wl in model_workloads(import_onnx(args.model, batch), spec)]
+    else:
+        workloads = [wl for k, n in parse_shapes(args.shapes) for batch in batches
+                     for wl in layer_workloads(batch, k, n, spec.lanes("float32"))]
+    log = tune(workloads, spec, args.logs, trials=args.trials, rpc=args.rpc,
+               device_key=args.device_key, builder_timeout=args.builder_timeout)
+    print(f"{len(log)} records for {len(log.records)} kernels in {args.logs}")
+    print(f"use it: scalpel plan MODEL --target {args.target} --logs {args.logs}, "
+          f"or scalpel_tvm.Pass(target, logs={str(args.logs)!r})")
 
 
 if __name__ == "__main__":

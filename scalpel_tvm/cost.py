@@ -3,8 +3,8 @@
 Two implementations live here: `AnalyticalCost`, a roofline-style model (call overhead plus
 compute time plus weight-streaming time) whose rates are fitted to this machine's kernel
 benchmark by `python/calibrate_cost.py`, and `MeasuredCost`, which compiles the candidate kernel
-and times it on the spot. The autotuning-log models of a later issue plug in behind the same
-`estimate(query, weights) -> Estimate` call.
+and times it on the spot. `tuned_cost.LogCost`, the planner's default where a tuning log exists,
+answers the same `estimate(query, weights) -> Estimate` call from autotuning records.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class KernelQuery:
 @dataclass(frozen=True)
 class Estimate:
     seconds: float
-    source: str  # "analytical" | "measured" (later: "log", "model")
+    source: str  # "analytical" | "measured" | "log" (a tuning record) | "model" (trained on them)
 
 
 COST_FILE = Path(__file__).parent / "data" / "cost_x86-avx2.json"

@@ -13,31 +13,38 @@ from tvm import relax
 from .passes.layer_graph import canonicalize
 from .passes.lower_layers import LowerLayers
 from .passes.shrink_nodes import ShrinkNodes
+from .logs import resolve_log
 from .planner import Plan, as_spec, check_plan_target, plan as make_plan
 
 
-def Pass(target, *, plan: Plan | None = None, cost=None, allow_dead_layers: bool = False,
-         chain: bool = True):
+def Pass(target, *, plan: Plan | None = None, cost=None, logs=None,
+         allow_dead_layers: bool = False, chain: bool = True):
     """The scalpel-tvm rewrite for `target` as a `tvm.transform.Pass`.
 
-    Applies `plan` if given (e.g. one a user inspected or edited), else plans on the spot with
-    `cost` (default: the analytical model). `chain` runs consecutive FC layers as one kernel call.
-    The module's `main` must have its weights bound as constants and fixed input shapes.
+    `logs` is a tuning log directory written by `scalpel tune` (or a `TuningLog`); by default
+    the log shipped for the target, `False` for none. Its records give each kernel its tuned
+    schedule, and its cost model prices the candidates. Applies `plan` if given (e.g. one a user
+    inspected or edited), else plans on the spot with `cost` (default: the log's model, or the
+    analytical one). `chain` runs consecutive FC layers as one kernel call. The module's `main`
+    must have its weights bound as constants and fixed input shapes.
     """
     spec = as_spec(target)
     check_plan_target(spec)
+    log = resolve_log(spec, logs)
 
     @tvm.transform.module_pass(opt_level=0, name="scalpel.Pass")
     def scalpel_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = canonicalize(mod)  # once: planning and shrinking then find it already canonical
-        layer_plan = plan or make_plan(mod, spec, cost=cost, allow_dead_layers=allow_dead_layers)
+        layer_plan = plan or make_plan(
+            mod, spec, cost=cost, logs=log if log is not None else False,
+            allow_dead_layers=allow_dead_layers)
         for op in layer_plan.untouched:
             warnings.warn(f"scalpel: left {op['op']} '{op['var']}' untouched: {op['reason']}",
                           stacklevel=2)
         shrunk = {lp.name for lp in layer_plan.layers if lp.removed_nodes}
         seq = tvm.transform.Sequential([
             ShrinkNodes(only=shrunk, allow_dead_layers=allow_dead_layers),
-            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32"), chain),
+            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32"), chain, log),
             relax.transform.DeadCodeElimination(),
         ])
         return seq(mod)

@@ -15,6 +15,7 @@ import tvm
 
 from .cost import AnalyticalCost, KernelQuery
 from .errors import ScalpelError
+from .logs import resolve_log
 from .passes.layer_graph import Layer, build_layer_graph, canonicalize, static_shape
 from .passes.lower_layers import chained_runs
 from .passes.shrink_nodes import analyze_shrink, shrunk_weights
@@ -26,7 +27,7 @@ from .target import TargetSpec
 class Candidate:
     form: str
     seconds: float
-    source: str  # where the estimate came from: "analytical" or "measured"
+    source: str  # where the estimate came from: "log", "model", "analytical" or "measured"
     weight_bytes: int  # the layer's weight in this form (values, indices, pointers)
     macs: int  # multiply-accumulates actually executed, whole batch
 
@@ -86,6 +87,8 @@ class Plan:
                 f"{lp.dead_nodes:>7}{lp.removed_nodes:>8}{gsp:>8.1%}  {lp.chosen:<13}"
                 f"{lp.chosen_seconds * 1e6:>8.2f}{lp.dense_seconds * 1e6:>9.2f}  {lp.kernel}")
             lines.append(f"{'':<7}shrink: {lp.shrink_reason}; form: {lp.reason}")
+            lines.append(f"{'':<7}candidates: " + ", ".join(
+                f"{c.form} {c.seconds * 1e6:.2f} us ({c.source})" for c in lp.candidates))
         for chain in self.chains:
             lines.append(f"one kernel call: {' -> '.join(chain)}")
         for op in self.untouched:
@@ -99,13 +102,20 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value)}")
 
 
-def plan(mod: tvm.IRModule, target, *, cost=None, allow_dead_layers: bool = False) -> Plan:
+def plan(mod: tvm.IRModule, target, *, cost=None, logs=None,
+         allow_dead_layers: bool = False) -> Plan:
     """Decide every layer's form for `target` (a TargetSpec, a preset name or a tvm Target).
 
-    `cost` is a cost model with `estimate(KernelQuery, weights)`; by default the analytical one.
+    `cost` is a cost model with `estimate(KernelQuery, weights)`. By default it is the model of
+    the tuning log `logs` (a directory, a TuningLog, or by default the log shipped for the
+    target; `False` for none), else the analytical roofline.
     """
     spec = as_spec(target)
-    cost = cost or AnalyticalCost(spec)
+    if cost is None:
+        from .tuned_cost import log_cost  # late: the model pulls in xgboost
+
+        log = resolve_log(spec, logs)
+        cost = log_cost(spec, log) if log is not None else AnalyticalCost(spec)
     graph = build_layer_graph(canonicalize(mod)["main"])
     decisions = analyze_shrink(graph, allow_dead_layers)
     weights = shrunk_weights(decisions)

@@ -1,0 +1,210 @@
+"""Tuning logs: meta_schedule JSON databases, read line by line so damage is reported, not hidden.
+
+A log is a directory with TVM's `database_workload.json` and `database_tuning_record.json`
+(exactly what `tvm.s_tir.meta_schedule.database.JSONDatabase` reads and writes). TVM's own reader
+stops at the first bad line with a bare "Unexpected end of string"; `TuningLog` parses every line
+itself and names the file and line of a truncated or corrupted one. With `skip_corrupt=True` it
+leaves such lines out and says how many, in a warning — it never drops records silently.
+
+Records are grouped by the scalpel workload each module stands for (`workloads.workload_of`);
+workloads written by other tools are kept in the database but have no key.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+
+from .errors import ScalpelError
+from .workloads import (Workload, canonical_module, template_kernel, template_knobs,
+                        workload_of)
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+FAILED_SECONDS = 1e9  # meta_schedule stores 1e10 for a candidate that failed to build or run
+
+SHIPPED = Path(__file__).parent / "data" / "logs"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One record of a workload: median seconds, and either template knobs or an ms trace."""
+
+    seconds: float
+    knobs: dict | None
+    record: ms.database.TuningRecord
+
+    @property
+    def source(self) -> str:
+        return "template" if self.knobs is not None else "meta_schedule"
+
+
+class LogError(ScalpelError):
+    pass
+
+
+_SHIPPED_CACHE: dict = {}
+
+
+class TuningLog:
+    """The records of one log directory, by workload key, ready for the cost model and the Pass."""
+
+    def __init__(self, path, *, skip_corrupt: bool = False):
+        self.path = Path(path)
+        if not (self.path / WORKLOAD_FILE).is_file():
+            raise LogError(f"{self.path} is not a tuning log: it has no {WORKLOAD_FILE} "
+                           "(make one with `scalpel tune`)")
+        self.skipped: list[str] = []
+        self.database = ms.database.MemoryDatabase()
+        self.records: dict[str, list[Measured]] = {}
+        workloads = [self._read_workload(line, number, skip_corrupt)
+                     for number, line in self._lines(WORKLOAD_FILE)]
+        for number, line in self._lines(RECORD_FILE):
+            self._read_record(line, number, workloads, skip_corrupt)
+        if self.skipped:
+            warnings.warn(f"skipped {len(self.skipped)} corrupt line(s) of {self.path}: "
+                          + "; ".join(self.skipped[:5]), stacklevel=2)
+
+    @classmethod
+    def shipped(cls, spec) -> TuningLog | None:
+        """The log shipped in the package for `spec`'s preset, if there is one. `host` uses
+        the log of its vector class (x86-avx2 for 8 fp32 lanes), measured on this machine kind."""
+        name = spec.name
+        if name == "host":
+            name = {8: "x86-avx2", 16: "x86-avx512"}.get(spec.lanes("float32"), name)
+        path = SHIPPED / name
+        if not (path / WORKLOAD_FILE).is_file():
+            return None
+        if path not in _SHIPPED_CACHE:
+            _SHIPPED_CACHE[path] = cls(path)
+        return _SHIPPED_CACHE[path]
+
+    def _lines(self, name: str):
+        file = self.path / name
+        if not file.is_file():
+            return
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            if line.strip():
+                yield number, line
+
+    def _corrupt(self, name: str, number: int, why: str, skip: bool):
+        where = f"{self.path / name}:{number}"
+        if not skip:
+            raise LogError(f"corrupt tuning log line {where}: {why}. Delete or repair that line, "
+                           "or read the log with skip_corrupt=True (`--skip-corrupt`) to leave it out")
+        self.skipped.append(f"{where} ({why})")
+
+    def _read_workload(self, line: str, number: int, skip: bool):
+        try:
+            entry = ms.database.Workload.from_json(json.loads(line))
+        except Exception as error:  # json, base64 or IR errors all mean the same to the user
+            self._corrupt(WORKLOAD_FILE, number, _short(error), skip)
+            return None
+        return self.database.commit_workload(entry.mod)
+
+    def _read_record(self, line: str, number: int, workloads: list, skip: bool):
+        try:
+            index, body = json.loads(line)
+            if not isinstance(index, int) or not 0 <= index < len(workloads):
+                raise ValueError(f"workload index {index!r} out of range (the workload file has "
+                                 f"{len(workloads)} lines)")
+            workload = workloads[index]
+            if workload is None:
+                raise ValueError(f"its workload (line {index + 1} of {WORKLOAD_FILE}) is corrupt")
+            record = ms.database.TuningRecord.from_json(body, workload)
+        except Exception as error:
+            self._corrupt(RECORD_FILE, number, _short(error), skip)
+            return
+        self.database.commit_tuning_record(record)
+        key = workload_of(workload.mod)
+        seconds = _median([float(s) for s in record.run_secs or []])
+        if key is None or not math.isfinite(seconds) or seconds >= FAILED_SECONDS:
+            return
+        self.records.setdefault(key.key, []).append(
+            Measured(seconds, template_knobs(record.trace), record))
+
+    def best(self, workload: Workload) -> Measured | None:
+        """The fastest record of exactly this workload (epilogue included)."""
+        records = self.records.get(workload.key)
+        return min(records, key=lambda m: m.seconds) if records else None
+
+    def best_knobs(self, workload: Workload) -> dict | None:
+        """Template knobs for `workload`: its own best template record, else the best template
+        record of the same kernel with another epilogue (the knobs do not depend on it)."""
+        own = [m for m in self.records.get(workload.key, []) if m.knobs is not None]
+        if not own:
+            own = [m for key, ms_ in self.records.items() for m in ms_ if m.knobs is not None
+                   and Workload.from_key(key).query == workload.query]
+        return min(own, key=lambda m: m.seconds).knobs if own else None
+
+    def seconds_by_query(self) -> dict:
+        """Best measured seconds per planner query (forms are priced without their epilogue)."""
+        best: dict = {}
+        for key, records in self.records.items():
+            query = Workload.from_key(key).query
+            seconds = min(m.seconds for m in records)
+            best[query] = min(seconds, best.get(query, math.inf))
+        return best
+
+    def has_candidate(self, workload: Workload, knobs: dict) -> bool:
+        return any(m.knobs == knobs for m in self.records.get(workload.key, []))
+
+    def trial_count(self, workload: Workload, source: str) -> int:
+        return sum(m.source == source for m in self.records.get(workload.key, []))
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.records.values())
+
+
+def resolve_log(spec, logs) -> TuningLog | None:
+    """`logs` as the Pass and the planner take it: None for the log shipped for the target (if
+    any), False for none, a directory, or a TuningLog."""
+    if logs is None:
+        return TuningLog.shipped(spec)
+    if logs is False:
+        return None
+    return logs if isinstance(logs, TuningLog) else TuningLog(logs)
+
+
+def tuned_fc_kernel(log: TuningLog | None, workload: Workload, name: str):
+    """The fastest logged kernel for `workload` — a meta_schedule schedule or the template with
+    its best knobs — or None when the log has nothing for it."""
+    if log is None:
+        return None
+    best = log.best(workload)
+    if best is not None and best.knobs is None:
+        return scheduled_kernel(best, workload, name)
+    knobs = log.best_knobs(workload)
+    return template_kernel(workload, knobs, name) if knobs is not None else None
+
+
+def check_log(path) -> None:
+    """Raise a LogError naming the first corrupt line of the log at `path`, if any."""
+    if (Path(path) / WORKLOAD_FILE).is_file():
+        TuningLog(path)
+
+
+def scheduled_kernel(measured: Measured, workload: Workload, name: str):
+    """The PrimFunc a meta_schedule record stands for: its trace replayed on the canonical
+    function (postprocessing steps included, as `MetaScheduleApplyDatabase` does)."""
+    sch = s_tir.Schedule(canonical_module(workload))
+    measured.record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch.mod["main"].with_attr("global_symbol", name)
+
+
+def _median(values: list[float]) -> float:
+    if not values:
+        return math.inf
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[-1] if text else type(error).__name__)[:200]
