@@ -44,9 +44,11 @@ def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool
         return prim, [pack_dense_weight(w_kn, lanes)]
     if form in ("gsparse_gx1", "gsparse_1xg"):
         weight = GroupedSparseWeight.from_dense(w_kn, group, form.split("_")[1])
-        workload = Workload(form, batch, k, n, group, weight.n_groups, bias, activation)
-        prim = tuned_fc_kernel(log, workload, name) or grouped_sparse_fc(
-            weight, batch, bias=bias, activation=activation, name=name)
+        # A weight with no groups left (every input dead) is no tuning workload; its kernel
+        # only writes the epilogue.
+        tuned = weight.n_groups and tuned_fc_kernel(
+            log, Workload(form, batch, k, n, group, weight.n_groups, bias, activation), name)
+        prim = tuned or grouped_sparse_fc(weight, batch, bias=bias, activation=activation, name=name)
     elif form == "csr":
         weight = CSRWeight.from_dense(w_kn)
         prim = csr_fc(weight, batch, bias=bias, activation=activation, name=name)

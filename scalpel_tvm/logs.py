@@ -12,6 +12,7 @@ workloads written by other tools are kept in the database but have no key.
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import warnings
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class TuningLog:
 
     def __init__(self, path, *, skip_corrupt: bool = False):
         self.path = Path(path)
-        if not (self.path / WORKLOAD_FILE).is_file():
+        if not is_log(self.path):
             raise LogError(f"{self.path} is not a tuning log: it has no {WORKLOAD_FILE} "
                            "(make one with `scalpel tune`)")
         self.skipped: list[str] = []
@@ -78,7 +79,7 @@ class TuningLog:
         if name == "host":
             name = {8: "x86-avx2", 16: "x86-avx512"}.get(spec.lanes("float32"), name)
         path = SHIPPED / name
-        if not (path / WORKLOAD_FILE).is_file():
+        if not is_log(path):
             return None
         if path not in _SHIPPED_CACHE:
             _SHIPPED_CACHE[path] = cls(path)
@@ -86,9 +87,13 @@ class TuningLog:
 
     def _lines(self, name: str):
         file = self.path / name
-        if not file.is_file():
+        if file.is_file():
+            text = file.read_text()
+        elif file.with_name(name + ".xz").is_file():  # the shipped logs (16 MB -> 60 KB)
+            text = lzma.decompress(file.with_name(name + ".xz").read_bytes()).decode()
+        else:
             return
-        for number, line in enumerate(file.read_text().splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 yield number, line
 
@@ -161,6 +166,12 @@ class TuningLog:
         return sum(len(r) for r in self.records.values())
 
 
+def is_log(path) -> bool:
+    """A log directory: TVM's files, plain or xz-compressed (`xz -dk` them for JSONDatabase)."""
+    path = Path(path)
+    return (path / WORKLOAD_FILE).is_file() or (path / (WORKLOAD_FILE + ".xz")).is_file()
+
+
 def resolve_log(spec, logs) -> TuningLog | None:
     """`logs` as the Pass and the planner take it: None for the log shipped for the target (if
     any), False for none, a directory, or a TuningLog."""
@@ -181,12 +192,6 @@ def tuned_fc_kernel(log: TuningLog | None, workload: Workload, name: str):
         return scheduled_kernel(best, workload, name)
     knobs = log.best_knobs(workload)
     return template_kernel(workload, knobs, name) if knobs is not None else None
-
-
-def check_log(path) -> None:
-    """Raise a LogError naming the first corrupt line of the log at `path`, if any."""
-    if (Path(path) / WORKLOAD_FILE).is_file():
-        TuningLog(path)
 
 
 def scheduled_kernel(measured: Measured, workload: Workload, name: str):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from tvm.s_tir import meta_schedule as ms
 
 from .errors import ScalpelError
-from .logs import TuningLog, WORKLOAD_FILE
+from .logs import WORKLOAD_FILE, TuningLog, is_log
 from .target import TargetSpec
 from .workloads import (Workload, canonical_module, knob_space, measurement_arguments,
                         template_kernel, template_record_trace)
@@ -174,7 +174,10 @@ def tune(workloads: list[Workload], spec: TargetSpec, log_dir, *, trials: int = 
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    done = TuningLog(log_dir) if (log_dir / WORKLOAD_FILE).is_file() else None  # names a bad line
+    if is_log(log_dir) and not (log_dir / WORKLOAD_FILE).is_file():
+        raise ScalpelError(f"{log_dir} holds a compressed log; decompress it (`xz -dk "
+                           f"{log_dir}/*.xz`) to add to it, or tune into another directory")
+    done = TuningLog(log_dir) if is_log(log_dir) else None  # names a bad line
     database = ms.database.JSONDatabase(work_dir=str(log_dir))
     target = tuning_target(spec)
     builder = ms.builder.LocalBuilder(timeout_sec=builder_timeout, f_build=build_kernel,

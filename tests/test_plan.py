@@ -24,8 +24,16 @@ def test_plan_reports_every_layer_with_candidates_and_reasons():
     assert {c.form for c in fc1.candidates} == {"dense", "gsparse_gx1", "gsparse_1xg"}
     assert fc1.chosen == min(fc1.candidates, key=lambda c: c.seconds).form
     assert fc1.group_sparsity["gx1"] > 0.85
-    assert all(c.source == "analytical" for c in fc1.candidates)
+    # The demo's LeNet-5 is in the log shipped for x86-avx2: every candidate is a tuned record.
+    assert {c.source for c in fc1.candidates} == {"log"}
     assert "faster than dense" in fc1.reason
+
+
+def test_plan_without_a_log_uses_the_roofline_and_new_shapes_use_the_model():
+    untuned = scalpel_tvm.plan(relax_module(models.lenet5()), "x86-avx2", logs=False)
+    assert {c.source for lp in untuned.layers for c in lp.candidates} == {"analytical"}
+    odd = scalpel_tvm.plan(relax_module(mlp([37, 29, 5], zero_groups={0: 0.5})), "x86-avx2")
+    assert {c.source for c in odd.layers[0].candidates} == {"model"}
 
 
 def test_dense_layers_keep_dense_and_say_why():

@@ -128,8 +128,22 @@ def test_fc_kernel_takes_the_logged_knobs(tmp_path):
     tvm.ir.assert_structural_equal(untuned, dense_fc(1, 48, 16, bias=True, activation="relu", name="main"))
 
 
+def test_a_sparse_layer_with_no_groups_left_still_lowers_with_a_log(small_log):
+    """Every input of the layer dead: zero groups, which is no tuning workload (found by
+    hypothesis in test_pass)."""
+    prim, (indptr, indices, values) = fc_kernel(
+        "gsparse_gx1", np.zeros((2, 4), "float32"), 1, 8, bias=True, activation="relu",
+        name="main", log=TuningLog(small_log))
+    bias = np.arange(4, dtype="float32") - 1
+    out = _run(prim, [np.ones((1, 2), "float32"), indptr, indices, values, bias,
+                      np.zeros((1, 4), "float32")])
+    np.testing.assert_array_equal(out, np.maximum(bias, 0)[None])
+
+
 def test_meta_schedule_search_records_replay_and_compute_the_same(tmp_path):
-    wl = Workload("dense", 1, 32, 16, 8)
+    """meta_schedule's records replay on the canonical function, and a Pass that picks one —
+    here inside a batch-1 chain of FC layers — keeps the model's results."""
+    wl = Workload("dense", 1, 32, 16, 8, bias=True, activation=None)  # fc2 of mlp([24, 32, 16])
     log = tune([wl], SPEC, tmp_path, trials=2, progress=False)
     searched = [m for m in log.records[wl.key] if m.knobs is None]
     assert searched, "meta_schedule's search left no records"
@@ -137,9 +151,13 @@ def test_meta_schedule_search_records_replay_and_compute_the_same(tmp_path):
     expected = _run(canonical_module(wl)["main"], args)
     np.testing.assert_allclose(_run(scheduled_kernel(searched[0], wl, "main"), args), expected,
                                rtol=1e-4, atol=1e-4)
-    fastest = min(log.records[wl.key], key=lambda m: m.seconds)
-    chosen = tuned_fc_kernel(log, wl, "main")
-    assert (chosen.attrs.get("scalpel.workload") is not None) == (fastest.knobs is None)
+    log.records[wl.key] = searched  # make the searched schedule the fastest record
+    assert tuned_fc_kernel(log, wl, "main").attrs.get("scalpel.workload") == wl.key
+    mod = relax_module(mlp([24, 32, 16]))
+    x = np.random.default_rng(2).standard_normal((1, 24)).astype("float32")
+    lowered = scalpel_tvm.Pass("x86-avx2", logs=log)(mod)
+    assert "fc1_dense__fc2_dense" in lowered.script()
+    np.testing.assert_allclose(run_relax(lowered, x), run_relax(mod, x), rtol=1e-4, atol=1e-5)
 
 
 def test_pass_with_a_log_keeps_results(small_log):
@@ -236,3 +254,21 @@ def test_tune_measures_through_a_tvm_rpc_tracker(rpc_tracker, tmp_path, capsys):
     assert all(0 < m.seconds < 1e-3 for m in log.records[sparse.key])
     assert main(["tune", "--shapes", "16x8", "--rpc", "nohost", "--logs", str(tmp_path / "x")]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_shipped_log_is_intact_current_and_learnt():
+    """The log in the package reads without damage, its workloads are the canonical functions
+    this code builds (not stale), and its seconds model fits its own records."""
+    from scalpel_tvm.logs import SHIPPED
+    from scalpel_tvm.tuned_cost import SecondsModel
+
+    log = TuningLog(SHIPPED / "x86-avx2")
+    assert not log.skipped and len(log.records) > 100
+    for entry in list(log.database.get_all_tuning_records())[::97]:
+        wl = workload_of(entry.workload.mod)
+        tvm.ir.assert_structural_equal(entry.workload.mod, canonical_module(wl))
+    measured = log.seconds_by_query()
+    queries = list(measured)
+    predicted = SecondsModel(SPEC).fit(measured).predict(queries)
+    errors = [abs(p - measured[q]) / measured[q] for p, q in zip(predicted, queries)]
+    assert np.median(errors) < 0.15

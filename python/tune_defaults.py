@@ -1,0 +1,85 @@
+"""Produce the tuning log shipped in the package: `scalpel_tvm/data/logs/x86-avx2/`.
+
+Measures, on this machine, every template setting of the candidate kernels of
+
+* the demo models' FC layers (LeNet-300-100 and LeNet-5 as pruned, batch 1 and 50), so `scalpel
+  demo`, `scalpel plan` and `Pass("x86-avx2")` find exact records for them, and
+* a sweep of FC shapes (below) at batch 1 and 50, each dense, node-shrunk to 90/75/50/25% and
+  grouped-sparse G×1 / 1×G at 50/70/90% group sparsity: the training data of the seconds model
+  that prices everything not tuned;
+
+then runs meta_schedule's search (`--trials`, default 32) on the demo models' dense kernels at
+their pruned shapes, whose records compete with the templates'.
+
+Resumable: re-running tops the log up. The log is shipped xz-compressed (`xz -dk` its files to
+open it with meta_schedule's JSONDatabase). Run on an otherwise idle machine:
+    python python/tune_defaults.py [--out DIR] [--trials N]
+"""
+from __future__ import annotations
+
+import argparse
+import lzma
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+
+from scalpel_tvm.logs import SHIPPED  # noqa: E402
+from scalpel_tvm.demo import NETWORKS, demo_model_path  # noqa: E402
+from scalpel_tvm.onnx_import import import_onnx, load_onnx  # noqa: E402
+from scalpel_tvm.target import TargetSpec  # noqa: E402
+from scalpel_tvm.tuning import layer_workloads, model_workloads, tune  # noqa: E402
+
+SWEEP = [(784, 300), (300, 100), (100, 10), (800, 500), (500, 10), (1024, 1024), (2048, 512),
+         (4096, 1024), (256, 64), (120, 84), (640, 640), (200, 400), (1600, 128), (3072, 256)]
+BATCHES = (1, 50)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=SHIPPED / "x86-avx2")
+    parser.add_argument("--trials", type=int, default=32)
+    args = parser.parse_args()
+    spec = TargetSpec.preset("x86-avx2")
+    lanes = spec.lanes("float32")
+    started = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    _decompress(args.out)
+    demo, searched = [], []
+    for name in NETWORKS:
+        for batch in BATCHES:
+            found = model_workloads(import_onnx(load_onnx(demo_model_path(name, pruned=True)), batch), spec)
+            demo += found
+            searched += [wl for wl in found if wl.form == "dense" and wl.n in _kept_widths(found)]
+    tune(demo, spec, args.out)
+    sweep = [wl for k, n in SWEEP for batch in BATCHES for wl in layer_workloads(batch, k, n, lanes)]
+    tune(sweep, spec, args.out)
+    log = tune(list(dict.fromkeys(searched)), spec, args.out, trials=args.trials)
+    print(f"{len(log)} records for {len(log.records)} workloads in {args.out} "
+          f"({(time.time() - started) / 60:.1f} min)")
+    _compress(args.out)
+
+
+def _decompress(directory: Path) -> None:
+    """Resume from a shipped (compressed) log."""
+    for packed in directory.glob("*.json.xz"):
+        plain = packed.with_suffix("")
+        if not plain.exists():
+            plain.write_bytes(lzma.decompress(packed.read_bytes()))
+
+
+def _compress(directory: Path) -> None:
+    """Ship xz files: the workload file is 16 MB of base64 IR that compresses 300-fold."""
+    for plain in directory.glob("*.json"):
+        plain.with_name(plain.name + ".xz").write_bytes(lzma.compress(plain.read_bytes()))
+        plain.unlink()
+
+
+def _kept_widths(workloads) -> set[int]:
+    """The widths the sparse candidates were made at: the layers' node-shrunk widths."""
+    return {wl.n for wl in workloads if wl.form != "dense"}
+
+
+if __name__ == "__main__":
+    main()
