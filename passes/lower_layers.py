@@ -33,20 +33,20 @@ def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool
     With a tuning `log`, the kernel is the fastest one logged for this workload (a
     meta_schedule schedule or the template's best knobs); otherwise the template's defaults.
     """
-    from scalpel_tvm.logs import tuned_fc_kernel  # late: logs pull in meta_schedule
+    from scalpel_tvm.logs import tuned_kernel  # late: logs pull in meta_schedule
     from scalpel_tvm.workloads import Workload
 
     k, n = w_kn.shape
     if form == "dense":
         workload = Workload("dense", batch, k, n, lanes, 0, bias, activation)
-        prim = tuned_fc_kernel(log, workload, name) or dense_fc(
+        prim = tuned_kernel(log, workload, name) or dense_fc(
             batch, k, n, bias=bias, activation=activation, lanes=lanes, name=name)
         return prim, [pack_dense_weight(w_kn, lanes)]
     if form in ("gsparse_gx1", "gsparse_1xg"):
         weight = GroupedSparseWeight.from_dense(w_kn, group, form.split("_")[1])
         # A weight with no groups left (every input dead) is no tuning workload; its kernel
         # only writes the epilogue.
-        tuned = weight.n_groups and tuned_fc_kernel(
+        tuned = weight.n_groups and tuned_kernel(
             log, Workload(form, batch, k, n, group, weight.n_groups, bias, activation), name)
         prim = tuned or grouped_sparse_fc(weight, batch, bias=bias, activation=activation, name=name)
     elif form == "csr":
@@ -58,15 +58,23 @@ def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool
 
 
 def conv_kernel(w_oihw: np.ndarray, x_shape, attrs, *, bias: bool, activation: str | None,
-                lanes: int, name: str):
-    """The PrimFunc for a conv layer (dense or shrunk) and its packed weight."""
+                lanes: int, name: str, log=None):
+    """The PrimFunc for a conv layer (dense or shrunk) and its packed weight, with the best
+    logged knobs of this conv when a tuning `log` has them."""
+    from scalpel_tvm.workloads import ConvWorkload  # late: workloads pull in the cost models
+
     batch, channels, height, width = x_shape
+    geometry = dict(strides=tuple(int(s) for s in attrs.strides),
+                    padding=tuple(int(p) for p in attrs.padding),
+                    dilation=tuple(int(d) for d in attrs.dilation))
+    workload = ConvWorkload(batch, channels, height, width, w_oihw.shape[0],
+                            tuple(w_oihw.shape[2:]), **geometry, lanes=lanes, bias=bias,
+                            activation=activation)
+    knobs = (log.best_knobs(workload) if log is not None else None) or {}
     prim = conv2d_nchw(
-        batch, channels, height, width, w_oihw.shape[0], tuple(w_oihw.shape[2:]),
-        strides=tuple(int(s) for s in attrs.strides), padding=tuple(int(p) for p in attrs.padding),
-        dilation=tuple(int(d) for d in attrs.dilation), bias=bias, activation=activation,
-        lanes=lanes, name=name)
-    return prim, [pack_conv_weight(w_oihw, lanes=lanes)]
+        batch, channels, height, width, w_oihw.shape[0], tuple(w_oihw.shape[2:]), **geometry,
+        bias=bias, activation=activation, lanes=lanes, name=name, **knobs)
+    return prim, [pack_conv_weight(w_oihw, lanes=lanes, **knobs)]
 
 
 def fused_epilogue(layer: Layer):
@@ -142,7 +150,7 @@ class LowerLayers:
     `group` is the group width G of the grouped-sparse forms and `lanes` the vector width
     the dense FC and conv weights are packed to.
     With `chain`, consecutive FC layers run as one kernel call (see schedules/chain.py). With a
-    tuning `log` (scalpel_tvm.logs.TuningLog), FC kernels take the fastest logged schedule.
+    tuning `log` (scalpel_tvm.logs.TuningLog), kernels take the fastest logged schedule.
     The module must already be canonical (the ShrinkNodes pass leaves it so).
     """
 
@@ -211,7 +219,8 @@ class _Lowerer(relax.PyExprMutator):
                                      lanes=self.options.lanes, log=self.options.log)
         else:
             prim, consts = conv_kernel(weight, x_shape, layer.call.attrs, bias=bias is not None,
-                                       activation=activation, lanes=self.options.lanes, name=name)
+                                       activation=activation, lanes=self.options.lanes, name=name,
+                                       log=self.options.log)
         if bias is not None:
             consts.append(bias)
         return prim, consts, fused, name

@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = TargetSpec.preset(args.target)
     started = time.time()
-    measured = TuningLog(args.logs).seconds_by_query()
+    measured = {q: s for q, s in TuningLog(args.logs).seconds_by_query().items() if q.kind == "fc"}
     predicted = held_out_predictions(measured, spec)
     analytical = AnalyticalCost(spec)
     queries = list(predicted)

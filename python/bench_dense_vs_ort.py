@@ -3,8 +3,7 @@
 Every layer of the dense LeNet-300-100 and LeNet-5 (a Gemm or Conv with the ReLU that follows
 it) is cut out of the demo model as its own ONNX graph and run, one thread each, by
 
-* `Pass(x86-avx2)` with the shipped tuning log (FC layers: the best record of the log; conv
-  layers are not tuned, so they run the template's defaults either way),
+* `Pass(x86-avx2)` with the shipped tuning log (each layer's kernel from the log's best record),
 * `Pass(x86-avx2, logs=False)` (the templates' default knobs, before tuning),
 * onnxruntime,
 
@@ -76,15 +75,13 @@ def main() -> None:
             for batch in (1, 50):
                 rows.append(_measure(network, name, sub, batch, target, args.rounds))
                 r = rows[-1]
-                print(f"{network:>14} {name:>6} b{batch:<3} tuned{'*' if name.startswith('conv') else ' '}"
-                      f"{r['us']['tuned']:8.1f}  "
+                print(f"{network:>14} {name:>6} b{batch:<3} tuned {r['us']['tuned']:8.1f}  "
                       f"untuned {r['us']['untuned']:8.1f}  onnxruntime {r['us']['onnxruntime']:8.1f} us"
                       f"   ort/tuned {r['ort_over_tuned']:.2f}x")
     report = {"cpu": cpu_name(), "threads": 1, "layers": rows,
               "geomean_ort_over_tuned": {b: float(np.exp(np.mean([np.log(r["ort_over_tuned"])
                                                                    for r in rows if r["batch"] == b])))
                                          for b in (1, 50)}}
-    print("* conv layers are not tuned (template defaults either way)")
     print("geomean onnxruntime / tuned:", {b: round(v, 2) for b, v in report["geomean_ort_over_tuned"].items()})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_dense_vs_ort.json").write_text(json.dumps(report, indent=2))

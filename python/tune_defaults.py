@@ -2,8 +2,8 @@
 
 Measures, on this machine, every template setting of the candidate kernels of
 
-* the demo models' FC layers (LeNet-300-100 and LeNet-5 as pruned, batch 1 and 50), so `scalpel
-  demo`, `scalpel plan` and `Pass("x86-avx2")` find exact records for them, and
+* the demo models' FC and conv layers (LeNet-300-100 and LeNet-5 as pruned, batch 1 and 50), so
+  `scalpel demo`, `scalpel plan` and `Pass("x86-avx2")` find exact records for them, and
 * a sweep of FC shapes (below) at batch 1 and 50, each dense, node-shrunk to 90/75/50/25% and
   grouped-sparse G×1 / 1×G at 50/70/90% group sparsity: the training data of the seconds model
   that prices everything not tuned;
@@ -30,6 +30,7 @@ from scalpel_tvm.demo import NETWORKS, demo_model_path  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx, load_onnx  # noqa: E402
 from scalpel_tvm.target import TargetSpec  # noqa: E402
 from scalpel_tvm.tuning import layer_workloads, model_workloads, tune  # noqa: E402
+from scalpel_tvm.workloads import Workload  # noqa: E402
 
 SWEEP = [(784, 300), (300, 100), (100, 10), (800, 500), (500, 10), (1024, 1024), (2048, 512),
          (4096, 1024), (256, 64), (120, 84), (640, 640), (200, 400), (1600, 128), (3072, 256)]
@@ -51,7 +52,8 @@ def main() -> None:
         for batch in BATCHES:
             found = model_workloads(import_onnx(load_onnx(demo_model_path(name, pruned=True)), batch), spec)
             demo += found
-            searched += [wl for wl in found if wl.form == "dense" and wl.n in _kept_widths(found)]
+            fc = [wl for wl in found if isinstance(wl, Workload)]
+            searched += [wl for wl in fc if wl.form == "dense" and wl.n in _kept_widths(fc)]
     tune(demo, spec, args.out)
     sweep = [wl for k, n in SWEEP for batch in BATCHES for wl in layer_workloads(batch, k, n, lanes)]
     tune(sweep, spec, args.out)

@@ -62,7 +62,8 @@ class TuningLog:
                            "(make one with `scalpel tune`)")
         self.skipped: list[str] = []
         self.database = ms.database.MemoryDatabase()
-        self.records: dict[str, list[Measured]] = {}
+        self.records: dict[str, list[Measured]] = {}  # successful measurements by workload key
+        self.attempts: dict[str, list[dict | None]] = {}  # knobs (None: meta_schedule) of every record
         workloads = [self._read_workload(line, number, skip_corrupt)
                      for number, line in self._lines(WORKLOAD_FILE)]
         for number, line in self._lines(RECORD_FILE):
@@ -127,11 +128,13 @@ class TuningLog:
             return
         self.database.commit_tuning_record(record)
         key = workload_of(workload.mod)
-        seconds = _median([float(s) for s in record.run_secs or []])
-        if key is None or not math.isfinite(seconds) or seconds >= FAILED_SECONDS:
+        if key is None:
             return
-        self.records.setdefault(key.key, []).append(
-            Measured(seconds, template_knobs(record.trace), record))
+        knobs = template_knobs(record.trace)
+        self.attempts.setdefault(key.key, []).append(knobs)  # failed ones too: not retried
+        seconds = _median([float(s) for s in record.run_secs or []])
+        if math.isfinite(seconds) and seconds < FAILED_SECONDS:
+            self.records.setdefault(key.key, []).append(Measured(seconds, knobs, record))
 
     def best(self, workload: Workload) -> Measured | None:
         """The fastest record of exactly this workload (epilogue included)."""
@@ -157,10 +160,12 @@ class TuningLog:
         return best
 
     def has_candidate(self, workload: Workload, knobs: dict) -> bool:
-        return any(m.knobs == knobs for m in self.records.get(workload.key, []))
+        """Whether this template setting was measured, successfully or not."""
+        return knobs in self.attempts.get(workload.key, [])
 
-    def trial_count(self, workload: Workload, source: str) -> int:
-        return sum(m.source == source for m in self.records.get(workload.key, []))
+    def search_trials(self, workload: Workload) -> int:
+        """meta_schedule trials recorded for `workload`, failed builds and runs included."""
+        return sum(knobs is None for knobs in self.attempts.get(workload.key, []))
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.records.values())
@@ -182,7 +187,7 @@ def resolve_log(spec, logs) -> TuningLog | None:
     return logs if isinstance(logs, TuningLog) else TuningLog(logs)
 
 
-def tuned_fc_kernel(log: TuningLog | None, workload: Workload, name: str):
+def tuned_kernel(log: TuningLog | None, workload, name: str):
     """The fastest logged kernel for `workload` — a meta_schedule schedule or the template with
     its best knobs — or None when the log has nothing for it."""
     if log is None:

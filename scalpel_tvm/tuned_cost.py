@@ -124,8 +124,9 @@ class SecondsModel:
 
 class LogCost:
     """Seconds for the planner from a tuning log: the best record of a tuned kernel ("log"),
-    else the model trained on all records ("model"). Conv layers, not tuned yet, are priced by
-    the analytical roofline ("analytical")."""
+    else the model trained on all records ("model"). Conv layers without a record are priced by
+    the analytical roofline ("analytical"): they have one form on CPUs, so nothing is decided
+    by their price."""
 
     def __init__(self, spec: TargetSpec, log: TuningLog):
         self.log = log
@@ -134,10 +135,10 @@ class LogCost:
         self.analytical = self.model.analytical
 
     def estimate(self, query: KernelQuery, weights: np.ndarray | None = None) -> Estimate:
-        if query.kind != "fc":
-            return self.analytical.estimate(query)
         if query in self.measured:
             return Estimate(self.measured[query], "log")
+        if query.kind != "fc":
+            return self.analytical.estimate(query)
         return Estimate(float(self.model.predict([query])[0]), "model")
 
 

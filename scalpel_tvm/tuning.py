@@ -9,12 +9,14 @@ Two searches fill one log (see `workloads` for the record format):
 * meta_schedule's own evolutionary search (`tune_tir`), for the dense workloads when
   `trials > 0`: their canonical functions are plain tensor computations it can schedule.
 
-Every finished measurement is appended to the log at once, so an interrupted run loses nothing;
-a re-run skips template settings already measured and tops meta_schedule up to `trials`.
+Measurements are appended to the log as each batch of builds is timed, so an interrupted run
+loses at most the batch in flight; a re-run skips template settings already measured and tops
+meta_schedule up to `trials`.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +30,7 @@ from tvm.s_tir import meta_schedule as ms
 from .errors import ScalpelError
 from .logs import WORKLOAD_FILE, TuningLog, is_log
 from .target import TargetSpec
-from .workloads import (Workload, canonical_module, knob_space, measurement_arguments,
+from .workloads import (ConvWorkload, Workload, canonical_module, knob_space, measurement_arguments,
                         template_kernel, template_record_trace)
 
 BUILDER_TIMEOUT_S = 300  # meta_schedule's 30 s default fails 1 in 4 builds on a busy 2-core machine
@@ -79,8 +81,23 @@ def parse_shapes(spec: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def model_workloads(mod: tvm.IRModule, spec: TargetSpec) -> list[Workload]:
-    """Every candidate kernel of a model's FC layers (after node shrinking), at its batch."""
+def conv_workloads(layer, weight, lanes: int, *, bias: bool, activation: str | None) -> list[ConvWorkload]:
+    """A conv layer at its shrunk shape and with its filters node-pruned to the usual fractions
+    (inputs as shrinking leaves them: the producer's dead filters are gone)."""
+    from .passes.layer_graph import static_shape
+
+    batch, _, height, width = static_shape(layer.call.args[0])
+    attrs = layer.call.attrs
+    widths = {weight.shape[0], *(max(1, round(layer.out_channels * f)) for f in (1.0, *KEEP_FRACTIONS))}
+    return [ConvWorkload(batch, weight.shape[1], height, width, o, tuple(weight.shape[2:]),
+                         tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.padding),
+                         tuple(int(v) for v in attrs.dilation), lanes, bias, activation)
+            for o in sorted(widths, reverse=True)]
+
+
+def model_workloads(mod: tvm.IRModule, spec: TargetSpec) -> list:
+    """Every candidate kernel of a model's FC and conv layers (after node shrinking), at its
+    batch."""
     from .passes.layer_graph import build_layer_graph, canonicalize, static_shape
     from .passes.lower_layers import fused_epilogue
     from .passes.shrink_nodes import analyze_shrink, shrunk_weights
@@ -92,10 +109,11 @@ def model_workloads(mod: tvm.IRModule, spec: TargetSpec) -> list[Workload]:
     lanes = spec.lanes("float32")
     found = []
     for layer in graph.layers:
-        if layer.kind != "fc":
-            continue
         _scale, bias, activation, _ = fused_epilogue(layer)
         weight = weights[layer.name]
+        if layer.kind == "conv":
+            found += conv_workloads(layer, weight, lanes, bias=bias is not None, activation=activation)
+            continue
         groups = {o: GroupedSparseWeight.from_dense(weight, lanes, o).n_groups or None
                   for o in ("gx1", "1xg")}
         # Inputs as shrinking leaves them (the producer's dead nodes are gone); outputs at the
@@ -122,8 +140,8 @@ class MeasurementArguments:
     def signature(shapes_and_dtypes) -> tuple:
         return tuple((str(dtype), tuple(int(d) for d in shape)) for dtype, shape in shapes_and_dtypes)
 
-    def add(self, wl: Workload) -> None:
-        arrays = measurement_arguments(wl)
+    def add(self, wl, knobs: dict) -> None:
+        arrays = measurement_arguments(wl, knobs)
         self.table[self.signature((a.dtype, a.shape) for a in arrays)] = arrays
 
     def __call__(self, *args):
@@ -134,8 +152,11 @@ class MeasurementArguments:
         key = self.signature((info[1], info[2]) for info in args_info)
         arrays = self.table.get(key)
         if arrays is None:
-            from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
-            return default_alloc_argument(device, args_info, repeat)
+            from tvm.s_tir.meta_schedule.runner import local_runner, rpc_runner
+
+            if len(args) == 4:
+                return rpc_runner.default_alloc_argument(*args)
+            return local_runner.default_alloc_argument(*args)
         return [[tvm.runtime.tensor(a, device=device) for a in arrays] for _ in range(repeat)]
 
 
@@ -191,7 +212,7 @@ def tune(workloads: list[Workload], spec: TargetSpec, log_dir, *, trials: int = 
             arguments.table.clear()
             for wl in tqdm([wl for wl in dict.fromkeys(workloads) if wl.form == "dense"],
                            desc="meta_schedule", unit="workload", disable=not progress):
-                remaining = trials - (done.trial_count(wl, "meta_schedule") if done else 0)
+                remaining = trials - (done.search_trials(wl) if done else 0)
                 if remaining > 0:
                     _search(wl, target, remaining, builder, runner, database)
     finally:
@@ -211,33 +232,37 @@ def _tune_templates(workloads, done, target, builder, runner, arguments, databas
             owners: dict = {}  # argument signature -> the one workload timed with it this round
             chunk, deferred = [], []
             for wl, knobs in pending[:batch_size]:
-                mine = owners.setdefault(_signature(wl), wl) == wl
+                signature = _signature(wl, json.dumps(knobs, sort_keys=True))
+                mine = owners.setdefault(signature, (wl, knobs))[0] == wl
                 (chunk if mine else deferred).append((wl, knobs))
             pending = deferred + pending[batch_size:]
             arguments.table.clear()
-            for wl in owners.values():
-                arguments.add(wl)
+            for wl, knobs in owners.values():
+                arguments.add(wl, knobs)
             for wl, seconds in _measure_templates(chunk, target, builder, runner, database):
                 best[wl] = min(seconds, best.get(wl, float("inf")))
                 bar.update(1)
-                bar.set_postfix_str(f"{wl.form} b{wl.batch} {wl.k}x{wl.n}: best {best[wl] * 1e6:.1f} us")
+                bar.set_postfix_str(f"{wl.label}: best {best[wl] * 1e6:.1f} us")
 
 
 @functools.lru_cache(maxsize=None)
-def _signature(wl: Workload) -> tuple:
-    return MeasurementArguments.signature((a.dtype, a.shape) for a in measurement_arguments(wl))
+def _signature(wl, knobs_json: str) -> tuple:
+    arrays = measurement_arguments(wl, json.loads(knobs_json))
+    return MeasurementArguments.signature((a.dtype, a.shape) for a in arrays)
 
 
 def _measure_templates(chunk, target, builder, runner, database):
     """Build and time each (workload, knobs); commit one record per setting (failures too, with
     meta_schedule's 1e10 s, so a resumed run does not retry them). Yields (workload, seconds)."""
-    inputs = [ms.builder.BuilderInput(tvm.IRModule({"main": template_kernel(wl, knobs)}), target)
-              for wl, knobs in chunk]
-    built = builder.build(inputs)
+    kernels = [template_kernel(wl, knobs) for wl, knobs in chunk]
+    built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": k}), target) for k in kernels])
     args_info = {wl: ms.arg_info.ArgInfo.from_prim_func(canonical_module(wl)["main"]) for wl, _ in chunk}
     ok = [i for i, b in enumerate(built) if b.error_msg is None]
-    futures = dict(zip(ok, runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu",
-                                                             args_info[chunk[i][0]]) for i in ok])))
+    # The runner is told the template's own arguments (a conv's packed weight differs from the
+    # canonical function's); the record keeps the canonical ones.
+    futures = dict(zip(ok, runner.run([
+        ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(kernels[i]))
+        for i in ok])))
     for i, (wl, knobs) in enumerate(chunk):
         seconds = [1e10]
         if i in futures:

@@ -25,14 +25,21 @@ from tvm import te
 from tvm.script import tirx as T
 
 from .cost import KernelQuery
+from .schedules.conv2d import (conv2d_nchw, conv2d_output_shape, default_oc_block,
+                               default_ow_tile, pack_conv_weight)
 from .schedules.fc import default_dense_knobs, dense_fc
 from .schedules.grouped_sparse import (GroupedSparseWeight, default_grouped_sparse_knobs,
                                        grouped_sparse_fc)
 
 FORMS = ("dense", "gsparse_gx1", "gsparse_1xg")
-BLOCK = "fc"  # the block of every canonical function that template records annotate
+BLOCK = "fc"  # the block of every canonical FC function that template records annotate
+CONV_BLOCK = "conv"
 TEMPLATE_KEY = "scalpel.template"
 WORKLOAD_ATTR = "scalpel.workload"
+_CONV_KEY = re.compile(r"conv:b(?P<batch>\d+):c(?P<c>\d+):h(?P<h>\d+):w(?P<w>\d+):o(?P<o>\d+)"
+                       r":k(?P<kernel>\d+x\d+):s(?P<strides>\d+x\d+):p(?P<padding>\d+x\d+x\d+x\d+)"
+                       r":d(?P<dilation>\d+x\d+):g(?P<lanes>\d+):(?P<bias>bias|nobias)"
+                       r":(?P<activation>relu|none)$")
 _KEY = re.compile(r"fc:(?P<form>\w+):b(?P<batch>\d+):k(?P<k>\d+):n(?P<n>\d+):g(?P<group>\d+)"
                   r":groups(?P<groups>\d+):(?P<bias>bias|nobias):(?P<activation>relu|none)$")
 
@@ -68,8 +75,16 @@ class Workload:
         return (f"fc:{self.form}:b{self.batch}:k{self.k}:n{self.n}:g{self.group}:groups{self.groups}:"
                 f"{'bias' if self.bias else 'nobias'}:{self.activation or 'none'}")
 
+    block = BLOCK
+
+    @property
+    def label(self) -> str:
+        return f"{self.form} b{self.batch} {self.k}x{self.n}"
+
     @classmethod
-    def from_key(cls, key: str) -> Workload:
+    def from_key(cls, key: str) -> Workload | ConvWorkload:
+        if key.startswith("conv:"):
+            return ConvWorkload.from_key(key)
         match = _KEY.match(key)
         if not match:
             raise ValueError(f"not a scalpel workload key: {key!r}")
@@ -107,9 +122,84 @@ class Workload:
         return replace(self, bias=bias, activation=activation)
 
 
-def canonical_module(workload: Workload) -> tvm.IRModule:
+@dataclass(frozen=True)
+class ConvWorkload:
+    """An NCHW conv2d kernel (dense, or node-shrunk: the same at fewer channels), `act(conv(x, w)
+    [+ b])`; `lanes` is the vector width its weight is packed to. Conv layers have one form on
+    CPUs, so only the template's knobs are tuned."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    lanes: int = 8
+    bias: bool = True
+    activation: str | None = "relu"
+
+    form = "dense"
+    block = CONV_BLOCK
+
+    @property
+    def label(self) -> str:
+        return (f"conv b{self.batch} {self.channels}x{self.height}x{self.width}"
+                f"->{self.out_channels} {self.kernel[0]}x{self.kernel[1]}")
+
+    @property
+    def key(self) -> str:
+        def dims(values):
+            return "x".join(str(v) for v in values)
+
+        return (f"conv:b{self.batch}:c{self.channels}:h{self.height}:w{self.width}:"
+                f"o{self.out_channels}:k{dims(self.kernel)}:s{dims(self.strides)}:"
+                f"p{dims(self.padding)}:d{dims(self.dilation)}:g{self.lanes}:"
+                f"{'bias' if self.bias else 'nobias'}:{self.activation or 'none'}")
+
+    @classmethod
+    def from_key(cls, key: str) -> ConvWorkload:
+        match = _CONV_KEY.match(key)
+        if not match:
+            raise ValueError(f"not a scalpel workload key: {key!r}")
+        f = match.groupdict()
+
+        def dims(text):
+            return tuple(int(v) for v in text.split("x"))
+
+        return cls(int(f["batch"]), int(f["c"]), int(f["h"]), int(f["w"]), int(f["o"]),
+                   dims(f["kernel"]), dims(f["strides"]), dims(f["padding"]), dims(f["dilation"]),
+                   int(f["lanes"]), f["bias"] == "bias",
+                   None if f["activation"] == "none" else f["activation"])
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return conv2d_output_shape(self.batch, self.channels, self.height, self.width,
+                                   self.out_channels, self.kernel, strides=self.strides,
+                                   padding=self.padding, dilation=self.dilation)
+
+    @property
+    def query(self) -> KernelQuery:
+        _, _, out_h, out_w = self.output_shape
+        return KernelQuery("conv", "dense", self.batch, self.channels * self.kernel[0] * self.kernel[1],
+                           self.out_channels, pixels=out_h * out_w)
+
+    @property
+    def geometry(self) -> dict:
+        return dict(strides=self.strides, padding=self.padding, dilation=self.dilation)
+
+    def with_epilogue(self, bias: bool, activation: str | None) -> ConvWorkload:
+        return replace(self, bias=bias, activation=activation)
+
+
+def canonical_module(workload: Workload | ConvWorkload) -> tvm.IRModule:
     """The workload's plain computation, the key its log records are stored under."""
-    make = _canonical_dense if workload.form == "dense" else _canonical_sparse
+    if isinstance(workload, ConvWorkload):
+        make = _canonical_conv
+    else:
+        make = _canonical_dense if workload.form == "dense" else _canonical_sparse
     prim = make(workload).with_attr(WORKLOAD_ATTR, workload.key)
     return tvm.IRModule({"main": prim.with_attr("global_symbol", "main")})
 
@@ -138,6 +228,33 @@ def _canonical_dense(wl: Workload) -> tvm.tirx.PrimFunc:
     if wl.activation == "relu":
         y = te.compute((wl.batch, wl.n), lambda i, j: te.max(y[i, j], te.const(0, "float32")),
                        name="relu")
+    return te.create_prim_func([*args, y])
+
+
+def _canonical_conv(wl: ConvWorkload) -> tvm.tirx.PrimFunc:
+    """te conv2d over the OIHW weight (the template packs it per its `oc_block` knob)."""
+    _, _, out_h, out_w = wl.output_shape
+    (kh, kw), (sh, sw), (dh, dw) = wl.kernel, wl.strides, wl.dilation
+    pad_t, pad_l, pad_b, pad_r = wl.padding
+    x = te.placeholder((wl.batch, wl.channels, wl.height, wl.width), "float32", name="x")
+    w = te.placeholder((wl.out_channels, wl.channels, kh, kw), "float32", name="w")
+    padded = te.compute(
+        (wl.batch, wl.channels, wl.height + pad_t + pad_b, wl.width + pad_l + pad_r),
+        lambda n, c, i, j: te.if_then_else(
+            tvm.tirx.all(i >= pad_t, i < wl.height + pad_t, j >= pad_l, j < wl.width + pad_l),
+            x[n, c, i - pad_t, j - pad_l], te.const(0, "float32")), name="pad")
+    rc, rh, rw = (te.reduce_axis((0, wl.channels), "rc"), te.reduce_axis((0, kh), "rh"),
+                  te.reduce_axis((0, kw), "rw"))
+    y = te.compute((wl.batch, wl.out_channels, out_h, out_w), lambda n, o, i, j: te.sum(
+        padded[n, rc, i * sh + rh * dh, j * sw + rw * dw] * w[o, rc, rh, rw], axis=[rc, rh, rw]),
+        name=CONV_BLOCK)
+    args = [x, w]
+    if wl.bias:
+        b = te.placeholder((wl.out_channels,), "float32", name="b")
+        y = te.compute(y.shape, lambda n, o, i, j: y[n, o, i, j] + b[o], name="bias")
+        args.append(b)
+    if wl.activation == "relu":
+        y = te.compute(y.shape, lambda *i: te.max(y(*i), te.const(0, "float32")), name="relu")
     return te.create_prim_func([*args, y])
 
 
@@ -174,8 +291,13 @@ def _canonical_sparse(wl: Workload) -> tvm.tirx.PrimFunc:
     return func
 
 
-def template_kernel(wl: Workload, knobs: dict, name: str = "main") -> tvm.tirx.PrimFunc:
-    """The hand-scheduled kernel for `wl` with `knobs` (its parameters match the canonical's)."""
+def template_kernel(wl: Workload | ConvWorkload, knobs: dict, name: str = "main") -> tvm.tirx.PrimFunc:
+    """The hand-scheduled kernel for `wl` with `knobs` (its parameters match the canonical's,
+    but for a conv, whose weight comes packed by `pack_conv_weight` with the same knobs)."""
+    if isinstance(wl, ConvWorkload):
+        return conv2d_nchw(wl.batch, wl.channels, wl.height, wl.width, wl.out_channels, wl.kernel,
+                           **wl.geometry, bias=wl.bias, activation=wl.activation, lanes=wl.lanes,
+                           name=name, **knobs)
     if wl.form == "dense":
         return dense_fc(wl.batch, wl.k, wl.n, bias=wl.bias, activation=wl.activation,
                         lanes=wl.group, name=name, **knobs)
@@ -183,7 +305,11 @@ def template_kernel(wl: Workload, knobs: dict, name: str = "main") -> tvm.tirx.P
                              name=name, **knobs)
 
 
-def default_knobs(wl: Workload) -> dict:
+def default_knobs(wl: Workload | ConvWorkload) -> dict:
+    if isinstance(wl, ConvWorkload):
+        oc_block = default_oc_block(wl.out_channels, wl.lanes)
+        return {"oc_block": oc_block, "ow_tile": default_ow_tile(wl.output_shape[3], oc_block, wl.lanes),
+                "unroll": True, "parallel": True}
     if wl.form == "dense":
         return default_dense_knobs(wl.batch, wl.k, wl.n)
     return default_grouped_sparse_knobs(_pattern_shell(wl), wl.batch)
@@ -195,7 +321,13 @@ def knob_space(wl: Workload) -> list[dict]:
     Kept small (4 to 12 per workload) and bounded by the 16 vector registers of AVX2: a register
     tile larger than that spills, which the benchmark showed is never faster.
     """
-    if wl.form == "dense":
+    if isinstance(wl, ConvWorkload):
+        out_w, lanes = wl.output_shape[3], wl.lanes
+        blocks = [b for b in (lanes, 2 * lanes, 3 * lanes) if b <= -(-wl.out_channels // lanes) * lanes]
+        grid = [{"oc_block": b, "ow_tile": t, "unroll": u}
+                for b in blocks for u in (True, False)
+                for t in sorted({min(out_w, max(1, 8 * lanes // b // 2)), min(out_w, 8 * lanes // b)})]
+    elif wl.form == "dense":
         if wl.batch == 1:
             grid = [{"batch_tile": 1, "vectors": v, "k_streams": s}
                     for v, s in itertools.product((1, 2, 4, 8), (1, 2, 4)) if 2 <= v * s <= 12]
@@ -240,10 +372,19 @@ def _pattern_shell(wl: Workload, rng: np.random.Generator | None = None) -> Grou
     return GroupedSparseWeight(orientation, wl.group, (wl.k, wl.n), indptr, indices, values)
 
 
-def measurement_arguments(wl: Workload, seed: int = 0) -> list[np.ndarray]:
-    """Arguments to time the workload with: random data and, for sparse forms, a random pattern
-    of the right size (the index arrays must be valid, so they cannot be random numbers)."""
+def measurement_arguments(wl: Workload | ConvWorkload, knobs: dict | None = None,
+                          seed: int = 0) -> list[np.ndarray]:
+    """Arguments to time the template with: random data and, for sparse forms, a random pattern
+    of the right size (the index arrays must be valid, so they cannot be random numbers); a
+    conv's weight comes packed for `knobs`."""
     rng = np.random.default_rng(seed)
+    if isinstance(wl, ConvWorkload):
+        kh, kw = wl.kernel
+        x = rng.standard_normal((wl.batch, wl.channels, wl.height, wl.width)).astype("float32")
+        w = rng.standard_normal((wl.out_channels, wl.channels, kh, kw)).astype("float32")
+        bias = [rng.standard_normal(wl.out_channels).astype("float32")] if wl.bias else []
+        return [x, pack_conv_weight(w, wl.lanes, **(knobs or {})), *bias,
+                np.zeros(wl.output_shape, "float32")]
     x = rng.standard_normal((wl.batch, wl.k)).astype("float32")
     if wl.form == "dense":
         constants = [rng.standard_normal((-(-wl.n // wl.group), wl.k, wl.group)).astype("float32")]
@@ -259,7 +400,7 @@ def template_record_trace(wl: Workload, knobs: dict) -> "tvm.s_tir.Trace":
     from tvm import s_tir
 
     sch = s_tir.Schedule(canonical_module(wl))
-    sch.annotate(sch.get_sblock(BLOCK), TEMPLATE_KEY, json.dumps(knobs, sort_keys=True))
+    sch.annotate(sch.get_sblock(wl.block), TEMPLATE_KEY, json.dumps(knobs, sort_keys=True))
     return sch.trace
 
 

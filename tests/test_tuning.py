@@ -12,12 +12,13 @@ import scalpel_tvm
 from nets import TARGET, mlp, relax_module, run_relax
 from scalpel_tvm.cli import main
 from scalpel_tvm.logs import (RECORD_FILE, LogError, TuningLog, scheduled_kernel,
-                              tuned_fc_kernel)
+                              tuned_kernel)
 from scalpel_tvm.passes.lower_layers import fc_kernel
 from scalpel_tvm.schedules.fc import dense_fc
 from scalpel_tvm.target import TargetSpec
-from scalpel_tvm.tuning import layer_workloads, parse_shapes, tune
-from scalpel_tvm.workloads import (Workload, canonical_module, knob_space,
+from scalpel_tvm.schedules.conv2d import pack_conv_weight
+from scalpel_tvm.tuning import layer_workloads, model_workloads, parse_shapes, tune
+from scalpel_tvm.workloads import (ConvWorkload, Workload, canonical_module, knob_space,
                                    measurement_arguments, template_kernel, template_knobs,
                                    template_record_trace, workload_of)
 
@@ -60,6 +61,44 @@ def test_every_template_setting_computes_the_canonical_function(wl):
                                    rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("wl", [
+    ConvWorkload(1, 1, 12, 12, 10, (5, 5)),
+    ConvWorkload(2, 3, 9, 9, 20, (3, 3), (2, 2), (1, 1, 1, 1), bias=False, activation=None)])
+def test_every_conv_template_setting_computes_the_canonical_conv(wl):
+    assert Workload.from_key(wl.key) == wl and workload_of(canonical_module(wl)) == wl
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((wl.batch, wl.channels, wl.height, wl.width)).astype("float32")
+    w = rng.standard_normal((wl.out_channels, wl.channels, *wl.kernel)).astype("float32")
+    b = [rng.standard_normal(wl.out_channels).astype("float32")] if wl.bias else []
+    y = np.zeros(wl.output_shape, "float32")
+    expected = _run(canonical_module(wl)["main"], [x, w, *b, y])
+    for knobs in knob_space(wl):
+        packed = pack_conv_weight(w, wl.lanes, **knobs)
+        np.testing.assert_allclose(_run(template_kernel(wl, knobs), [x, packed, *b, y]), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_conv_layers_are_tuned_and_lowered_with_their_best_knobs(tmp_path):
+    from scalpel_tvm import models
+    from scalpel_tvm.passes.layer_graph import build_layer_graph, canonicalize
+    from scalpel_tvm.passes.lower_layers import conv_kernel
+
+    mod = relax_module(models.lenet5())
+    conv1 = [w for w in model_workloads(mod, SPEC) if isinstance(w, ConvWorkload) and w.channels == 1]
+    assert sorted(w.out_channels for w in conv1) == [5, 10, 15, 18, 20]  # 10: its dead filters gone
+    conv = next(w for w in conv1 if w.out_channels == 10)
+    assert conv.label == "conv b1 1x28x28->10 5x5"
+    log = tune([conv], SPEC, tmp_path, progress=False)
+    best = log.best(conv)
+    assert best.knobs in knob_space(conv)
+    layer = build_layer_graph(canonicalize(mod)["main"]).layers[0]
+    w = np.random.default_rng(0).standard_normal((10, 1, 5, 5)).astype("float32")
+    prim, (packed,) = conv_kernel(w, (1, 1, 28, 28), layer.call.attrs, bias=True, activation=None,
+                                  lanes=8, name="main", log=log)
+    tvm.ir.assert_structural_equal(prim, template_kernel(conv, log.best_knobs(conv)))
+    np.testing.assert_array_equal(packed, pack_conv_weight(w, 8, **log.best_knobs(conv)))
+
+
 def test_template_records_carry_their_knobs_in_a_replayable_trace():
     wl = SMALL[1]
     knobs = knob_space(wl)[-1]
@@ -88,6 +127,18 @@ def test_tune_resumes_without_remeasuring(small_log, tmp_path):
     assert after.startswith(before)  # appended, nothing rewritten
     assert len(after.splitlines()) - len(before.splitlines()) == len(knob_space(more[-1]))
     assert log.best(more[-1]) is not None
+
+
+def test_failed_measurements_are_kept_and_not_retried(tmp_path):
+    wl = Workload("dense", 1, 16, 8, 8)
+    database = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    failed = knob_space(wl)[0]
+    database.commit_tuning_record(ms.database.TuningRecord(
+        template_record_trace(wl, failed), database.commit_workload(canonical_module(wl)), [1e10],
+        SPEC.target, ms.arg_info.ArgInfo.from_prim_func(canonical_module(wl)["main"])))
+    log = tune([wl], SPEC, tmp_path, progress=False)
+    assert len((tmp_path / RECORD_FILE).read_text().splitlines()) == len(knob_space(wl))
+    assert all(m.knobs != failed for m in log.records[wl.key])  # a failure is never the best
 
 
 def test_corrupt_log_line_is_named_and_can_be_skipped(small_log, tmp_path):
@@ -152,7 +203,7 @@ def test_meta_schedule_search_records_replay_and_compute_the_same(tmp_path):
     np.testing.assert_allclose(_run(scheduled_kernel(searched[0], wl, "main"), args), expected,
                                rtol=1e-4, atol=1e-4)
     log.records[wl.key] = searched  # make the searched schedule the fastest record
-    assert tuned_fc_kernel(log, wl, "main").attrs.get("scalpel.workload") == wl.key
+    assert tuned_kernel(log, wl, "main").attrs.get("scalpel.workload") == wl.key
     mod = relax_module(mlp([24, 32, 16]))
     x = np.random.default_rng(2).standard_normal((1, 24)).astype("float32")
     lowered = scalpel_tvm.Pass("x86-avx2", logs=log)(mod)
