@@ -146,8 +146,9 @@ class TuningLog:
         record of the same kernel with another epilogue (the knobs do not depend on it)."""
         own = [m for m in self.records.get(workload.key, []) if m.knobs is not None]
         if not own:
-            own = [m for key, ms_ in self.records.items() for m in ms_ if m.knobs is not None
-                   and Workload.from_key(key).query == workload.query]
+            kernel = _without_epilogue(workload.key)
+            own = [m for key, records in self.records.items() for m in records
+                   if m.knobs is not None and _without_epilogue(key) == kernel]
         return min(own, key=lambda m: m.seconds).knobs if own else None
 
     def seconds_by_query(self) -> dict:
@@ -205,6 +206,11 @@ def scheduled_kernel(measured: Measured, workload: Workload, name: str):
     sch = s_tir.Schedule(canonical_module(workload))
     measured.record.trace.apply_to_schedule(sch, remove_postproc=False)
     return sch.mod["main"].with_attr("global_symbol", name)
+
+
+def _without_epilogue(key: str) -> str:
+    """A workload key less its last two fields, the bias and the activation."""
+    return key.rsplit(":", 2)[0]
 
 
 def _median(values: list[float]) -> float:

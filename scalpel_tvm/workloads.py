@@ -1,14 +1,16 @@
-"""Tuning workloads: one FC kernel the planner could choose, as meta_schedule sees it.
+"""Tuning workloads: one kernel the planner could choose, as meta_schedule sees it.
 
-A `Workload` names a kernel by what decides its speed — form, batch, shape, group width, number
-of kept groups, epilogue — never by its weight values. Each has a *canonical* PrimFunc: the plain
-computation in one named block (`fc`), which is what the tuning logs key records by (TVM's
-structural hash of the module) and what meta_schedule searches for the dense forms. Its function
-attribute `scalpel.workload` repeats the key, so a log read back says which kernel each record is.
+A `Workload` (FC) or `ConvWorkload` names a kernel by what decides its speed — form, batch,
+shape, group width, number of kept groups, conv geometry, epilogue — never by its weight values.
+Each has a *canonical* PrimFunc: the plain computation with one named block (`fc` / `conv`),
+which is what the tuning logs key records by (TVM's structural hash of the module) and what
+meta_schedule searches for the dense FC forms. Its function attribute `scalpel.workload` repeats
+the key, so a log read back says which kernel each record is.
 
 Grouped-sparse kernels have data-dependent loops that meta_schedule cannot search; their template
 knobs (`schedules/`) are searched instead and stored as records whose trace is a single
-`annotate(fc, "scalpel.template", <knobs as JSON>)` on the canonical function, so one log holds
+`annotate(block, "scalpel.template", <knobs as JSON>)` on the canonical function (the conv
+template's knobs too), so one log holds
 every measured candidate in TVM's own format. A record without that annotation is a
 meta_schedule schedule, applied by replaying its trace.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -61,6 +63,8 @@ class Workload:
     bias: bool = True
     activation: str | None = "relu"
 
+    block = BLOCK  # a class attribute, not a field
+
     def __post_init__(self):
         if self.form not in FORMS:
             raise ValueError(f"unknown form {self.form!r}; known: {FORMS}")
@@ -74,8 +78,6 @@ class Workload:
     def key(self) -> str:
         return (f"fc:{self.form}:b{self.batch}:k{self.k}:n{self.n}:g{self.group}:groups{self.groups}:"
                 f"{'bias' if self.bias else 'nobias'}:{self.activation or 'none'}")
-
-    block = BLOCK
 
     @property
     def label(self) -> str:
@@ -111,15 +113,6 @@ class Workload:
             return KernelQuery("fc", "dense", self.batch, self.k, self.n)
         return KernelQuery("fc", self.form, self.batch, self.k, self.n, group=self.group,
                            groups=self.groups)
-
-    @classmethod
-    def from_query(cls, query: KernelQuery, lanes: int, *, bias: bool = True,
-                   activation: str | None = "relu") -> Workload:
-        group = lanes if query.form == "dense" else query.group
-        return cls(query.form, query.batch, query.k, query.n, group, query.groups, bias, activation)
-
-    def with_epilogue(self, bias: bool, activation: str | None) -> Workload:
-        return replace(self, bias=bias, activation=activation)
 
 
 @dataclass(frozen=True)
@@ -189,9 +182,6 @@ class ConvWorkload:
     @property
     def geometry(self) -> dict:
         return dict(strides=self.strides, padding=self.padding, dilation=self.dilation)
-
-    def with_epilogue(self, bias: bool, activation: str | None) -> ConvWorkload:
-        return replace(self, bias=bias, activation=activation)
 
 
 def canonical_module(workload: Workload | ConvWorkload) -> tvm.IRModule:

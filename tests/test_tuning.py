@@ -175,6 +175,10 @@ def test_fc_kernel_takes_the_logged_knobs(tmp_path):
     prim, _ = fc_kernel("dense", w, 1, 8, bias=True, activation="relu", name="main", log=log)
     expected = dense_fc(1, 48, 20, bias=True, activation="relu", name="main", vectors=1, k_streams=1)
     tvm.ir.assert_structural_equal(prim, expected)
+    # The knobs do not depend on the epilogue: the same kernel without its ReLU takes them too.
+    other, _ = fc_kernel("dense", w, 1, 8, bias=True, activation=None, name="main", log=log)
+    tvm.ir.assert_structural_equal(other, dense_fc(1, 48, 20, bias=True, activation=None,
+                                                   name="main", vectors=1, k_streams=1))
     untuned, _ = fc_kernel("dense", w[:, :16], 1, 8, bias=True, activation="relu", name="main", log=log)
     tvm.ir.assert_structural_equal(untuned, dense_fc(1, 48, 16, bias=True, activation="relu", name="main"))
 
