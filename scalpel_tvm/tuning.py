@@ -15,6 +15,7 @@ meta_schedule up to `trials`.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ from .workloads import (ConvWorkload, Workload, canonical_module, knob_space, me
 BUILDER_TIMEOUT_S = 300  # meta_schedule's 30 s default fails 1 in 4 builds on a busy 2-core machine
 KEEP_FRACTIONS = (0.9, 0.75, 0.5, 0.25)  # node-shrunk shapes the pruning frontend considers
 GROUP_SPARSITIES = (0.5, 0.7, 0.9)  # grouped-sparse densities it considers, both orientations
+RPC_RESULT_TIMEOUT_S = 600
 
 
 def tuning_target(spec: TargetSpec) -> tvm.target.Target:
@@ -266,7 +268,7 @@ def _measure_templates(chunk, target, builder, runner, database):
     for i, (wl, knobs) in enumerate(chunk):
         seconds = [1e10]
         if i in futures:
-            result = futures[i].result()
+            result = runner_result(futures[i])
             if result.error_msg is None:
                 seconds = [float(s) for s in result.run_secs]
         workload = database.commit_workload(canonical_module(wl))
@@ -275,6 +277,23 @@ def _measure_templates(chunk, target, builder, runner, database):
         if built[i].artifact_path:
             shutil.rmtree(Path(built[i].artifact_path).parent, ignore_errors=True)
         yield wl, float(np.median(seconds))
+
+
+def runner_result(future, timeout_s: float = RPC_RESULT_TIMEOUT_S):
+    """A runner's result, bounded in time for RPC: a kernel that crashes a TVM RPC server ends
+    the server, and meta_schedule's RPCRunner would then wait for its result forever."""
+    if not isinstance(future, ms.runner.rpc_runner.RPCRunnerFuture):
+        return future.result()  # LocalRunner bounds each run itself
+    try:
+        future.future.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise ScalpelError(
+            f"no result from the RPC device in {timeout_s:.0f} s; its server may have died (a "
+            "crashing kernel ends a TVM RPC server). Restart the server and rerun `scalpel tune`: "
+            "the measurements already in the log are kept") from None
+    except Exception:  # noqa: BLE001 - reported by RPCRunnerFuture.result() below
+        pass
+    return future.result()
 
 
 def _search(wl: Workload, target, trials: int, builder, runner, database) -> None:

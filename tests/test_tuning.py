@@ -302,6 +302,17 @@ def rpc_tracker():
             proc.wait(timeout=10)
 
 
+def test_a_silent_rpc_device_is_an_error_not_a_hang():
+    import concurrent.futures
+
+    from scalpel_tvm.errors import ScalpelError
+    from scalpel_tvm.tuning import runner_result
+
+    never = ms.runner.rpc_runner.RPCRunnerFuture(concurrent.futures.Future(), timeout_sec=1)
+    with pytest.raises(ScalpelError, match="server may have died"):
+        runner_result(never, timeout_s=0.1)
+
+
 def test_tune_measures_through_a_tvm_rpc_tracker(rpc_tracker, tmp_path, capsys):
     sparse = SMALL[1]  # data-dependent loops: the real pattern must reach the remote device
     log = tune([sparse], SPEC, tmp_path, rpc=rpc_tracker, device_key="scalpel-test", progress=False)
