@@ -78,9 +78,10 @@ def _plan(args) -> None:
     from .logs import TuningLog
 
     spec = as_spec(args.target)
-    cost = {"measure": MeasuredCost, "analytical": AnalyticalCost}.get(args.cost)
+    model = {"measure": MeasuredCost, "analytical": AnalyticalCost}.get(args.cost)
     logs = TuningLog(args.logs, skip_corrupt=args.skip_corrupt) if args.logs else None
-    result = plan(import_onnx(args.model, args.batch), spec, cost=cost and cost(spec), logs=logs)
+    result = plan(import_onnx(args.model, args.batch), spec, cost=model(spec) if model else None,
+                  logs=logs)
     print(result.to_json() if args.json else result.table())
     if args.plot:
         from .plots import plot_plan

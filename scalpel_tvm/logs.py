@@ -40,10 +40,6 @@ class Measured:
     knobs: dict | None
     record: ms.database.TuningRecord
 
-    @property
-    def source(self) -> str:
-        return "template" if self.knobs is not None else "meta_schedule"
-
 
 class LogError(ScalpelError):
     pass
@@ -61,7 +57,6 @@ class TuningLog:
             raise LogError(f"{self.path} is not a tuning log: it has no {WORKLOAD_FILE} "
                            "(make one with `scalpel tune`)")
         self.skipped: list[str] = []
-        self.database = ms.database.MemoryDatabase()
         self.records: dict[str, list[Measured]] = {}  # successful measurements by workload key
         self.attempts: dict[str, list[dict | None]] = {}  # knobs (None: meta_schedule) of every record
         workloads = [self._read_workload(line, number, skip_corrupt)
@@ -107,11 +102,10 @@ class TuningLog:
 
     def _read_workload(self, line: str, number: int, skip: bool):
         try:
-            entry = ms.database.Workload.from_json(json.loads(line))
+            return ms.database.Workload.from_json(json.loads(line))
         except Exception as error:  # json, base64 or IR errors all mean the same to the user
             self._corrupt(WORKLOAD_FILE, number, _short(error), skip)
             return None
-        return self.database.commit_workload(entry.mod)
 
     def _read_record(self, line: str, number: int, workloads: list, skip: bool):
         try:
@@ -126,7 +120,6 @@ class TuningLog:
         except Exception as error:
             self._corrupt(RECORD_FILE, number, _short(error), skip)
             return
-        self.database.commit_tuning_record(record)
         key = workload_of(workload.mod)
         if key is None:
             return

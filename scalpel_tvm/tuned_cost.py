@@ -79,24 +79,24 @@ class SecondsModel:
         guesses = [self.analytical.estimate(q).seconds for q in queries]
         return np.array([features(q, g) for q, g in zip(queries, guesses)]), np.array(guesses)
 
-    def _train(self, queries, target):
+    def _train(self, rows, target):
         import xgboost  # late: only planning with a log needs it
 
         params = {"max_depth": 4, "eta": 0.05, "subsample": 0.9, "min_child_weight": 2,
                   "seed": self.seed, "nthread": 1, "objective": "reg:squarederror"}
-        rows, _ = self._rows(queries)
         return xgboost.train(params, xgboost.DMatrix(rows, label=target), num_boost_round=300)
 
     def fit(self, seconds_by_query: dict) -> SecondsModel:
         self.measured = {q: s for q, s in seconds_by_query.items() if q.kind == "fc"}
         dense = [q for q in self.measured if q.form == "dense"]
         if len(dense) >= 8:
-            _, guesses = self._rows(dense)
-            self.dense = self._train(dense, np.log([self.measured[q] for q in dense]) - np.log(guesses))
+            rows, guesses = self._rows(dense)
+            self.dense = self._train(rows, np.log([self.measured[q] for q in dense]) - np.log(guesses))
         paired = [q for q in self.measured if q.form != "dense" and dense_partner(q) in self.measured]
         if len(paired) >= 8:
-            self.ratio = self._train(paired, np.log([self.measured[q] / self.measured[dense_partner(q)]
-                                                     for q in paired]))
+            rows, _ = self._rows(paired)
+            self.ratio = self._train(rows, np.log([self.measured[q] / self.measured[dense_partner(q)]
+                                                   for q in paired]))
         return self
 
     def predict(self, queries: list[KernelQuery]) -> np.ndarray:
@@ -105,21 +105,19 @@ class SecondsModel:
 
         if not queries:
             return np.zeros(0)
-        _, guesses = self._rows(queries)
+        rows, guesses = self._rows(queries)
         partners = [dense_partner(q) for q in queries]
-        rows, partner_guesses = self._rows(partners)
-        dense = partner_guesses * (np.exp(self.dense.predict(xgboost.DMatrix(rows)))
-                                   if self.dense is not None else 1.0)
-        dense = np.array([self.measured.get(p, d) for p, d in zip(partners, dense)])
-        result = dense.copy()
+        partner_rows, partner_guesses = self._rows(partners)
+        if self.dense is not None:
+            partner_guesses = partner_guesses * np.exp(self.dense.predict(xgboost.DMatrix(partner_rows)))
+        dense = np.array([self.measured.get(p, d) for p, d in zip(partners, partner_guesses)])
         sparse = np.array([q.form != "dense" for q in queries])
-        if sparse.any():
-            sparse_rows, _ = self._rows([q for q, s in zip(queries, sparse) if s])
-            if self.ratio is not None:
-                result[sparse] = dense[sparse] * np.exp(self.ratio.predict(xgboost.DMatrix(sparse_rows)))
-            else:
-                result[sparse] = guesses[sparse]
-        return result
+        if not sparse.any():
+            return dense
+        if self.ratio is None:
+            return np.where(sparse, guesses, dense)
+        ratio = np.exp(self.ratio.predict(xgboost.DMatrix(rows)))
+        return np.where(sparse, dense * ratio, dense)
 
 
 class LogCost:

@@ -16,8 +16,6 @@ meta_schedule up to `trials`.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
-import json
 import os
 import shutil
 import tempfile
@@ -231,12 +229,18 @@ def _tune_templates(workloads, done, target, builder, runner, arguments, databas
     with tqdm(total=total, initial=total - len(pending), desc="template knobs", unit="kernel",
               disable=not progress) as bar:
         while pending:
-            owners: dict = {}  # argument signature -> the one workload timed with it this round
+            # One workload per argument signature each round: the runner tells kernels apart
+            # by their arguments' shapes only.
+            owners: dict = {}
             chunk, deferred = [], []
             for wl, knobs in pending[:batch_size]:
-                signature = _signature(wl, json.dumps(knobs, sort_keys=True))
-                mine = owners.setdefault(signature, (wl, knobs))[0] == wl
-                (chunk if mine else deferred).append((wl, knobs))
+                kernel = template_kernel(wl, knobs)
+                args_info = ms.arg_info.ArgInfo.from_prim_func(kernel)
+                signature = MeasurementArguments.signature((a.dtype, a.shape) for a in args_info)
+                if owners.setdefault(signature, (wl, knobs))[0] == wl:
+                    chunk.append((wl, knobs, kernel, args_info))
+                else:
+                    deferred.append((wl, knobs))
             pending = deferred + pending[batch_size:]
             arguments.table.clear()
             for wl, knobs in owners.values():
@@ -247,33 +251,27 @@ def _tune_templates(workloads, done, target, builder, runner, arguments, databas
                 bar.set_postfix_str(f"{wl.label}: best {best[wl] * 1e6:.1f} us")
 
 
-@functools.lru_cache(maxsize=None)
-def _signature(wl, knobs_json: str) -> tuple:
-    arrays = measurement_arguments(wl, json.loads(knobs_json))
-    return MeasurementArguments.signature((a.dtype, a.shape) for a in arrays)
-
-
 def _measure_templates(chunk, target, builder, runner, database):
-    """Build and time each (workload, knobs); commit one record per setting (failures too, with
-    meta_schedule's 1e10 s, so a resumed run does not retry them). Yields (workload, seconds)."""
-    kernels = [template_kernel(wl, knobs) for wl, knobs in chunk]
-    built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": k}), target) for k in kernels])
-    args_info = {wl: ms.arg_info.ArgInfo.from_prim_func(canonical_module(wl)["main"]) for wl, _ in chunk}
+    """Build and time each (workload, knobs, kernel, its ArgInfo); commit one record per setting
+    (failures too, with meta_schedule's 1e10 s, so a resumed run does not retry them). Yields
+    (workload, seconds)."""
+    built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": kernel}), target)
+                           for _, _, kernel, _ in chunk])
     ok = [i for i, b in enumerate(built) if b.error_msg is None]
     # The runner is told the template's own arguments (a conv's packed weight differs from the
     # canonical function's); the record keeps the canonical ones.
-    futures = dict(zip(ok, runner.run([
-        ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(kernels[i]))
-        for i in ok])))
-    for i, (wl, knobs) in enumerate(chunk):
+    futures = dict(zip(ok, runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", chunk[i][3])
+                                       for i in ok])))
+    for i, (wl, knobs, _, _) in enumerate(chunk):
         seconds = [1e10]
         if i in futures:
             result = runner_result(futures[i])
             if result.error_msg is None:
                 seconds = [float(s) for s in result.run_secs]
-        workload = database.commit_workload(canonical_module(wl))
+        canonical = canonical_module(wl)
         database.commit_tuning_record(ms.database.TuningRecord(
-            template_record_trace(wl, knobs), workload, seconds, target, args_info[wl]))
+            template_record_trace(wl, knobs), database.commit_workload(canonical), seconds, target,
+            ms.arg_info.ArgInfo.from_prim_func(canonical["main"])))
         if built[i].artifact_path:
             shutil.rmtree(Path(built[i].artifact_path).parent, ignore_errors=True)
         yield wl, float(np.median(seconds))

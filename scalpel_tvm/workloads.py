@@ -16,6 +16,7 @@ meta_schedule schedule, applied by replaying its trace.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -27,8 +28,8 @@ from tvm import te
 from tvm.script import tirx as T
 
 from .cost import KernelQuery
-from .schedules.conv2d import (conv2d_nchw, conv2d_output_shape, default_oc_block,
-                               default_ow_tile, pack_conv_weight)
+from .schedules.conv2d import (conv2d_nchw, conv2d_output_shape, default_conv2d_knobs,
+                               pack_conv_weight)
 from .schedules.fc import default_dense_knobs, dense_fc
 from .schedules.grouped_sparse import (GroupedSparseWeight, default_grouped_sparse_knobs,
                                        grouped_sparse_fc)
@@ -184,8 +185,10 @@ class ConvWorkload:
         return dict(strides=self.strides, padding=self.padding, dilation=self.dilation)
 
 
+@functools.lru_cache(maxsize=512)
 def canonical_module(workload: Workload | ConvWorkload) -> tvm.IRModule:
-    """The workload's plain computation, the key its log records are stored under."""
+    """The workload's plain computation, the key its log records are stored under (cached:
+    tuning asks for it per record, and the sparse ones are parsed from TVMScript)."""
     if isinstance(workload, ConvWorkload):
         make = _canonical_conv
     else:
@@ -297,9 +300,7 @@ def template_kernel(wl: Workload | ConvWorkload, knobs: dict, name: str = "main"
 
 def default_knobs(wl: Workload | ConvWorkload) -> dict:
     if isinstance(wl, ConvWorkload):
-        oc_block = default_oc_block(wl.out_channels, wl.lanes)
-        return {"oc_block": oc_block, "ow_tile": default_ow_tile(wl.output_shape[3], oc_block, wl.lanes),
-                "unroll": True, "parallel": True}
+        return default_conv2d_knobs(wl.out_channels, wl.output_shape[3], wl.lanes)
     if wl.form == "dense":
         return default_dense_knobs(wl.batch, wl.k, wl.n)
     return default_grouped_sparse_knobs(_pattern_shell(wl), wl.batch)

@@ -74,6 +74,13 @@ def default_ow_tile(out_width: int, oc_block: int, lanes: int = 8) -> int:
     return _ceil_div(out_width, _ceil_div(out_width, most))
 
 
+def default_conv2d_knobs(out_channels: int, out_width: int, lanes: int = 8) -> dict:
+    """Every knob's default, as :func:`conv2d_nchw` applies them."""
+    oc_block = default_oc_block(out_channels, lanes)
+    return {"oc_block": oc_block, "ow_tile": default_ow_tile(out_width, oc_block, lanes),
+            "unroll": True, "parallel": True}
+
+
 def conv2d_output_shape(
     batch: int,
     in_channels: int,
