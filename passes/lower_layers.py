@@ -20,6 +20,7 @@ from scalpel_tvm.schedules.conv2d import conv2d_nchw, pack_conv_weight
 from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
+from scalpel_tvm.schedules import gpu
 
 from .layer_graph import Layer, build_layer_graph, constant_operand, op_name, static_shape
 from .shrink_nodes import channel_vector
@@ -75,6 +76,52 @@ def conv_kernel(w_oihw: np.ndarray, x_shape, attrs, *, bias: bool, activation: s
         batch, channels, height, width, w_oihw.shape[0], tuple(w_oihw.shape[2:]), **geometry,
         bias=bias, activation=activation, lanes=lanes, name=name, **knobs)
     return prim, [pack_conv_weight(w_oihw, lanes=lanes, **knobs)]
+
+
+def _nonempty(array: np.ndarray) -> np.ndarray:
+    """A weight with nothing left still passes one (unread) element: TIR buffers are never empty."""
+    return array if array.size else np.zeros(1, array.dtype)
+
+
+def gpu_fc_kernel(form: str, w_kn: np.ndarray, batch: int, target, *, bias: bool,
+                  activation: str | None, name: str):
+    """The CUDA PrimFunc for an FC layer in `form` and its constant arguments before the bias:
+    dense (node-shrunk or not) takes the weight as [N, K] at batch 1 (dlight's GEMV) and packed
+    for the register-tiled kernel above; grouped-sparse (G×1, a warp of 32) and CSR take
+    indptr, indices and values."""
+    k, n = w_kn.shape
+    if form == "dense" and batch == 1:
+        prim = gpu.gpu_dense_fc(batch, k, n, target, bias=bias, activation=activation, name=name)
+        return prim, [np.ascontiguousarray(w_kn.T)]
+    if form == "dense":
+        prim = gpu.gpu_warp_dense_fc(batch, k, n, bias=bias, activation=activation, name=name)
+        return prim, [gpu.pack_warp_dense_weight(w_kn)]
+    if form == "gsparse_gx1":
+        weight = GroupedSparseWeight.from_dense(w_kn, gpu.WARP, "gx1")
+        prim = gpu.gpu_grouped_sparse_fc(weight, batch, bias=bias, activation=activation, name=name)
+    elif form == "csr":
+        weight = CSRWeight.from_dense(w_kn)
+        prim = gpu.gpu_csr_fc(weight, batch, bias=bias, activation=activation, name=name)
+    else:
+        raise ValueError(f"FC form {form!r} has no CUDA kernel (dense, gsparse_gx1, csr)")
+    return prim, [weight.indptr, _nonempty(weight.indices), _nonempty(weight.values)]
+
+
+def gpu_conv_kernel(form: str, w_oihw: np.ndarray, x_shape, attrs, target, *, bias: bool,
+                    activation: str | None, name: str):
+    """The CUDA PrimFunc for a conv layer (dense or shrunk; CSR for traditional pruning)."""
+    geometry = dict(strides=tuple(int(s) for s in attrs.strides),
+                    padding=tuple(int(p) for p in attrs.padding),
+                    dilation=tuple(int(d) for d in attrs.dilation))
+    if form == "csr":
+        prim, (indptr, indices, values) = gpu.gpu_csr_conv2d(
+            w_oihw, x_shape, **geometry, bias=bias, activation=activation, name=name)
+        return prim, [indptr, _nonempty(indices), _nonempty(values)]
+    if form != "dense":
+        raise ValueError(f"conv form {form!r} has no CUDA kernel (dense, csr)")
+    prim = gpu.gpu_conv2d(*x_shape, w_oihw.shape[0], tuple(w_oihw.shape[2:]), target, **geometry,
+                          bias=bias, activation=activation, name=name)
+    return prim, [np.ascontiguousarray(w_oihw, dtype="float32")]
 
 
 def fused_epilogue(layer: Layer):
@@ -151,12 +198,15 @@ class LowerLayers:
     the dense FC and conv weights are packed to.
     With `chain`, consecutive FC layers run as one kernel call (see schedules/chain.py). With a
     tuning `log` (scalpel_tvm.logs.TuningLog), kernels take the fastest logged schedule.
+    With a CUDA `gpu_target`, the kernels are the CUDA ones of schedules/gpu.py (one call per
+    layer: a GPU's launch cost is small next to a layer's work at the batch sizes it serves).
     The module must already be canonical (the ShrinkNodes pass leaves it so).
     """
 
     def __init__(self, choices: dict[str, tuple[str, str]], group: int, lanes: int,
-                 chain: bool = True, log=None):
+                 chain: bool = True, log=None, gpu_target=None):
         self.choices = choices
+        self.gpu_target = gpu_target
         self.group = group
         self.lanes = lanes
         self.chain = chain
@@ -164,7 +214,7 @@ class LowerLayers:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         graph = build_layer_graph(mod["main"])
-        runs = chained_runs(graph.layers) if self.chain else []
+        runs = chained_runs(graph.layers) if self.chain and self.gpu_target is None else []
         lowered = _Lowerer(mod, graph.layers, runs, self)
         lowered.builder_.update_func(mod.get_global_var("main"), lowered.visit_expr(mod["main"]))
         return relax.transform.DeadCodeElimination()(lowered.builder_.get())
@@ -213,7 +263,14 @@ class _Lowerer(relax.PyExprMutator):
         weight = layer.weight
         if scale is not None:
             weight = weight * (scale if layer.kind == "fc" else scale[:, None, None, None])
-        if layer.kind == "fc":
+        gpu_target = self.options.gpu_target
+        if gpu_target is not None and layer.kind == "fc":
+            prim, consts = gpu_fc_kernel(form, weight, x_shape[0], gpu_target, bias=bias is not None,
+                                         activation=activation, name=name)
+        elif gpu_target is not None:
+            prim, consts = gpu_conv_kernel(form, weight, x_shape, layer.call.attrs, gpu_target,
+                                           bias=bias is not None, activation=activation, name=name)
+        elif layer.kind == "fc":
             prim, consts = fc_kernel(form, weight, x_shape[0], self.options.group,
                                      bias=bias is not None, activation=activation, name=name,
                                      lanes=self.options.lanes, log=self.options.log)

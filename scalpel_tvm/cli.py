@@ -79,6 +79,8 @@ def _plan(args) -> None:
 
     spec = as_spec(args.target)
     model = {"measure": MeasuredCost, "analytical": AnalyticalCost}.get(args.cost)
+    if spec.parallelism == "high" and args.cost == "analytical":
+        model = None  # the GPU's cost model is its roofline (gpu_cost.GpuCost), the default
     logs = TuningLog(args.logs, skip_corrupt=args.skip_corrupt) if args.logs else None
     result = plan(import_onnx(args.model, args.batch), spec, cost=model(spec) if model else None,
                   logs=logs)

@@ -125,6 +125,11 @@ def check_runs_here(spec) -> None:
     from tvm.target import codegen
 
     check_plan_target(spec)
+    if spec.parallelism == "high":
+        raise ScalpelError(
+            "the demo times its models on this machine's CPU; for CUDA, run "
+            "`python python/bench_gpu.py nets` on a machine with an NVIDIA GPU (or `scalpel plan "
+            "--target cuda` to only plan)")
     isa = {"sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
            "avx512vl", "avx512vnni"}  # instruction sets, not LLVM's tuning flags
     missing = isa & set(codegen.llvm_get_cpu_features(spec.target)) - set(

@@ -13,6 +13,7 @@ from tvm import relax
 from .passes.layer_graph import canonicalize
 from .passes.lower_layers import LowerLayers
 from .passes.shrink_nodes import ShrinkNodes
+from .errors import ScalpelError
 from .logs import resolve_log
 from .planner import Plan, as_spec, check_plan_target, plan as make_plan
 
@@ -27,9 +28,22 @@ def Pass(target, *, plan: Plan | None = None, cost=None, logs=None,
     inspected or edited), else plans on the spot with `cost` (default: the log's model, or the
     analytical one). `chain` runs consecutive FC layers as one kernel call. The module's `main`
     must have its weights bound as constants and fixed input shapes.
+
+    For a CUDA target (its `arch` named) every layer becomes a CUDA kernel (schedules/gpu.py),
+    and `tvm.compile` is set up to build them with nvcc for that arch (scalpel_tvm/cuda.py),
+    also on a machine with no GPU. Tuning logs are CPU-only so far: `logs` must be left unset.
     """
     spec = as_spec(target)
     check_plan_target(spec)
+    gpu_target = None
+    if spec.parallelism == "high":
+        from .cuda import enable_cuda_codegen
+
+        if logs not in (None, False):
+            raise ScalpelError("tuning logs are not supported for CUDA targets yet; drop logs=")
+        gpu_target = spec.target
+        enable_cuda_codegen(gpu_target)
+        logs = False
     log = resolve_log(spec, logs)
 
     @tvm.transform.module_pass(opt_level=0, name="scalpel.Pass")
@@ -44,7 +58,8 @@ def Pass(target, *, plan: Plan | None = None, cost=None, logs=None,
         shrunk = {lp.name for lp in layer_plan.layers if lp.removed_nodes}
         seq = tvm.transform.Sequential([
             ShrinkNodes(only=shrunk, allow_dead_layers=allow_dead_layers),
-            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32"), chain, log),
+            LowerLayers(layer_plan.choices(), layer_plan.group, spec.lanes("float32"), chain, log,
+                        gpu_target=gpu_target),
             relax.transform.DeadCodeElimination(),
         ])
         return seq(mod)

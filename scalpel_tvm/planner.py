@@ -2,8 +2,9 @@
 
 Node shrinking is exact and never slower, so every removable dead node is removed. Then each FC
 layer, at its shrunk shape, is priced in every form the target's parallelism class allows (dense;
-grouped-sparse G×1 and 1×G with G = the target's lanes) and takes the cheapest; conv layers stay
-dense (shrunk) on CPUs, as Scalpel prescribes for moderate parallelism.
+grouped-sparse G×1 and 1×G with G = the target's lanes; on GPUs dense and the warp-grouped G×1
+kernel with G = 32) and takes the cheapest; conv layers stay dense (shrunk), as Scalpel
+prescribes for moderate and high parallelism.
 """
 from __future__ import annotations
 
@@ -112,10 +113,7 @@ def plan(mod: tvm.IRModule, target, *, cost=None, logs=None,
     """
     spec = as_spec(target)
     if cost is None:
-        from .tuned_cost import log_cost  # late: the model pulls in xgboost
-
-        log = resolve_log(spec, logs)
-        cost = log_cost(spec, log) if log is not None else AnalyticalCost(spec)
+        cost = default_cost(spec, logs)
     graph = build_layer_graph(canonicalize(mod)["main"])
     decisions = analyze_shrink(graph, allow_dead_layers)
     weights = shrunk_weights(decisions)
@@ -133,8 +131,22 @@ def plan(mod: tvm.IRModule, target, *, cost=None, logs=None,
         _price(lp, layer, weight, spec, cost, group)
         layers.append(lp)
     untouched = [{"var": u.var_name, "op": u.op, "reason": u.reason} for u in graph.untouched]
-    chains = [[layer.name for layer in run] for run in chained_runs(graph.layers)]
+    chains = [] if spec.parallelism == "high" else [
+        [layer.name for layer in run] for run in chained_runs(graph.layers)]
     return Plan(spec.name, group, layers, untouched, chains)
+
+
+def default_cost(spec: TargetSpec, logs=None):
+    """The planner's cost model for `spec`: on CUDA the GPU roofline fitted to a GPU sweep;
+    elsewhere the tuning log's model where a log exists, else the analytical roofline."""
+    if spec.parallelism == "high":
+        from .gpu_cost import GpuCost
+
+        return GpuCost(spec)
+    from .tuned_cost import log_cost  # late: the model pulls in xgboost
+
+    log = resolve_log(spec, logs)
+    return log_cost(spec, log) if log is not None else AnalyticalCost(spec)
 
 
 def as_spec(target) -> TargetSpec:
@@ -154,13 +166,15 @@ def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, co
         out = static_shape(layer.var)
         query = KernelQuery("conv", "dense", lp.batch, i * kh * kw, o, pixels=out[2] * out[3])
         lp.candidates.append(_ask(cost, query, None))
-        lp.reason = "conv layers stay dense on CPUs (node pruning only)"
+        device = "GPUs" if spec.parallelism == "high" else "CPUs"
+        lp.reason = f"conv layers stay dense on {device} (node pruning only)"
         lp.kernel = f"{layer.name}{shrunk or '_dense'}"
         return
     k, n = weight.shape
     lp.candidates.append(_ask(cost, KernelQuery("fc", "dense", lp.batch, k, n), weight))
-    if spec.parallelism != "high" and group > 1:
-        for orientation in ("gx1", "1xg"):
+    orientations = ("gx1",) if spec.parallelism == "high" else ("gx1", "1xg")
+    if group > 1:
+        for orientation in orientations:
             sparsity = group_sparsity(weight, group, orientation)
             lp.group_sparsity[orientation] = sparsity
             if sparsity == 0:
@@ -188,7 +202,7 @@ def _ask(cost, query: KernelQuery, weight) -> Candidate:
 
 
 def check_plan_target(spec: TargetSpec) -> None:
-    if spec.parallelism != "moderate":
+    if spec.parallelism == "low":
         raise ScalpelError(
-            f"compiling for {spec.name} is not supported yet (x86 only: x86-avx2, x86-avx512, "
-            "host); Cortex-M and CUDA deployment are separate issues")
+            f"compiling for {spec.name} is not supported yet (x86: x86-avx2, x86-avx512, host; "
+            "CUDA: cuda); Cortex-M deployment is a separate issue")

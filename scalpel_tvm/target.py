@@ -93,6 +93,8 @@ class TargetSpec:
         `lanes` overrides the lane count per dtype (e.g. {"float32": 4}); an unknown target kind
         or an llvm target with no CPU named is an error, never a guess.
         """
+        if isinstance(target, dict) and target.get("kind") == "cuda" and "arch" not in target:
+            _check_cuda_arch_known()
         if isinstance(target, (dict, str)):
             target = tvm.target.Target(target)
         kind = target.kind.name
@@ -109,6 +111,15 @@ class TargetSpec:
             bits = {**bits, **{dt: n * _DTYPE_BITS[dt] for dt, n in lanes.items()}}
         return cls(name=name or str(attrs.get("mcpu", kind)), target=target,
                    parallelism=parallelism, vector_bits=bits, memory=memory)
+
+
+def _check_cuda_arch_known() -> None:
+    """A CUDA target with no arch takes the GPU's; with no GPU, TVM would silently assume
+    sm_50, and the kernels would be built for the wrong chip."""
+    if not tvm.cuda(0).exist:
+        raise ScalpelError(
+            "the CUDA target names no arch and this machine has no GPU to take it from; give "
+            "one, e.g. {'kind': 'cuda', 'arch': 'sm_80'} (A100) or 'sm_90' (H100)")
 
 
 def _cpu_class(target, attrs) -> tuple[str, dict]:

@@ -32,8 +32,10 @@ def test_demo_reports_equal_outputs_latencies_and_sizes(tmp_path):
 
 
 def test_demo_refuses_targets_this_machine_cannot_run(capsys, monkeypatch):
-    assert main(["demo", "--target", "cuda"]) == 2
+    assert main(["demo", "--target", "cortex-m4"]) == 2
     assert "not supported yet" in capsys.readouterr().err
+    assert main(["demo", "--target", "cuda"]) == 2
+    assert "bench_gpu.py" in capsys.readouterr().err
     check_runs_here(TargetSpec.preset("x86-avx2"))  # this machine kind runs AVX2 code
     # Pretend this machine is a pre-AVX CPU: AVX2 code must not be run on it.
     old_cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": "nehalem"})

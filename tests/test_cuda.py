@@ -1,0 +1,196 @@
+"""CUDA targets: the pass's kernels compile to a cubin with nvcc and have the intended structure.
+
+CI has no GPU, so these tests build and inspect; the kernels' results are checked on a GPU by the
+`gpu`-marked tests at the end (run them with `pytest -m gpu` where a GPU is present) and by
+`python/bench_gpu.py`, which compares every model with onnxruntime.
+"""
+import re
+
+import numpy as np
+import pytest
+import tvm
+
+import scalpel_tvm
+from nets import mlp, relax_module
+from scalpel_tvm import ScalpelError, models, paper_nets
+from scalpel_tvm.cuda import compile_cuda_module, cubin, cuda_source
+from scalpel_tvm.schedules import gpu
+from scalpel_tvm.schedules.csr import CSRWeight
+from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
+
+ARCH = "sm_80"
+TARGET = tvm.target.Target({"kind": "cuda", "arch": ARCH})
+
+
+def lower(onnx_model, batch, **kwargs):
+    mod = scalpel_tvm.import_onnx(onnx_model, batch=batch)
+    return tvm.transform.Sequential([scalpel_tvm.Pass(TARGET, **kwargs)])(mod)
+
+
+def kernels(source):
+    """{kernel name: launch bound} of the CUDA source."""
+    return {name: int(bound) for bound, name in
+            re.findall(r"__global__ void __launch_bounds__\((\d+)\) (\w+)\(", source)}
+
+
+def call_tir_shapes(mod):
+    """{kernel function: the shapes of its constant arguments} in main."""
+    shapes = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if isinstance(call, tvm.relax.Call) and call.op.name == "relax.call_tir":
+                shapes[call.args[0].name_hint] = [
+                    tuple(arg.value.shape) for arg in call.args[1].fields
+                    if isinstance(arg, tvm.ir.GenericConst)]
+    return shapes
+
+
+def test_user_path_compiles_a_node_pruned_net_to_a_loadable_cuda_module(tmp_path):
+    """Pass(cuda) then plain tvm.compile: the exported library holds a GPU binary (a fatbin
+    for the target's arch), not CUDA source, so a GPU machine runs it with TVM's runtime."""
+    dense = paper_nets.network("convnet")
+    pruned = paper_nets.node_pruned(dense, paper_nets.NODES_KEPT["convnet"])
+    out = lower(pruned, 50)
+    shapes = call_tir_shapes(out)
+    assert shapes["conv1_shrunk_28of32"][0] == (28, 3, 5, 5)
+    assert shapes["conv2_shrunk_22of32"][0] == (22, 28, 5, 5)  # its inputs shrunk with conv1
+    assert shapes["conv3_shrunk_40of64"][0] == (40, 22, 5, 5)
+    assert shapes["fc1_dense"][0] == (1, 40 * 16, 128)  # packed [N / 128, K, 128]; a channel is 16 features
+    ex = tvm.compile(out, target=TARGET)
+    library = tmp_path / "convnet.so"
+    ex.export_library(str(library))
+    blob = library.read_bytes()
+    assert b"\x50\xed\x55\xba" in blob  # the fatbin magic: compiled device code is inside
+    assert b"__global__" not in blob  # ... and no CUDA source in its place
+    source = cuda_source(ex)
+    names = kernels(source)
+    assert {"conv1_shrunk_28of32_kernel", "conv3_shrunk_40of64_kernel", "fc1_dense_kernel"} <= set(names)
+    assert cubin(source, ARCH, tmp_path).stat().st_size > 0
+
+
+def test_very_sparse_fc_layers_become_warp_grouped_kernels(tmp_path):
+    """LeNet-300-100 pruned in aligned groups of 32 at batch 50: the planner picks the
+    warp-grouped kernel for the 92%-group-sparse first layer; it compiles and reads its values
+    as whole warps with one index per 32 weights."""
+    model = models.lenet_300_100(group=32)
+    plan = scalpel_tvm.plan(scalpel_tvm.import_onnx(model, batch=50), TARGET)
+    assert plan.group == 32
+    chosen = {lp.name: lp.chosen for lp in plan.layers}
+    assert chosen["fc1"] == "gsparse_gx1"
+    assert all(c.source == "analytical" for lp in plan.layers for c in lp.candidates)
+    assert not plan.chains  # one kernel per layer on GPUs
+    out = lower(model, 50)
+    source = cuda_source(compile_cuda_module(out, TARGET))
+    names = kernels(source)
+    fc1 = next(name for name in names if name.startswith("fc1_") and "gsparse_g32x1" in name)
+    assert names[fc1] % 32 == 0  # whole warps
+    definition = source.index(f"{fc1}(", source.index(f"{fc1}(") + 1)  # after the declaration
+    body = source[definition: source.index("\n}\n", definition)]
+    assert "threadIdx.x" in body and "__syncthreads()" in body
+    assert re.search(r"values_ptr\[[^\]]*threadIdx\.x[^\]]*\]", body)  # lane-contiguous loads
+    cubin(source, ARCH, tmp_path)
+
+
+def test_traditional_pruning_compiles_as_csr_kernels(tmp_path):
+    """A plan edited to CSR everywhere (traditional pruning's format) lowers FC and conv layers to
+    the CSR kernels, whose index arrays hold one entry per kept weight."""
+    dense = paper_nets.network("lenet5")
+    pruned = paper_nets.magnitude_pruned(dense, paper_nets.han_density("lenet5"))
+    mod = scalpel_tvm.import_onnx(pruned, batch=50)
+    plan = scalpel_tvm.plan(mod, TARGET)
+    for layer in plan.layers:
+        layer.chosen, layer.kernel = "csr", f"{layer.name}_csr"
+    out = tvm.transform.Sequential([scalpel_tvm.Pass(TARGET, plan=plan)])(mod)
+    shapes = call_tir_shapes(out)
+    assert set(shapes) == {"conv1_csr", "conv2_csr", "fc1_csr", "fc2_csr"}
+    indptr, indices, values = shapes["conv2_csr"][:3]
+    assert indptr == (51,) and indices == values
+    assert abs(indices[0] / (50 * 20 * 25) - 0.12) < 0.01
+    source = cuda_source(compile_cuda_module(out, TARGET))
+    assert {"conv1_csr_kernel", "fc1_csr_kernel"} <= set(kernels(source))
+    cubin(source, ARCH, tmp_path)
+
+
+def test_every_gpu_kernel_template_compiles(tmp_path):
+    """Each template at awkward sizes (N not a multiple of 32, batch not of the tile, strided and
+    padded conv, an empty sparse layer) gives code nvcc accepts."""
+    rng = np.random.default_rng(0)
+    w = models.prune_groups(rng.standard_normal((70, 45)).astype("float32"), 0.3, 32)
+    empty = GroupedSparseWeight.from_dense(np.zeros((70, 45), "float32"), 32, "gx1")
+    funcs = {
+        "dense_b1": gpu.gpu_dense_fc(1, 70, 45, TARGET, bias=True, activation="relu", name="dense_b1"),
+        "dense_b13": gpu.gpu_dense_fc(13, 70, 45, TARGET, bias=False, activation=None, name="dense_b13"),
+        "conv": gpu.gpu_conv2d(3, 5, 17, 19, 7, (3, 3), TARGET, strides=(2, 2), padding=(1, 1, 1, 1),
+                               dilation=(1, 1), bias=True, activation="relu", name="conv"),
+        "gsparse": gpu.gpu_grouped_sparse_fc(GroupedSparseWeight.from_dense(w, 32, "gx1"), 13, bias=True,
+                                             activation="relu", name="gsparse", splits=3, batch_tile=4),
+        "gsparse_empty": gpu.gpu_grouped_sparse_fc(empty, 2, bias=True, activation=None, name="gsparse_empty"),
+        "csr": gpu.gpu_csr_fc(CSRWeight.from_dense(w), 13, bias=False, activation="relu", name="csr"),
+        "csr_conv": gpu.gpu_csr_conv2d(rng.standard_normal((7, 5, 3, 3)).astype("float32"), (3, 5, 17, 19),
+                                       strides=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), bias=True,
+                                       activation=None, name="csr_conv")[0],
+    }
+    source = cuda_source(compile_cuda_module(tvm.IRModule(funcs), TARGET))
+    assert {f"{name}_kernel" for name in funcs} <= set(kernels(source))
+    cubin(source, ARCH, tmp_path)
+
+
+def test_grouped_sparse_gpu_kernel_refuses_groups_that_are_not_a_warp():
+    weight = GroupedSparseWeight.from_dense(np.ones((16, 16), "float32"), 8, "gx1")
+    with pytest.raises(ValueError, match="groups of 32"):
+        gpu.gpu_grouped_sparse_fc(weight, 1, bias=False, activation=None, name="k")
+
+
+def test_cuda_target_without_arch_is_a_clear_error():
+    with pytest.raises(ScalpelError, match="arch"):
+        scalpel_tvm.Pass({"kind": "cuda"})
+
+
+def test_cuda_pass_refuses_tuning_logs(tmp_path):
+    with pytest.raises(ScalpelError, match="tuning logs are not supported for CUDA"):
+        scalpel_tvm.Pass(TARGET, logs=tmp_path)
+
+
+def test_gpu_cost_model_prefers_the_warp_kernel_only_where_it_pays():
+    """From the fitted H100 rates: a 95%-group-sparse 9216x4096 layer is cheaper warp-grouped;
+    a 50%-sparse small layer at batch 1 stays dense (the GEMV streams it in one pass)."""
+    from scalpel_tvm.cost import KernelQuery
+    from scalpel_tvm.gpu_cost import GpuCost
+
+    cost = GpuCost(scalpel_tvm.TargetSpec.preset("cuda"))
+
+    def pick(batch, k, n, sparsity):
+        groups = round(k * (n // 32) * (1 - sparsity))
+        dense = cost.estimate(KernelQuery("fc", "dense", batch, k, n)).seconds
+        sparse = cost.estimate(KernelQuery("fc", "gsparse_gx1", batch, k, n, group=32, groups=groups)).seconds
+        return "gsparse_gx1" if sparse < dense else "dense"
+
+    assert pick(50, 9216, 4096, 0.95) == "gsparse_gx1"
+    assert pick(1, 800, 512, 0.5) == "dense"
+
+
+# --- on a GPU (`pytest -m gpu`) ------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 50])
+def test_gpu_results_match_onnxruntime(batch):
+    """Every form the pass emits for CUDA, run on the GPU, equals onnxruntime on the CPU."""
+    import onnxruntime as ort
+    from tvm import relax
+
+    dev = tvm.cuda(0)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_" + dev.compute_version.replace(".", "")})
+    cases = {"warp-grouped": models.lenet_300_100(group=32), "shrunk conv": models.lenet5(group=32),
+             "mlp": mlp([64, 40, 33, 5], dead={0: [1, 7]}, zero_groups={1: 0.7})}
+    for name, model in cases.items():
+        mod = scalpel_tvm.import_onnx(model, batch=batch)
+        out = tvm.transform.Sequential([scalpel_tvm.Pass(target)])(mod)
+        vm = relax.VirtualMachine(tvm.compile(out, target=target), dev)
+        x = np.random.default_rng(0).standard_normal(
+            [batch, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]]
+        ).astype("float32")
+        got = vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
