@@ -1,0 +1,444 @@
+"""GPU benchmark: the Scalpel paper's networks at batch 50, dense vs node-shrunk vs CSR, on CUDA.
+
+    python python/bench_gpu.py nets  --out out     # on a machine with an NVIDIA GPU
+    python python/bench_gpu.py sweep --out out     # FC kernel sweep: dense / shrunk / warp-grouped / CSR
+    python python/bench_gpu.py calibrate out/bench_gpu_sweep.json   # fit data/cost_cuda.json
+    python python/bench_gpu.py report out/bench_gpu.json            # print a nets run again
+
+`nets` builds each network three ways with `scalpel_tvm.Pass(cuda)`: dense (every layer a
+dlight-scheduled kernel: the tuned dense baseline), node-pruned (the authors' reported node
+counts, shrunk to smaller dense kernels) and traditionally pruned (Han et al.'s per-layer
+densities, every layer a CSR kernel). It checks each output against onnxruntime on the CPU,
+times the whole model (median of interleaved rounds) and every layer's kernel on its own, and
+writes `bench_gpu.json` and `bench_gpu.png`. Shrunk layers are compared with their ideal speedup,
+the ratio of MACs, where the dense layer is large enough to fill the GPU (>= 0.5 GMAC at the
+batch, i.e. well over one wave of thread blocks on every multiprocessor).
+
+`sweep` times the FC kernels the pass emits over shapes, batch 1 and 50, node-shrunk widths,
+group sparsities and CSR densities, plus the warp-grouped kernel's knobs at 90% group sparsity,
+checking every result against numpy; `calibrate` fits the
+planner's GPU cost model to it (`scalpel_tvm/gpu_cost.py`) and prints how often it picks the
+measured-fastest form.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = 50
+FILL_MACS = 0.5e9  # a layer at least this big (whole batch) fills the GPU
+
+
+def gpu_device():
+    import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        sys.exit("no CUDA GPU visible: this benchmark runs on a machine with an NVIDIA GPU")
+    return dev
+
+
+def gpu_target(dev):
+    import tvm
+
+    arch = "sm_" + dev.compute_version.replace(".", "")
+    return tvm.target.Target({"kind": "cuda", "arch": arch})
+
+
+def timer_of(module, func, dev, *args):
+    def timer(number):
+        return module.time_evaluator(func, dev, number=number, repeat=1)(*args).mean
+
+    return timer
+
+
+# --- networks -------------------------------------------------------------------------------
+
+def build_variant(model, target, *, csr: bool):
+    """(compiled module, Relax module after the pass, plan) of one network variant."""
+    import tvm
+    import scalpel_tvm
+    from scalpel_tvm.cuda import compile_cuda_module
+
+    mod = scalpel_tvm.import_onnx(model, batch=BATCH)
+    plan = scalpel_tvm.plan(mod, target)
+    if csr:
+        for layer in plan.layers:
+            layer.chosen, layer.kernel = "csr", f"{layer.name}_csr"
+    lowered = tvm.transform.Sequential([scalpel_tvm.Pass(target, plan=plan)])(mod)
+    return compile_cuda_module(lowered, target), lowered, plan
+
+
+def layer_kernels(lowered):
+    """(kernel name, PrimFunc, argument specs) of every call_tir in main: a spec is an array
+    (a constant argument) or a shape (data, filled at random), the output last."""
+    import tvm
+    from tvm import relax
+
+    calls = []
+    for block in lowered["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not (isinstance(call, relax.Call) and call.op.name == "relax.call_tir"):
+                continue
+            gv, (args,) = call.args[0], call.args[1:2]
+            specs = [arg.value.numpy() if isinstance(arg, tvm.ir.GenericConst)
+                     else tuple(int(d) for d in arg.ty.shape) for arg in args.fields]
+            specs.append(tuple(int(d) for d in call.ty.shape))
+            calls.append((gv.name_hint, lowered[gv], specs))
+    return calls
+
+
+def time_kernels(calls, target, dev, rounds):
+    """Median µs of each layer's kernel alone, with its real constant arguments."""
+    import tvm
+    from scalpel_tvm.cuda import compile_cuda_module
+    from scalpel_tvm.timing import median_us
+
+    module = compile_cuda_module(tvm.IRModule({name: prim for name, prim, _ in calls}), target)
+    module = module.mod
+    rng = np.random.default_rng(0)
+    timers = {}
+    for name, _, specs in calls:
+        args = [tvm.runtime.tensor(spec if isinstance(spec, np.ndarray)
+                                   else rng.standard_normal(spec).astype("float32"), dev)
+                for spec in specs]
+        timers[name] = timer_of(module, name, dev, *args)
+    return median_us(timers, budget_s=0.5, rounds=rounds)
+
+
+def layer_macs(plan):
+    """MACs (whole batch) per layer at its shape in the plan (shrunk, if nodes were removed)."""
+    macs = {}
+    for layer in plan.layers:
+        shape = layer.shrunk_shape
+        if layer.kind == "fc":
+            macs[layer.name] = layer.batch * shape[0] * shape[1]
+        else:
+            macs[layer.name] = layer.candidates[0].macs
+    return macs
+
+
+def run_nets(args):
+    import tvm
+    from tvm import relax
+    from scalpel_tvm import paper_nets
+    from scalpel_tvm.timing import median_us, ort_session
+
+    dev = gpu_device()
+    target = gpu_target(dev)
+    names = args.networks or list(paper_nets.ARCHITECTURES)
+    results = []
+    for name in names:
+        started = time.time()
+        dense = paper_nets.network(name)
+        variants = {
+            "dense": dense,
+            "node": paper_nets.node_pruned(dense, paper_nets.NODES_KEPT[name]),
+            "csr": paper_nets.magnitude_pruned(dense, paper_nets.han_density(name)),
+        }
+        x = np.random.default_rng(1).standard_normal(
+            (BATCH, *paper_nets.ARCHITECTURES[name][0][1:])).astype("float32")
+        x_dev = tvm.runtime.tensor(x, dev)
+        timers, row = {}, {"network": name, "batch": BATCH, "variants": {}}
+        for variant, model in variants.items():
+            ex, lowered, plan = build_variant(model, target, csr=variant == "csr")
+            vm = relax.VirtualMachine(ex, dev)
+            got = vm["main"](x_dev).numpy()
+            session = ort_session(model.SerializeToString())
+            want = session.run(None, {"input": x})[0]
+            error = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+            if not error < 1e-3:
+                sys.exit(f"{name}/{variant}: GPU output differs from onnxruntime (max rel. error {error:.2e})")
+            timers[variant] = timer_of(vm, "main", dev, x_dev)
+            kernels = time_kernels(layer_kernels(lowered), target, dev, args.rounds)
+            row["variants"][variant] = {
+                "max_rel_error_vs_onnxruntime": error,
+                "kernels_us": kernels,
+                "layers": [{"name": lp.name, "kind": lp.kind, "shape": list(lp.shape),
+                            "shrunk_shape": list(lp.shrunk_shape), "chosen": lp.chosen,
+                            "kernel": lp.kernel, "density": lp.density} for lp in plan.layers],
+                "macs": layer_macs(plan),
+            }
+        whole = median_us(timers, budget_s=2.0, rounds=args.rounds)
+        for variant, us in whole.items():
+            row["variants"][variant]["model_us"] = us
+        row["speedup_node"] = whole["dense"] / whole["node"]
+        row["speedup_csr"] = whole["dense"] / whole["csr"]
+        row["layer_efficiency"] = shrunk_layer_efficiency(row)
+        results.append(row)
+        print(f"{name:<14} dense {whole['dense']:9.1f} us  node-shrunk {whole['node']:9.1f} us "
+              f"({row['speedup_node']:.2f}x)  CSR {whole['csr']:9.1f} us ({row['speedup_csr']:.2f}x)"
+              f"  [{time.time() - started:.0f} s]", flush=True)
+    report = {"gpu": dev.device_name, "date": datetime.date.today().isoformat(),
+              "target": str(target.attrs["arch"]), "batch": BATCH, "results": results,
+              "mean_speedup_node": float(np.exp(np.mean([np.log(r["speedup_node"]) for r in results]))),
+              "mean_speedup_csr": float(np.exp(np.mean([np.log(r["speedup_csr"]) for r in results])))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
+    print_nets(report)
+    plot_nets(report, out / "bench_gpu.png")
+
+
+def shrunk_layer_efficiency(row):
+    """Per shrunk layer: MAC ratio (ideal speedup), measured kernel speedup, their quotient.
+    Layers are named as in the ONNX model (the plan names them by kind and position)."""
+    from scalpel_tvm.paper_nets import layer_kinds
+
+    dense, node = row["variants"]["dense"], row["variants"]["node"]
+    dense_kernels = {k.split("_")[0]: v for k, v in dense["kernels_us"].items()}
+    model_names = list(layer_kinds(row["network"]))
+    out = []
+    for index, layer in enumerate(node["layers"]):
+        if list(layer["shrunk_shape"]) == list(layer["shape"]):
+            continue
+        name = layer["name"]
+        ideal = dense["macs"][name] / node["macs"][name]
+        measured = dense_kernels[name] / node["kernels_us"][layer["kernel"]]
+        out.append({"layer": model_names[index], "dense_macs": dense["macs"][name], "ideal": ideal,
+                    "measured": measured, "efficiency": measured / ideal,
+                    "fills_gpu": dense["macs"][name] >= FILL_MACS})
+    return out
+
+
+def print_nets(report):
+    print(f"\n{report['gpu']} ({report['target']}), batch {report['batch']}, {report['date']}")
+    print(f"{'network':<14}{'dense us':>10}{'node us':>10}{'node x':>8}{'CSR us':>10}{'CSR x':>8}")
+    for r in report["results"]:
+        v = r["variants"]
+        print(f"{r['network']:<14}{v['dense']['model_us']:>10.1f}{v['node']['model_us']:>10.1f}"
+              f"{r['speedup_node']:>8.2f}{v['csr']['model_us']:>10.1f}{r['speedup_csr']:>8.2f}")
+    print(f"{'geomean':<14}{'':>20}{report['mean_speedup_node']:>8.2f}{'':>10}{report['mean_speedup_csr']:>8.2f}")
+    print("\nnode-shrunk layers that fill the GPU: measured kernel speedup / ideal (MAC ratio)")
+    for r in report["results"]:
+        for e in r["layer_efficiency"]:
+            if e["fills_gpu"]:
+                print(f"  {r['network']:<14}{e['layer']:<8} ideal {e['ideal']:5.2f}x  measured "
+                      f"{e['measured']:5.2f}x  = {e['efficiency']:.2f} of ideal")
+
+
+def plot_nets(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["network"] for r in report["results"]]
+    xs = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(xs - 0.2, [r["speedup_node"] for r in report["results"]], 0.4, label="node-shrunk (Scalpel)")
+    ax.bar(xs + 0.2, [r["speedup_csr"] for r in report["results"]], 0.4, label="traditional (CSR)")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(xs, names)
+    ax.set_ylabel("speedup over dense (same GPU, same run)")
+    ax.set_title(f"{report['gpu']}, batch {report['batch']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# --- FC kernel sweep and calibration ------------------------------------------------------------
+
+SWEEP_SHAPES = [(784, 300), (300, 100), (800, 500), (1024, 1024), (4096, 1000), (4096, 4096), (9216, 4096)]
+SWEEP_BATCHES = [1, BATCH]
+SHRINK = [1.0, 0.75, 0.5, 0.25]
+GROUP_SPARSITY = [0.5, 0.75, 0.9, 0.95]
+CSR_DENSITY = [0.25, 0.1]
+KNOB_GRID = [{"splits": s, "batch_tile": t} for s in (1, 2, 4, 8) for t in (4, 8, 16)]
+
+
+def sweep_kernels(k, n, batch, target, rng):
+    """{(form, parameter, knobs): (PrimFunc, arguments, expected output)} for one shape and
+    batch; the default-knob kernels are the ones the pass emits (`gpu_fc_kernel`)."""
+    from scalpel_tvm.models import prune_groups
+    from scalpel_tvm.passes.lower_layers import gpu_fc_kernel
+    from scalpel_tvm.schedules import gpu
+    from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
+
+    w = rng.standard_normal((k, n)).astype("float32")
+    x = rng.standard_normal((batch, k)).astype("float32")
+    kernels = {}
+
+    def add(key, form, w_kn):
+        prim, consts = gpu_fc_kernel(form, w_kn, batch, target, bias=False, activation=None, name="f")
+        kernels[key] = (prim, [x, *consts, (batch, w_kn.shape[1])], x @ w_kn)
+
+    for keep in SHRINK:
+        add(("dense", keep, None), "dense", np.ascontiguousarray(w[:, :max(1, int(round(n * keep)))]))
+    for sparsity in GROUP_SPARSITY:
+        pruned = prune_groups(w, 1 - sparsity, gpu.WARP)
+        add(("gsparse_gx1", sparsity, None), "gsparse_gx1", pruned)
+        if sparsity == 0.9:
+            weight = GroupedSparseWeight.from_dense(pruned, gpu.WARP, "gx1")
+            for knobs in KNOB_GRID:
+                prim = gpu.gpu_grouped_sparse_fc(weight, batch, bias=False, activation=None, name="f", **knobs)
+                kernels[("gsparse_gx1", sparsity, json.dumps(knobs, sort_keys=True))] = (
+                    prim, [x, weight.indptr, weight.indices, weight.values, (batch, n)], x @ pruned)
+    for density in CSR_DENSITY:
+        add(("csr", density, None), "csr", np.where(rng.random((k, n)) < density, w, 0).astype("float32"))
+    return kernels
+
+
+def run_sweep(args):
+    import tvm
+    from scalpel_tvm.cuda import compile_cuda_module
+    from scalpel_tvm.timing import median_us
+
+    dev = gpu_device()
+    target = gpu_target(dev)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, n in SWEEP_SHAPES:
+        for batch in SWEEP_BATCHES:
+            kernels = sweep_kernels(k, n, batch, target, rng)
+            names = {key: f"k{i}" for i, key in enumerate(kernels)}
+            module = compile_cuda_module(tvm.IRModule(
+                {names[key]: prim.with_attr("global_symbol", names[key]) for key, (prim, _, _) in kernels.items()}),
+                target).mod
+            timers = {}
+            for key, (_, arrays, want) in kernels.items():
+                tensors = [tvm.runtime.tensor(a if isinstance(a, np.ndarray) else np.zeros(a, "float32"), dev)
+                           for a in arrays]
+                module[names[key]](*tensors)
+                error = np.max(np.abs(tensors[-1].numpy() - want)) / max(np.max(np.abs(want)), 1e-30)
+                if not error < 1e-4:
+                    sys.exit(f"{key} at {k}x{n} batch {batch}: wrong result (max rel. error {error:.1e})")
+                timers[key] = timer_of(module, names[key], dev, *tensors)
+            times = median_us(timers, budget_s=0.2, rounds=args.rounds)
+            for (form, parameter, knobs), us in times.items():
+                prim_args = kernels[(form, parameter, knobs)][1]
+                entry = {"k": k, "n": n, "batch": batch, "form": form, "parameter": parameter,
+                         "knobs": json.loads(knobs) if knobs else None, "us": us}
+                if form != "dense":
+                    entry["stored"] = int(len(prim_args[2]))  # groups (gsparse) or nonzeros (csr)
+                rows.append(entry)
+            dense_us = times[("dense", 1.0, None)]
+            best_sparse = {s: times[("gsparse_gx1", s, None)] for s in GROUP_SPARSITY}
+            print(f"{k}x{n} b{batch}: dense {dense_us:8.1f} us; warp-grouped at "
+                  + ", ".join(f"{s:.0%} {dense_us / t:.2f}x" for s, t in best_sparse.items()), flush=True)
+    report = {"gpu": dev.device_name, "date": datetime.date.today().isoformat(),
+              "target": str(target.attrs["arch"]), "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_gpu_sweep.json").write_text(json.dumps(report, indent=2))
+    print_knobs(report)
+
+
+def print_knobs(report):
+    """How the default knobs of the warp-grouped kernel do against the best of the grid."""
+    rows = report["rows"]
+    print("\nwarp-grouped kernel at 90% group sparsity: default knobs vs the best of the grid")
+    for k, n in SWEEP_SHAPES:
+        for batch in SWEEP_BATCHES:
+            here = [r for r in rows if (r["k"], r["n"], r["batch"]) == (k, n, batch)
+                    and r["form"] == "gsparse_gx1" and r["parameter"] == 0.9]
+            default = next(r["us"] for r in here if r["knobs"] is None)
+            best = min((r for r in here if r["knobs"]), key=lambda r: r["us"])
+            print(f"  {k}x{n} b{batch}: default {default:8.1f} us, best {best['us']:8.1f} us {best['knobs']}")
+
+
+def query_of(row):
+    from scalpel_tvm.cost import KernelQuery
+
+    if row["form"] == "dense":
+        n = max(1, int(round(row["n"] * row["parameter"])))
+        return KernelQuery("fc", "dense", row["batch"], row["k"], n)
+    group = 32 if row["form"] == "gsparse_gx1" else 1
+    return KernelQuery("fc", row["form"], row["batch"], row["k"], row["n"], group=group, groups=row["stored"])
+
+
+def run_calibrate(args):
+    from scipy.optimize import least_squares
+
+    from scalpel_tvm.cost import rate_key
+    from scalpel_tvm.gpu_cost import COST_FILE, RATE_NAMES, gpu_seconds
+
+    sweep = json.loads(Path(args.sweep_json).read_text())
+    rows = [r for r in sweep["rows"] if r["knobs"] is None]
+    by_key = {}
+    for row in rows:
+        query = query_of(row)
+        by_key.setdefault(rate_key(query), []).append((query, row["us"] * 1e-6))
+    calibration = {"gpu": sweep["gpu"], "source": f"python/bench_gpu.py sweep on {sweep['gpu']}, {sweep['date']}",
+                   "rates": {}}
+    for key, samples in sorted(by_key.items()):
+        queries, measured = [q for q, _ in samples], np.array([t for _, t in samples])
+
+        def residuals(log_rates):
+            rates = dict(zip(RATE_NAMES, np.exp(log_rates)))
+            return np.log([gpu_seconds(q, rates) for q in queries]) - np.log(measured)
+
+        fit = least_squares(residuals, np.log([3e-6, 1e10, 1e12, 1e12]), method="trf",
+                            bounds=(np.log([1e-7, 1e7, 1e9, 1e10]), np.log([1e-3, 1e13, 1e14, 1e13])))
+        rates = dict(zip(RATE_NAMES, (float(v) for v in np.exp(fit.x))))
+        error = np.exp(np.abs(residuals(fit.x))) - 1
+        calibration["rates"][key] = {**rates, "points": len(samples),
+                                     "median_rel_error": float(np.median(error)),
+                                     "max_rel_error": float(np.max(error))}
+        print(f"{key:<22}{len(samples):>4} points  overhead {rates['overhead'] * 1e6:6.2f} us  block "
+              f"{rates['block_macs_per_s'] / 1e9:6.1f} GMAC/s  GPU {rates['macs_per_s'] / 1e9:7.0f} GMAC/s  "
+              f"{rates['bytes_per_s'] / 1e9:6.0f} GB/s  "
+              f"error median {np.median(error):.0%} max {np.max(error):.0%}")
+    # Conv layers have one form on GPUs; dense FC's rates price them (the same GEMM rule).
+    for regime in ("batch1", "batched"):
+        calibration["rates"][f"conv@{regime}"] = calibration["rates"][f"dense@{regime}"]
+    COST_FILE.write_text(json.dumps(calibration, indent=2) + "\n")
+    print(f"wrote {COST_FILE}")
+    decision_quality(rows)
+
+
+def decision_quality(rows):
+    """How often the fitted model's pick among dense and warp-grouped at one group sparsity is the
+    measured-fastest, and the slowdown when it is not (in-sample)."""
+    from scalpel_tvm.gpu_cost import GpuCost
+    from scalpel_tvm.target import TargetSpec
+
+    cost = GpuCost(TargetSpec.preset("cuda"))
+    right, regrets = 0, []
+    for row in rows:
+        if row["form"] != "gsparse_gx1":
+            continue
+        dense = next(r for r in rows if (r["k"], r["n"], r["batch"]) == (row["k"], row["n"], row["batch"])
+                     and r["form"] == "dense" and r["parameter"] == 1.0)
+        pair = {"dense": dense, "gsparse_gx1": row}
+        chosen = min(pair, key=lambda f: cost.estimate(query_of(pair[f])).seconds)
+        best = min(pair, key=lambda f: pair[f]["us"])
+        right += chosen == best
+        regrets.append(pair[chosen]["us"] / pair[best]["us"])
+    print(f"decision accuracy (in-sample): {right}/{len(regrets)} picks are the measured-fastest; "
+          f"when wrong at most {max(regrets):.2f}x slower than the best")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    nets = sub.add_parser("nets", help="the paper's networks at batch 50 (needs a GPU)")
+    nets.add_argument("--out", default="out")
+    nets.add_argument("--rounds", type=int, default=7)
+    nets.add_argument("--networks", nargs="*", help="a subset of the networks")
+    sweep = sub.add_parser("sweep", help="FC kernel sweep (needs a GPU)")
+    sweep.add_argument("--out", default="out")
+    sweep.add_argument("--rounds", type=int, default=5)
+    calibrate = sub.add_parser("calibrate", help="fit the GPU cost model to a sweep")
+    calibrate.add_argument("sweep_json")
+    report = sub.add_parser("report", help="print the tables of a nets run again (no GPU needed)")
+    report.add_argument("nets_json")
+    args = parser.parse_args()
+    {"nets": run_nets, "sweep": run_sweep, "calibrate": run_calibrate, "report": run_report}[args.command](args)
+
+
+def run_report(args):
+    report = json.loads(Path(args.nets_json).read_text())
+    for row in report["results"]:
+        row["layer_efficiency"] = shrunk_layer_efficiency(row)
+    print_nets(report)
+
+
+if __name__ == "__main__":
+    main()
