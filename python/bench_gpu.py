@@ -5,10 +5,12 @@
     python python/bench_gpu.py calibrate out/bench_gpu_sweep.json   # fit data/cost_cuda.json
     python python/bench_gpu.py report out/bench_gpu.json            # print a nets run again
 
-`nets` builds each network three ways with `scalpel_tvm.Pass(cuda)`: dense (every layer a
-dlight-scheduled kernel: the tuned dense baseline), node-pruned (the authors' reported node
-counts, shrunk to smaller dense kernels) and traditionally pruned (Han et al.'s per-layer
-densities, every layer a CSR kernel). It checks each output against onnxruntime on the CPU,
+`nets` builds each network three ways with `scalpel_tvm.Pass(cuda)`: dense (the baseline: conv
+layers dlight's GEMM, FC layers the register-tiled kernel), node-pruned (the authors' reported
+node counts, shrunk to smaller dense kernels) and traditionally pruned (Han et al.'s per-layer
+densities, every layer a CSR kernel); where an FC layer is at most 10% dense under Han et al., a
+fourth: conv nodes pruned and FC layers warp-group pruned (G = 32) to those densities, the
+planner choosing each FC layer's form. It checks each output against onnxruntime on the CPU,
 times the whole model (median of interleaved rounds) and every layer's kernel on its own, and
 writes `bench_gpu.json` and `bench_gpu.png`. Shrunk layers are compared with their ideal speedup,
 the ratio of MACs, where the dense layer is large enough to fill the GPU (>= 0.5 GMAC at the
@@ -143,6 +145,15 @@ def run_nets(args):
             "node": paper_nets.node_pruned(dense, paper_nets.NODES_KEPT[name]),
             "csr": paper_nets.magnitude_pruned(dense, paper_nets.han_density(name)),
         }
+        fc = {layer: d for layer, d in paper_nets.han_density(name).items()
+              if paper_nets.layer_kinds(name)[layer] == "fc"}
+        if any(d <= 0.1 for d in fc.values()):
+            # Conv nodes pruned as above, FC layers warp-group pruned to Han's densities instead;
+            # the planner picks each FC layer's form (dense or warp-grouped) from its GPU model.
+            conv_nodes = {layer: kept for layer, kept in paper_nets.NODES_KEPT[name].items()
+                          if paper_nets.layer_kinds(name)[layer] == "conv"}
+            variants["warp"] = paper_nets.group_pruned(
+                paper_nets.node_pruned(dense, conv_nodes), fc, 32)
         x = np.random.default_rng(1).standard_normal(
             (BATCH, *paper_nets.ARCHITECTURES[name][0][1:])).astype("float32")
         x_dev = tvm.runtime.tensor(x, dev)
@@ -171,11 +182,14 @@ def run_nets(args):
             row["variants"][variant]["model_us"] = us
         row["speedup_node"] = whole["dense"] / whole["node"]
         row["speedup_csr"] = whole["dense"] / whole["csr"]
+        if "warp" in whole:
+            row["speedup_warp"] = whole["dense"] / whole["warp"]
         row["layer_efficiency"] = shrunk_layer_efficiency(row)
         results.append(row)
         print(f"{name:<14} dense {whole['dense']:9.1f} us  node-shrunk {whole['node']:9.1f} us "
               f"({row['speedup_node']:.2f}x)  CSR {whole['csr']:9.1f} us ({row['speedup_csr']:.2f}x)"
-              f"  [{time.time() - started:.0f} s]", flush=True)
+              + (f"  warp-grouped FC {whole['warp']:9.1f} us ({row['speedup_warp']:.2f}x)" if "warp" in whole else "")
+              + f"  [{time.time() - started:.0f} s]", flush=True)
     report = {"gpu": dev.device_name, "date": datetime.date.today().isoformat(),
               "target": str(target.attrs["arch"]), "batch": BATCH, "results": results,
               "mean_speedup_node": float(np.exp(np.mean([np.log(r["speedup_node"]) for r in results]))),
@@ -216,6 +230,13 @@ def print_nets(report):
         print(f"{r['network']:<14}{v['dense']['model_us']:>10.1f}{v['node']['model_us']:>10.1f}"
               f"{r['speedup_node']:>8.2f}{v['csr']['model_us']:>10.1f}{r['speedup_csr']:>8.2f}")
     print(f"{'geomean':<14}{'':>20}{report['mean_speedup_node']:>8.2f}{'':>10}{report['mean_speedup_csr']:>8.2f}")
+    warp = [r for r in report["results"] if "speedup_warp" in r]
+    if warp:
+        print("\nconv nodes pruned + FC layers warp-group pruned (G = 32) to Han et al.'s densities:")
+        for r in warp:
+            v = r["variants"]["warp"]
+            forms = ", ".join(f"{layer['name']} {layer['chosen']}" for layer in v["layers"] if layer["kind"] == "fc")
+            print(f"  {r['network']:<14}{v['model_us']:>10.1f} us  {r['speedup_warp']:.2f}x over dense  ({forms})")
     print("\nnode-shrunk layers that fill the GPU: measured kernel speedup / ideal (MAC ratio)")
     for r in report["results"]:
         for e in r["layer_efficiency"]:
@@ -232,13 +253,17 @@ def plot_nets(report, path):
     names = [r["network"] for r in report["results"]]
     xs = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.bar(xs - 0.2, [r["speedup_node"] for r in report["results"]], 0.4, label="node-shrunk (Scalpel)")
-    ax.bar(xs + 0.2, [r["speedup_csr"] for r in report["results"]], 0.4, label="traditional (CSR)")
+    ax.bar(xs - 0.27, [r["speedup_node"] for r in report["results"]], 0.27, label="node-shrunk (Scalpel)")
+    ax.bar(xs, [r.get("speedup_warp", 0) for r in report["results"]], 0.27,
+           label="conv nodes + warp-grouped FC")
+    ax.bar(xs + 0.27, [r["speedup_csr"] for r in report["results"]], 0.27, label="traditional (CSR)")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(xs, names)
     ax.set_ylabel("speedup over dense (same GPU, same run)")
     ax.set_title(f"{report['gpu']}, batch {report['batch']}")
-    ax.legend()
+    ax.set_ylim(0, 1.35 * max(max(r["speedup_node"], r["speedup_csr"], r.get("speedup_warp", 0))
+                              for r in report["results"]))
+    ax.legend(loc="upper left", fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -353,54 +378,74 @@ def query_of(row):
     return KernelQuery("fc", row["form"], row["batch"], row["k"], row["n"], group=group, groups=row["stored"])
 
 
-def run_calibrate(args):
+def fit_rates(samples):
+    """Least-squares fit on log time of one form-and-regime's rates; (rates, relative errors)."""
     from scipy.optimize import least_squares
 
-    from scalpel_tvm.cost import rate_key
-    from scalpel_tvm.gpu_cost import COST_FILE, RATE_NAMES, gpu_seconds
+    from scalpel_tvm.gpu_cost import RATE_NAMES, gpu_seconds
 
-    sweep = json.loads(Path(args.sweep_json).read_text())
-    rows = [r for r in sweep["rows"] if r["knobs"] is None]
+    queries, measured = [q for q, _ in samples], np.array([t for _, t in samples])
+
+    def residuals(log_rates):
+        rates = dict(zip(RATE_NAMES, np.exp(log_rates)))
+        return np.log([gpu_seconds(q, rates) for q in queries]) - np.log(measured)
+
+    fit = least_squares(residuals, np.log([3e-6, 1e10, 1e12, 1e12]), method="trf",
+                        bounds=(np.log([1e-7, 1e7, 1e9, 1e10]), np.log([1e-3, 1e13, 1e14, 1e13])))
+    return dict(zip(RATE_NAMES, (float(v) for v in np.exp(fit.x)))), np.exp(np.abs(residuals(fit.x))) - 1
+
+
+def fit_calibration(rows, *, verbose=False) -> dict:
+    """The GPU cost model's rates (data/cost_cuda.json's "rates") fitted to sweep rows."""
+    from scalpel_tvm.cost import rate_key
+
     by_key = {}
     for row in rows:
         query = query_of(row)
         by_key.setdefault(rate_key(query), []).append((query, row["us"] * 1e-6))
-    calibration = {"gpu": sweep["gpu"], "source": f"python/bench_gpu.py sweep on {sweep['gpu']}, {sweep['date']}",
-                   "rates": {}}
+    calibration = {}
     for key, samples in sorted(by_key.items()):
-        queries, measured = [q for q, _ in samples], np.array([t for _, t in samples])
-
-        def residuals(log_rates):
-            rates = dict(zip(RATE_NAMES, np.exp(log_rates)))
-            return np.log([gpu_seconds(q, rates) for q in queries]) - np.log(measured)
-
-        fit = least_squares(residuals, np.log([3e-6, 1e10, 1e12, 1e12]), method="trf",
-                            bounds=(np.log([1e-7, 1e7, 1e9, 1e10]), np.log([1e-3, 1e13, 1e14, 1e13])))
-        rates = dict(zip(RATE_NAMES, (float(v) for v in np.exp(fit.x))))
-        error = np.exp(np.abs(residuals(fit.x))) - 1
-        calibration["rates"][key] = {**rates, "points": len(samples),
-                                     "median_rel_error": float(np.median(error)),
-                                     "max_rel_error": float(np.max(error))}
-        print(f"{key:<22}{len(samples):>4} points  overhead {rates['overhead'] * 1e6:6.2f} us  block "
-              f"{rates['block_macs_per_s'] / 1e9:6.1f} GMAC/s  GPU {rates['macs_per_s'] / 1e9:7.0f} GMAC/s  "
-              f"{rates['bytes_per_s'] / 1e9:6.0f} GB/s  "
-              f"error median {np.median(error):.0%} max {np.max(error):.0%}")
-    # Conv layers have one form on GPUs; dense FC's rates price them (the same GEMM rule).
+        rates, error = fit_rates(samples)
+        calibration[key] = {**rates, "points": len(samples), "median_rel_error": float(np.median(error)),
+                            "max_rel_error": float(np.max(error))}
+        if verbose:
+            print(f"{key:<22}{len(samples):>4} points  overhead {rates['overhead'] * 1e6:6.2f} us  block "
+                  f"{rates['block_macs_per_s'] / 1e9:6.1f} GMAC/s  GPU {rates['macs_per_s'] / 1e9:7.0f} GMAC/s  "
+                  f"{rates['bytes_per_s'] / 1e9:6.0f} GB/s  "
+                  f"error median {np.median(error):.0%} max {np.max(error):.0%}")
+    # Conv layers have one form on GPUs, so no decision rests on their rates; dense FC's price them.
     for regime in ("batch1", "batched"):
-        calibration["rates"][f"conv@{regime}"] = calibration["rates"][f"dense@{regime}"]
-    COST_FILE.write_text(json.dumps(calibration, indent=2) + "\n")
+        calibration[f"conv@{regime}"] = calibration[f"dense@{regime}"]
+    return calibration
+
+
+def run_calibrate(args):
+    from scalpel_tvm.gpu_cost import COST_FILE
+
+    sweep = json.loads(Path(args.sweep_json).read_text())
+    rows = [r for r in sweep["rows"] if r["knobs"] is None]
+    rates = fit_calibration(rows, verbose=True)
+    COST_FILE.write_text(json.dumps({"gpu": sweep["gpu"], "source": f"python/bench_gpu.py sweep on "
+                                     f"{sweep['gpu']}, {sweep['date']}", "rates": rates}, indent=2) + "\n")
     print(f"wrote {COST_FILE}")
-    decision_quality(rows)
+    print("decision quality, in-sample: " + decision_quality(rows, rates))
+    # Held out: each FC shape's decisions by a model fitted to the other shapes only.
+    shapes = sorted({(r["k"], r["n"]) for r in rows})
+    verdicts = [decision_verdicts([r for r in rows if (r["k"], r["n"]) == shape],
+                                  fit_calibration([r for r in rows if (r["k"], r["n"]) != shape]))
+                for shape in shapes]
+    print("decision quality, each shape held out of the fit: "
+          + summary([v for shape_verdicts in verdicts for v in shape_verdicts]))
 
 
-def decision_quality(rows):
-    """How often the fitted model's pick among dense and warp-grouped at one group sparsity is the
-    measured-fastest, and the slowdown when it is not (in-sample)."""
+def decision_verdicts(rows, rates):
+    """(right?, slowdown of the pick vs the measured best) for every choice between dense and the
+    warp-grouped kernel at one group sparsity among `rows`, priced with `rates`."""
     from scalpel_tvm.gpu_cost import GpuCost
     from scalpel_tvm.target import TargetSpec
 
-    cost = GpuCost(TargetSpec.preset("cuda"))
-    right, regrets = 0, []
+    cost = GpuCost(TargetSpec.preset("cuda"), {"rates": rates})
+    verdicts = []
     for row in rows:
         if row["form"] != "gsparse_gx1":
             continue
@@ -409,10 +454,19 @@ def decision_quality(rows):
         pair = {"dense": dense, "gsparse_gx1": row}
         chosen = min(pair, key=lambda f: cost.estimate(query_of(pair[f])).seconds)
         best = min(pair, key=lambda f: pair[f]["us"])
-        right += chosen == best
-        regrets.append(pair[chosen]["us"] / pair[best]["us"])
-    print(f"decision accuracy (in-sample): {right}/{len(regrets)} picks are the measured-fastest; "
-          f"when wrong at most {max(regrets):.2f}x slower than the best")
+        verdicts.append((chosen == best, pair[chosen]["us"] / pair[best]["us"]))
+    return verdicts
+
+
+def summary(verdicts) -> str:
+    right = sum(ok for ok, _ in verdicts)
+    wrong = sorted(slowdown for ok, slowdown in verdicts if not ok)
+    return (f"{right}/{len(verdicts)} picks are the measured-fastest ({right / len(verdicts):.0%})"
+            + (f"; the wrong ones are {', '.join(f'{w:.2f}x' for w in wrong)} slower than the best" if wrong else ""))
+
+
+def decision_quality(rows, rates) -> str:
+    return summary(decision_verdicts(rows, rates))
 
 
 def main():
@@ -427,7 +481,8 @@ def main():
     sweep.add_argument("--rounds", type=int, default=5)
     calibrate = sub.add_parser("calibrate", help="fit the GPU cost model to a sweep")
     calibrate.add_argument("sweep_json")
-    report = sub.add_parser("report", help="print the tables of a nets run again (no GPU needed)")
+    report = sub.add_parser("report", help="print the tables of a nets run again and redraw its "
+                                           "plot next to it (no GPU needed)")
     report.add_argument("nets_json")
     args = parser.parse_args()
     {"nets": run_nets, "sweep": run_sweep, "calibrate": run_calibrate, "report": run_report}[args.command](args)
@@ -438,6 +493,7 @@ def run_report(args):
     for row in report["results"]:
         row["layer_efficiency"] = shrunk_layer_efficiency(row)
     print_nets(report)
+    plot_nets(report, Path(args.nets_json).with_suffix(".png"))
 
 
 if __name__ == "__main__":

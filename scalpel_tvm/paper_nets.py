@@ -152,6 +152,22 @@ def magnitude_pruned(model: onnx.ModelProto, density: dict[str, float]) -> onnx.
     return model
 
 
+def group_pruned(model: onnx.ModelProto, density: dict[str, float], group: int) -> onnx.ModelProto:
+    """SIMD-aware (on a GPU: warp-aware) pruning of the named FC layers: keep the `density[layer]`
+    fraction of aligned G×1 groups of `group` outputs sharing one input, those with the largest
+    root-mean-square (models.prune_groups), zero the rest."""
+    from .models import prune_groups
+
+    model = _copy(model)
+    weights = _initializers(model)
+    for layer, fraction in density.items():
+        w = weights[f"{layer}.weight"]
+        w_nk = numpy_helper.to_array(w)  # Gemm transB: [N, K]
+        pruned = prune_groups(np.ascontiguousarray(w_nk.T), fraction, group, "gx1").T
+        w.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(pruned), w.name))
+    return model
+
+
 def han_density(name: str) -> dict[str, float]:
     """Traditional pruning's per-layer weight density for network `name` (see module doc)."""
     if name in HAN_KEPT:
