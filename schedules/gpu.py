@@ -37,6 +37,7 @@ from .fc import check_activation, epilogue, resolve_knobs
 from .grouped_sparse import GroupedSparseWeight
 
 WARP = 32
+OPAQUE = 8  # relax.OpPatternKind.kOpaque
 
 
 def dlight_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
@@ -47,7 +48,10 @@ def dlight_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Prim
     with target:
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-    return mod["main"]
+    # Opaque to Relax's FuseOps: the kernel is final (its epilogue already fused), and a
+    # degenerate one (a K = 1 matmul looks elementwise) would otherwise be fused with its
+    # neighbours after scheduling, which FuseTIR rejects.
+    return mod["main"].with_attr("op_pattern", OPAQUE)
 
 
 def _apply_epilogue(value, bias, activation, channel_axis: int):

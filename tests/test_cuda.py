@@ -9,9 +9,11 @@ import re
 import numpy as np
 import pytest
 import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import scalpel_tvm
-from nets import mlp, relax_module
+from nets import dead_sets, mlp, random_cnn
 from scalpel_tvm import ScalpelError, models, paper_nets
 from scalpel_tvm.cuda import compile_cuda_module, cubin, cuda_source
 from scalpel_tvm.schedules import gpu
@@ -110,6 +112,30 @@ def test_traditional_pruning_compiles_as_csr_kernels(tmp_path):
     source = cuda_source(compile_cuda_module(out, TARGET))
     assert {"conv1_csr_kernel", "fc1_csr_kernel"} <= set(kernels(source))
     cubin(source, ARCH, tmp_path)
+
+
+def relax_ops(mod):
+    return {binding.value.op.name for block in mod["main"].body.blocks for binding in block.bindings
+            if isinstance(binding.value, tvm.relax.Call) and isinstance(binding.value.op, tvm.ir.Op)}
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_pruned_networks_lower_every_layer_to_cuda_kernels(data):
+    """Random pruned MLPs and CNNs (dead nodes, zero groups, batch-norm, padding): every layer
+    becomes a CUDA kernel call, the model's output type is unchanged, and the module builds."""
+    if data.draw(st.booleans()):
+        dims = data.draw(st.lists(st.integers(3, 70), min_size=3, max_size=4))
+        groups = {i: data.draw(st.sampled_from([0.0, 0.9])) for i in range(len(dims) - 1)}
+        net = mlp(dims, dead=dead_sets(data, dims[1:-1]), zero_groups=groups)
+        batch = data.draw(st.sampled_from([1, 5]))
+    else:
+        net, batch = random_cnn(data, max_channels=9)
+    mod = scalpel_tvm.import_onnx(net, batch=batch)
+    out = tvm.transform.Sequential([scalpel_tvm.Pass(TARGET)])(mod)
+    assert not relax_ops(out) & {"relax.matmul", "relax.nn.conv2d", "relax.linear"}
+    tvm.ir.assert_structural_equal(out["main"].ret_ty, mod["main"].ret_ty)
+    compile_cuda_module(out, TARGET)
 
 
 def test_every_gpu_kernel_template_compiles(tmp_path):
