@@ -399,6 +399,9 @@ def gpu_csr_conv2d(weight_oihw, x_shape, *, strides, padding, dilation, bias: bo
     csr = CSRWeight.from_dense(np.asarray(weight_oihw, "float32").reshape(o, -1).T)
     out_h = (height + padding[0] + padding[2] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
     out_w = (width + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    if batch * -(-out_h * out_w // threads) > 65535:  # CUDA's limit on gridDim.y
+        raise ValueError(f"batch {batch} of {out_h}x{out_w} outputs needs more than 65535 blocks "
+                         f"of {threads} pixels; raise threads= or split the batch")
     func = _csr_conv_kernel.specialize(
         B=batch, C=c, H=height, W=width, O=o, OH=out_h, OW=out_w, KH=kh, KW=kw,
         SH=strides[0], SW=strides[1], PT=padding[0], PL=padding[1], DH=dilation[0],
