@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite. Extra arguments go to pytest.
-# The CUDA tests compile with nvcc (installed into .venv by the cuda extra), which needs a host
-# C++ compiler.
-if ! command -v g++ >/dev/null; then
-  echo "installing g++ (nvcc's host compiler) with apt-get"
-  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++; } \
+# Debian packages the tests need: a host C/C++ compiler (nvcc's host compiler; the Cortex-M
+# micro-kernels' host build), CMake (that build) and the Arm bare-metal toolchain (the kernels'
+# Cortex-M build).
+missing=()
+command -v g++ >/dev/null || missing+=(g++)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} with apt-get"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } \
     > /tmp/scalpel-apt.log 2>&1 || { tail -20 /tmp/scalpel-apt.log; exit 1; }
 fi
 source "$(dirname "$0")/venv.sh" test,cuda

@@ -1,0 +1,85 @@
+/* int16 FC micro-kernels; see q15_fc.h for the arithmetic they share with the numpy reference. */
+#include "q15_fc.h"
+
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define HAVE_DSP 1
+#else
+#define HAVE_DSP 0
+#endif
+
+/* Two adjacent int16 as one 32-bit word (an LDR; unaligned starts are fine on M4/M7). */
+static inline int32_t load_pair(const int16_t *p) {
+  int32_t word;
+  memcpy(&word, p, sizeof word);
+  return word;
+}
+
+/* p[0] * q[0] + p[1] * q[1]: SMUAD. Cannot overflow for values in [-32767, 32767]. */
+static inline int32_t pair_dot(const int16_t *p, const int16_t *q) {
+#if HAVE_DSP
+  return __smuad(load_pair(p), load_pair(q));
+#else
+  return (int32_t)p[0] * q[0] + (int32_t)p[1] * q[1];
+#endif
+}
+
+/* Saturating int32 add: QADD. */
+static inline int32_t sat_add(int32_t a, int32_t b) {
+#if HAVE_DSP
+  return __qadd(a, b);
+#else
+  int64_t s = (int64_t)a + b;
+  return s > INT32_MAX ? INT32_MAX : s < INT32_MIN ? INT32_MIN : (int32_t)s;
+#endif
+}
+
+static inline int16_t finish(int32_t acc, int shift, int relu) {
+  int64_t v = acc;
+  if (shift > 0) v = (v + ((int64_t)1 << (shift - 1))) >> shift;
+  if (relu && v < 0) v = 0;
+  return (int16_t)(v > 32767 ? 32767 : v < -32767 ? -32767 : v);
+}
+
+void scalpel_fc_q15_dense(const int16_t *x, const int16_t *w, const int32_t *bias, int16_t *y,
+                          int k, int n, int shift, int relu) {
+  for (int o = 0; o < n; ++o) {
+    const int16_t *row = w + (int32_t)o * k;
+    int32_t acc = bias ? bias[o] : 0;
+    int i = 0;
+    for (; i + 1 < k; i += 2) acc = sat_add(acc, pair_dot(row + i, x + i));
+    if (i < k) acc = sat_add(acc, (int32_t)row[i] * x[i]);
+    y[o] = finish(acc, shift, relu);
+  }
+}
+
+void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const int32_t *indices,
+                             const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
+                             int shift, int relu) {
+  for (int o = 0; o < n; ++o) {
+    int32_t acc = bias ? bias[o] : 0;
+    int32_t j = indptr[o], end = indptr[o + 1];
+    /* Indices ascend within an output, so only its last group can start at k - 1. */
+    for (; j + 1 < end; ++j) acc = sat_add(acc, pair_dot(values + 2 * j, x + indices[j]));
+    if (j < end) {
+      int32_t start = indices[j];
+      acc = sat_add(acc, start + 1 < k ? pair_dot(values + 2 * j, x + start)
+                                       : (int32_t)values[2 * j] * x[start]);
+    }
+    y[o] = finish(acc, shift, relu);
+  }
+}
+
+void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const int32_t *indices,
+                        const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
+                        int shift, int relu) {
+  (void)k;
+  for (int o = 0; o < n; ++o) {
+    int32_t acc = bias ? bias[o] : 0;
+    for (int32_t j = indptr[o]; j < indptr[o + 1]; ++j)
+      acc = sat_add(acc, (int32_t)values[j] * x[indices[j]]);
+    y[o] = finish(acc, shift, relu);
+  }
+}

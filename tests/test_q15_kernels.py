@@ -1,0 +1,166 @@
+"""The Cortex-M int16 FC micro-kernels, built for this machine with CMake, equal the numpy
+reference (scalpel_tvm.fixed_point) bit for bit — saturation and rounding included."""
+import ctypes
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalpel_tvm import fixed_point as fp
+from scalpel_tvm.schedules.csr import CSRWeight
+from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
+
+ROOT = Path(__file__).resolve().parents[1]
+I16, I32 = ctypes.POINTER(ctypes.c_int16), ctypes.POINTER(ctypes.c_int32)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    build = tmp_path_factory.mktemp("native")
+    for command in (["cmake", "-S", str(ROOT), "-B", str(build)], ["cmake", "--build", str(build)]):
+        subprocess.run(command, check=True, capture_output=True)
+    library = ctypes.CDLL(str(build / "libscalpel_q15.so"))
+    library.scalpel_fc_q15_dense.argtypes = [I16, I16, I32, I16] + [ctypes.c_int] * 4
+    for name in ("scalpel_fc_q15_gsparse2", "scalpel_fc_q15_csr"):
+        getattr(library, name).argtypes = [I16, I32, I32, I16, I32, I16] + [ctypes.c_int] * 4
+    return library
+
+
+def ptr(array, kind):
+    return None if array is None else array.ctypes.data_as(kind)
+
+
+def run_c(lib, name, x, arrays, bias, n, shift, relu):
+    """The C kernel on each row of x; `arrays` are its weight arrays (int16 or int32)."""
+    out = np.zeros((x.shape[0], n), np.int16)
+    bias = None if bias is None else np.ascontiguousarray(bias, np.int32)
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    kinds = [I16 if a.dtype == np.int16 else I32 for a in arrays]
+    for row, x_row in enumerate(np.ascontiguousarray(x, np.int16)):
+        y = np.zeros(n, np.int16)
+        getattr(lib, name)(ptr(x_row, I16), *[ptr(a, kind) for a, kind in zip(arrays, kinds)],
+                           ptr(bias, I32), ptr(y, I16), x.shape[1], n, shift, int(relu))
+        out[row] = y
+    return out
+
+
+def int16s(rng, shape, scale=fp.Q15_MAX):
+    return rng.integers(-scale, scale + 1, size=shape).astype(np.int16)
+
+
+cases = st.fixed_dictionaries({
+    "k": st.integers(1, 41), "n": st.integers(1, 17), "batch": st.integers(1, 3),
+    "shift": st.integers(0, 24), "relu": st.booleans(), "bias": st.booleans(),
+    "scale": st.sampled_from([7, 300, fp.Q15_MAX]), "seed": st.integers(0, 2**16),
+})
+
+
+def draw_layer(case, density):
+    rng = np.random.default_rng(case["seed"])
+    x = int16s(rng, (case["batch"], case["k"]), case["scale"])
+    w_nk = int16s(rng, (case["n"], case["k"]), case["scale"])
+    w_nk[rng.random(w_nk.shape) > density] = 0
+    bias = rng.integers(-2**31, 2**31, size=case["n"]).astype(np.int32) if case["bias"] else None
+    return x, w_nk, bias
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases)
+def test_dense_kernel_equals_the_reference(lib, case):
+    x, w_nk, bias = draw_layer(case, 1.0)
+    want = fp.fc_dense(x, w_nk, bias, case["shift"], case["relu"])
+    got = run_c(lib, "scalpel_fc_q15_dense", x, [w_nk], bias, case["n"], case["shift"], case["relu"])
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases, st.sampled_from([0.2, 0.6]))
+def test_aligned_pair_kernel_equals_the_reference_and_the_dense_kernel(lib, case, density):
+    """Scalpel's 1x2 groups from a pruned weight: the same integers as the dense kernel on the
+    pruned weight (zeros add nothing), one index per pair."""
+    x, w_nk, bias = draw_layer(case, density)
+    weight = GroupedSparseWeight.from_dense(w_nk.T.astype(np.float32), 2, "1xg")
+    values = weight.values.astype(np.int16)
+    args = (weight.indptr, weight.indices, values)
+    want = fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"])
+    got = run_c(lib, "scalpel_fc_q15_gsparse2", x, list(args), bias, case["n"], case["shift"], case["relu"])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, fp.fc_dense(x, w_nk, bias, case["shift"], case["relu"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases, st.data())
+def test_unaligned_pair_kernel_equals_the_reference(lib, case, data):
+    """Groups may start at any input (Lee et al.'s unaligned groups), including the last one."""
+    rng = np.random.default_rng(case["seed"])
+    k, n = case["k"], case["n"]
+    x = int16s(rng, (case["batch"], k), case["scale"])
+    indptr, indices = [0], []
+    for _ in range(n):
+        starts, position = [], data.draw(st.integers(0, 2))
+        while position < k:
+            starts.append(position)
+            position += 2 + data.draw(st.integers(0, 3))
+        indices += starts
+        indptr.append(len(indices))
+    values = int16s(rng, (len(indices), 2), case["scale"])
+    values[np.array(indices, dtype=int) == k - 1, 1] = 0  # a group at the last input is half empty
+    args = (np.array(indptr, np.int32), np.array(indices, np.int32), values)
+    bias = rng.integers(-2**20, 2**20, size=n).astype(np.int32) if case["bias"] else None
+    want = fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"])
+    got = run_c(lib, "scalpel_fc_q15_gsparse2", x, list(args), bias, n, case["shift"], case["relu"])
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases)
+def test_csr_kernel_equals_the_reference(lib, case):
+    x, w_nk, bias = draw_layer(case, 0.3)
+    weight = CSRWeight.from_dense(w_nk.T.astype(np.float32))
+    args = (weight.indptr, weight.indices, weight.values.astype(np.int16))
+    want = fp.fc_csr(x, *args, bias, case["shift"], case["relu"])
+    got = run_c(lib, "scalpel_fc_q15_csr", x, list(args), bias, case["n"], case["shift"], case["relu"])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_accumulator_saturates_instead_of_wrapping(lib):
+    """3 pairs of 32767^2 products exceed int32: the sum stays at INT32_MAX (QADD), and a later
+    negative term then comes off the saturated value, as on the device."""
+    x = np.full((1, 8), fp.Q15_MAX, np.int16)
+    w_nk = np.array([[fp.Q15_MAX] * 6 + [-fp.Q15_MAX, -fp.Q15_MAX]], np.int16)
+    want = fp.fc_dense(x, w_nk, None, 16, False)
+    exact = (6 - 2) * fp.Q15_MAX**2
+    assert want[0, 0] == (fp.INT32_MAX - 2 * fp.Q15_MAX**2 + 2**15) >> 16 != (exact + 2**15) >> 16
+    np.testing.assert_array_equal(run_c(lib, "scalpel_fc_q15_dense", x, [w_nk], None, 1, 16, False), want)
+
+
+@pytest.mark.parametrize("cpu,dual_mac", [("cortex-m4", True), ("cortex-m7", True), ("cortex-m3", False)])
+def test_cortex_m_build_uses_the_dual_mac_where_the_core_has_it(tmp_path, cpu, dual_mac):
+    """Cross-compiled for the core, the kernels use SMUAD (two 16-bit MACs) and QADD where the
+    DSP extension exists, and the portable C (same results, tested above) where it does not."""
+    obj = tmp_path / "q15_fc.o"
+    subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-O2", "-Wall", "-Wextra", "-Werror",
+                    "-c", str(ROOT / "schedules/cortex_m/q15_fc.c"), "-o", str(obj)], check=True)
+    disassembly = subprocess.run(["arm-none-eabi-objdump", "-d", str(obj)], check=True,
+                                 capture_output=True, text=True).stdout
+    assert ("smuad" in disassembly and "qadd" in disassembly) == dual_mac
+
+
+def test_output_rounds_half_up_and_saturates_symmetrically():
+    acc = np.array([[3, -3, 2**40, -(2**40), 5]], np.int64)
+    np.testing.assert_array_equal(fp._finish(acc, 1, False), [[2, -1, 32767, -32767, 3]])
+    np.testing.assert_array_equal(fp._finish(acc, 1, True), [[2, 0, 32767, 0, 3]])
+
+
+def test_q_format_keeps_values_in_range_and_rounds_to_nearest():
+    values = np.array([0.5, -1.75, 3.2])
+    bits = fp.frac_bits_for(values)
+    assert bits == 13  # 3.2 * 2^13 = 26214 fits; 2^14 would not
+    q = fp.quantize(values, bits)
+    assert np.max(np.abs(fp.dequantize(q, bits) - values)) <= 2.0 ** -(bits + 1)
+    assert fp.quantize(np.array([1e9, -1e9]), 0).tolist() == [32767, -32767]
+    with pytest.raises(ValueError, match="NaN"):
+        fp.frac_bits_for(np.array([1.0, np.nan]))
