@@ -1,0 +1,65 @@
+"""The int16 kernels on an emulated Cortex-M4 (QEMU mps2-an386, semihosting) give exactly the
+numpy reference's integers."""
+import numpy as np
+import pytest
+
+from scalpel_tvm import ScalpelError, cortex_m
+from scalpel_tvm import fixed_point as fp
+from scalpel_tvm.cortex_m import Q15Layer, run_selftest
+from scalpel_tvm.schedules.csr import CSRWeight
+from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
+
+
+def random_layers(rng):
+    """Dense, aligned pairs, unaligned pairs (any start, one at the last input), CSR, and a
+    layer whose accumulator saturates."""
+    layers = []
+    for k, n in [(9, 5), (16, 7), (31, 3)]:
+        x = rng.integers(-2000, 2001, (3, k)).astype(np.int16)
+        w = rng.integers(-2000, 2001, (n, k)).astype(np.int16)
+        w[rng.random(w.shape) < 0.6] = 0
+        bias = rng.integers(-2**24, 2**24, n).astype(np.int32)
+        layers.append(Q15Layer("dense", x, n, w, bias=bias, shift=9, relu=False))
+        pairs = GroupedSparseWeight.from_dense(w.T.astype(np.float32), 2, "1xg")
+        layers.append(Q15Layer("gsparse2", x, n, pairs.values.astype(np.int16), pairs.indptr,
+                               pairs.indices, bias, shift=9, relu=True))
+        csr = CSRWeight.from_dense(w.T.astype(np.float32))
+        layers.append(Q15Layer("csr", x, n, csr.values.astype(np.int16), csr.indptr, csr.indices,
+                               None, shift=7, relu=False))
+    x = rng.integers(-500, 501, (2, 7)).astype(np.int16)
+    starts = np.array([1, 4, 6, 0, 3], np.int32)  # output 0: 1, 4, 6 (6 = the last input); output 1: 0, 3
+    values = rng.integers(-500, 501, (5, 2)).astype(np.int16)
+    values[2, 1] = 0
+    layers.append(Q15Layer("gsparse2", x, 2, values, np.array([0, 3, 5], np.int32), starts, shift=3))
+    full = np.full((1, 8), fp.Q15_MAX, np.int16)
+    layers.append(Q15Layer("dense", full, 1, np.array([[fp.Q15_MAX] * 6 + [-fp.Q15_MAX] * 2], np.int16), shift=16))
+    return layers
+
+
+def reference(layer):
+    if layer.kind == "dense":
+        return fp.fc_dense(layer.x, layer.values, layer.bias, layer.shift, layer.relu)
+    kernel = fp.fc_gsparse2 if layer.kind == "gsparse2" else fp.fc_csr
+    return kernel(layer.x, layer.indptr, layer.indices, layer.values, layer.bias, layer.shift, layer.relu)
+
+
+@pytest.mark.parametrize("mcpu", ["cortex-m4", "cortex-m3"])
+def test_emulated_cortex_m_equals_the_numpy_reference(tmp_path, mcpu):
+    """cortex-m4: the SMUAD/QADD path; cortex-m3 code (no DSP extension) runs on the same
+    emulated M4 and must give the same integers through the portable path."""
+    layers = random_layers(np.random.default_rng(7))
+    for layer, got in zip(layers, run_selftest(layers, tmp_path, mcpu)):
+        np.testing.assert_array_equal(got, reference(layer), err_msg=f"{layer.kind} on {mcpu}")
+
+
+def test_missing_toolchain_names_the_apt_line(monkeypatch):
+    monkeypatch.setattr(cortex_m.shutil, "which", lambda tool: None)
+    with pytest.raises(ScalpelError, match="apt-get install gcc-arm-none-eabi"):
+        cortex_m.check_toolchain()
+
+
+def test_firmware_that_does_not_finish_is_a_timeout_error(tmp_path):
+    layers = random_layers(np.random.default_rng(0))[:1]
+    elf = cortex_m.build_selftest(layers, tmp_path)
+    with pytest.raises(ScalpelError, match="did not finish within"):
+        cortex_m.run_qemu(elf, timeout_s=0.01)
