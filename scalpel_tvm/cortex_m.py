@@ -3,8 +3,10 @@
 `run_selftest(layers)` writes the layers (inputs, weights in their format, bias, shift) into a C
 header, builds `firmware/q15_selftest.c` with `CMakeLists.txt` and Debian's arm-none-eabi
 toolchain, runs it under `qemu-system-arm -M mps2-an386` with semihosting, and returns what the
-firmware computed. The tests compare that with `fixed_point`'s numpy reference bit for bit.
-QEMU is not cycle-accurate: this checks results, not speed.
+firmware computed; `run_network(net, x)` does the same for a whole int16 FC network
+(`int16_mlp.QuantizedMLP`, `firmware/q15_network.c`) after checking that it fits the board.
+The tests compare both with the numpy reference bit for bit. QEMU is not cycle-accurate: this
+checks results, not speed.
 """
 from __future__ import annotations
 
@@ -72,22 +74,26 @@ def layers_header(layers: list[Q15Layer]) -> str:
     return "".join(text)
 
 
-def build_selftest(layers: list[Q15Layer], build_dir: Path, mcpu: str = "cortex-m4") -> Path:
-    """Configure and build the self-test firmware for `layers`; returns the ELF."""
+def build_firmware(program: str, header: str, build_dir: Path, mcpu: str = "cortex-m4") -> Path:
+    """Configure and build `firmware/<program>.c` around `header`; returns the ELF."""
     check_toolchain()
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    header = build_dir / "layers.h"
-    header.write_text(layers_header(layers))
+    header_path = build_dir / "layers.h"
+    header_path.write_text(header)
     configure = ["cmake", "-S", str(ROOT), "-B", str(build_dir),
                  f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'arm-none-eabi.cmake'}",
-                 f"-DSCALPEL_MCPU={mcpu}", f"-DSCALPEL_LAYERS={header}"]
-    for command in (configure, ["cmake", "--build", str(build_dir), "--target", "q15_selftest"]):
+                 f"-DSCALPEL_MCPU={mcpu}", f"-DSCALPEL_LAYERS={header_path}"]
+    for command in (configure, ["cmake", "--build", str(build_dir), "--target", program]):
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise ScalpelError(f"building the Cortex-M firmware failed ({' '.join(command[:2])}):\n"
                                f"{(result.stdout + result.stderr)[-3000:]}")
-    return build_dir / "q15_selftest.elf"
+    return build_dir / f"{program}.elf"
+
+
+def build_selftest(layers: list[Q15Layer], build_dir: Path, mcpu: str = "cortex-m4") -> Path:
+    return build_firmware("q15_selftest", layers_header(layers), build_dir, mcpu)
 
 
 def run_qemu(elf: Path, timeout_s: float = 60) -> str:
@@ -118,3 +124,42 @@ def run_selftest(layers: list[Q15Layer], build_dir: Path, mcpu: str = "cortex-m4
             _, index, row, *values = line.split()
             results[int(index)][int(row)] = np.array(values, dtype=np.int16)
     return results
+
+
+def check_fits(net, memory: dict) -> dict:
+    """Flash (weights, biases, indices) and SRAM (activation buffers) of `net` against the
+    board's budget ({"flash": bytes, "sram": bytes}); a clear error, with the numbers, before
+    any build when it does not fit. Code and stack are not counted yet."""
+    use = {"flash": net.flash_bytes(), "sram": net.activation_bytes()}
+    for kind, used in use.items():
+        if used > memory[kind]:
+            per_layer = ", ".join(f"{layer.name} {layer.format} {layer.flash_bytes() / 1024:.1f} KB"
+                                  for layer in net.layers)
+            raise ScalpelError(
+                f"the network needs {used / 1024:.1f} KB of {kind}, the board has "
+                f"{memory[kind] / 1024:.0f} KB ({per_layer}); prune further or store more layers "
+                "as pairs / CSR")
+    return use
+
+
+def network_header(net, x_q: np.ndarray) -> str:
+    """The C header `firmware/q15_network.c` includes: every layer in its format, the inputs."""
+    layers = []
+    for layer in net.layers:
+        arrays = layer.arrays()
+        layers.append(Q15Layer(layer.format, np.zeros((0, layer.w_nk.shape[1]), np.int16),
+                               layer.w_nk.shape[0], arrays["values"],
+                               arrays.get("indptr", np.zeros(1, np.int32)),
+                               arrays.get("indices", np.zeros(1, np.int32)),
+                               layer.bias, layer.shift, layer.relu))
+    widest = max([net.layers[0].w_nk.shape[1]] + [layer.w_nk.shape[0] for layer in net.layers])
+    return (layers_header(layers) + _array("scalpel_inputs", "int16_t", x_q)
+            + f"#define SCALPEL_BATCH {x_q.shape[0]}\n#define SCALPEL_MAX_WIDTH {widest}\n")
+
+
+def run_network(net, x_q: np.ndarray, build_dir: Path, memory: dict, mcpu: str = "cortex-m4") -> np.ndarray:
+    """The int16 network's outputs (batch, N) for inputs `x_q`, computed on the emulated M4."""
+    check_fits(net, memory)
+    output = run_qemu(build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu))
+    rows = [line.split()[2:] for line in output.splitlines() if line.startswith("y ")]
+    return np.array(rows, dtype=np.int16).reshape(x_q.shape[0], -1)

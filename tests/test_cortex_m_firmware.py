@@ -1,13 +1,20 @@
-"""The int16 kernels on an emulated Cortex-M4 (QEMU mps2-an386, semihosting) give exactly the
-numpy reference's integers."""
+"""The int16 kernels, and a whole int16 network, on an emulated Cortex-M4 (QEMU mps2-an386,
+semihosting) give exactly the numpy reference's integers."""
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 
-from scalpel_tvm import ScalpelError, cortex_m
+from nets import run_ort
+from scalpel_tvm import ScalpelError, TargetSpec, cortex_m
 from scalpel_tvm import fixed_point as fp
 from scalpel_tvm.cortex_m import Q15Layer, run_selftest
+from scalpel_tvm.int16_mlp import quantize_mlp
 from scalpel_tvm.schedules.csr import CSRWeight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
+
+DATA = Path(cortex_m.__file__).parent / "data"
 
 
 def random_layers(rng):
@@ -63,3 +70,46 @@ def test_firmware_that_does_not_finish_is_a_timeout_error(tmp_path):
     elf = cortex_m.build_selftest(layers, tmp_path)
     with pytest.raises(ScalpelError, match="did not finish within"):
         cortex_m.run_qemu(elf, timeout_s=0.01)
+
+
+# --- a whole int16 network ------------------------------------------------------------------------
+
+M4_MEMORY = TargetSpec.preset("cortex-m4").memory
+
+
+def lenet_300_100(pruned=True):
+    return onnx.load(str(DATA / ("lenet_300_100_scalpel.onnx" if pruned else "lenet_300_100_dense.onnx")))
+
+
+def test_int16_lenet_300_100_on_the_emulated_m4_equals_the_reference_and_tracks_float(tmp_path):
+    """The pruned LeNet-300-100, quantized per layer from calibration data and stored as pairs
+    where that is smaller: the emulated M4's outputs are the reference's, and they track the
+    float model within a fraction of a percent."""
+    model = lenet_300_100()
+    rng = np.random.default_rng(0)
+    net = quantize_mlp(model, rng.random((64, 784)))
+    assert [layer.format for layer in net.layers] == ["gsparse2", "gsparse2", "dense"]
+    x = rng.random((4, 784))
+    got = cortex_m.run_network(net, net.quantize_input(x), tmp_path, M4_MEMORY)
+    np.testing.assert_array_equal(got, net.forward(net.quantize_input(x)))
+    want = run_ort(model, x.astype(np.float32))
+    assert np.max(np.abs(net.predict(x) - want)) < 0.005 * np.max(np.abs(want))
+
+
+def test_a_network_that_does_not_fit_the_board_is_refused_with_the_numbers():
+    """Dense LeNet-300-100 in int16 is 521.5 KB of weights: over the M4 board's 512 KB of flash
+    (the pruned one, stored as pairs, is 153 KB)."""
+    net = quantize_mlp(lenet_300_100(pruned=False), np.random.default_rng(0).random((8, 784)))
+    assert [layer.format for layer in net.layers] == ["dense"] * 3
+    with pytest.raises(ScalpelError, match=r"needs 521\.5 KB of flash, the board has 512 KB"):
+        cortex_m.check_fits(net, M4_MEMORY)
+    pruned = quantize_mlp(lenet_300_100(), np.random.default_rng(0).random((8, 784)))
+    assert cortex_m.check_fits(pruned, M4_MEMORY)["flash"] < 160 * 1024
+
+
+def test_layers_the_int16_path_cannot_take_are_named():
+    conv = onnx.load(str(DATA / "lenet5_scalpel.onnx"))
+    with pytest.raises(ScalpelError, match="Conv node .* not supported yet"):
+        quantize_mlp(conv, np.zeros((1, 784)))
+    with pytest.raises(ScalpelError, match=r"calibration data must be \(samples, 784\)"):
+        quantize_mlp(lenet_300_100(), np.zeros((4, 28, 28)))
