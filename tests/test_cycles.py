@@ -1,0 +1,68 @@
+"""The Cortex-M4 cycle estimate: executed instructions, weighted by the M4's timing table."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+
+from scalpel_tvm import ScalpelError, cortex_m, cycles
+from scalpel_tvm.int16_mlp import quantize_mlp
+
+DATA = Path(cortex_m.__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    """The pruned demo LeNet-300-100 as int16 firmware: fc1 and fc2 as pairs, fc3 dense."""
+    model = onnx.load(str(DATA / "lenet_300_100_scalpel.onnx"))
+    rng = np.random.default_rng(0)
+    net = quantize_mlp(model, rng.random((32, 784)))
+    x_q = net.quantize_input(rng.random((1, 784)))
+    elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q),
+                                  tmp_path_factory.mktemp("fw"))
+    return net, elf
+
+
+def test_every_stored_pair_is_one_executed_smuad(lenet):
+    """The emulation runs exactly the work the format holds: one SMUAD per stored pair, one per
+    pair of inputs of the dense layer, and no more."""
+    net, elf = lenet
+    count = cycles.count_cycles(elf)
+    pairs = sum(len(layer.arrays()["indices"]) for layer in net.layers if layer.format == "gsparse2")
+    dense = sum(layer.w_nk.shape[0] * (layer.w_nk.shape[1] // 2) for layer in net.layers if layer.format == "dense")
+    assert count.mnemonics["smuad"] == pairs + dense
+    assert count.mnemonics["qadd"] >= count.mnemonics["smuad"]
+    assert count.cycles == sum(count.by_class.values()) > count.instructions
+
+
+def test_the_estimate_is_deterministic_and_prices_denser_weights_higher(lenet, tmp_path):
+    net, elf = lenet
+    assert cycles.count_cycles(elf).cycles == cycles.count_cycles(elf).cycles
+    for layer in net.layers:
+        layer.format = "dense"
+    x_q = net.quantize_input(np.random.default_rng(0).random((1, 784)))
+    dense_elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp_path)
+    assert cycles.count_cycles(dense_elf).cycles > 4 * cycles.count_cycles(elf).cycles
+
+
+@pytest.mark.parametrize("mnemonic,op_str,operands,expected", [
+    ("smuad", "r8, r8, r9", 3, ("multiply", 1)),
+    ("qadd", "r2, r2, r8", 3, ("alu", 1)),
+    ("ldr.w", "r2, [r3, fp, lsl #2]", 2, ("load", 2)),
+    ("ldrd", "r0, r6, [sp, #84]", 3, ("load", 3)),
+    ("str", "r1, [sp, #28]", 2, ("store", 2)),
+    ("stmdb", "sp!, {r4, r5, r6}", 4, ("store", 4)),
+    ("pop", "{r4, r5, pc}", 3, ("load", 4)),
+    ("bne.n", "#0x1a6", 1, ("branch", 1)),
+    ("sdiv", "r0, r1, r2", 3, ("divide", 7)),
+])
+def test_timing_table(mnemonic, op_str, operands, expected):
+    insn = SimpleNamespace(mnemonic=mnemonic, op_str=op_str, operands=[None] * operands)
+    assert cycles.classify(insn) == expected
+
+
+def test_a_function_that_does_not_return_is_an_error(lenet):
+    _, elf = lenet
+    with pytest.raises(ScalpelError, match="did not return within 1000 instructions"):
+        cycles.count_cycles(elf, max_instructions=1000)
