@@ -4,7 +4,7 @@
  * scalpel_infer (one input) is also what scalpel_tvm/cycles.py runs to count cycles. */
 #include <stdio.h>
 
-#include "q15_fc.h"
+#include "scalpel_layer.h"
 #include SCALPEL_LAYERS
 
 static int16_t buffers[2][SCALPEL_MAX_WIDTH];
@@ -13,16 +13,8 @@ static int16_t buffers[2][SCALPEL_MAX_WIDTH];
 __attribute__((noinline, used)) const int16_t *scalpel_infer(const int16_t *x) {
   int16_t *y = buffers[0];
   for (int l = 0; l < SCALPEL_NUM_LAYERS; ++l) {
-    const struct scalpel_layer *L = &scalpel_layers[l];
     y = buffers[l % 2];
-    if (L->kind == 0)
-      scalpel_fc_q15_dense(x, L->values, L->bias, y, L->k, L->n, L->shift, L->relu);
-    else if (L->kind == 1)
-      scalpel_fc_q15_gsparse2(x, L->indptr, L->indices, L->values, L->bias, y, L->k, L->n,
-                              L->shift, L->relu);
-    else
-      scalpel_fc_q15_csr(x, L->indptr, L->indices, L->values, L->bias, y, L->k, L->n, L->shift,
-                         L->relu);
+    scalpel_run_layer(&scalpel_layers[l], x, y);
     x = y;
   }
   return y;

@@ -4,7 +4,7 @@
  * reference. */
 #include <stdio.h>
 
-#include "q15_fc.h"
+#include "scalpel_layer.h"
 #include SCALPEL_LAYERS
 
 int main(void) {
@@ -12,15 +12,7 @@ int main(void) {
   for (int l = 0; l < SCALPEL_NUM_LAYERS; ++l) {
     const struct scalpel_layer *L = &scalpel_layers[l];
     for (int r = 0; r < L->batch; ++r) {
-      const int16_t *x = L->x + r * L->k;
-      if (L->kind == 0)
-        scalpel_fc_q15_dense(x, L->values, L->bias, y, L->k, L->n, L->shift, L->relu);
-      else if (L->kind == 1)
-        scalpel_fc_q15_gsparse2(x, L->indptr, L->indices, L->values, L->bias, y, L->k, L->n,
-                                L->shift, L->relu);
-      else
-        scalpel_fc_q15_csr(x, L->indptr, L->indices, L->values, L->bias, y, L->k, L->n, L->shift,
-                           L->relu);
+      scalpel_run_layer(L, L->x + r * L->k, y);
       printf("y %d %d", l, r);
       for (int o = 0; o < L->n; ++o) printf(" %d", y[o]);
       printf("\n");

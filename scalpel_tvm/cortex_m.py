@@ -55,10 +55,7 @@ def _array(name: str, ctype: str, values) -> str:
 
 def layers_header(layers: list[Q15Layer]) -> str:
     """The C header the self-test firmware includes."""
-    text = ["#include <stdint.h>\n",
-            "struct scalpel_layer { int kind, batch, k, n, shift, relu; const int16_t *x; "
-            "const int32_t *indptr; const int32_t *indices; const int16_t *values; "
-            "const int32_t *bias; };\n"]
+    text = ['#include "scalpel_layer.h"\n']
     entries = []
     for i, layer in enumerate(layers):
         batch, k = layer.x.shape
