@@ -21,7 +21,7 @@ from .errors import ScalpelError
 
 ROOT = Path(__file__).resolve().parents[1]
 APT_LINE = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake"
-KINDS = {"dense": 0, "gsparse2": 1, "csr": 2}
+KINDS = {"dense": 0, "gsparse2": 1, "csr": 2}  # firmware/scalpel_layer.h: SCALPEL_DENSE, _PAIRS, _CSR
 
 
 @dataclass
