@@ -1,5 +1,6 @@
 """The `scalpel` command: `scalpel demo`, `scalpel plan MODEL.onnx --target NAME`,
-`scalpel tune --target NAME --model MODEL.onnx | --shapes KxN,...`."""
+`scalpel tune --target NAME --model MODEL.onnx | --shapes KxN,...`,
+`scalpel deploy MODEL.onnx --target cortex-m4 --out DIR --calibration X.npy`."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--builder-timeout", type=float, default=300,
                       help="seconds per kernel build (meta_schedule's 30 s fails on 2 cores)")
 
+    deploy = sub.add_parser("deploy", help="write an int16 FC network as a Cortex-M firmware project")
+    deploy.add_argument("model", help="an ONNX file (Gemm + Relu layers, the LeNet-300-100 family)")
+    deploy.add_argument("--target", default="cortex-m4", choices=["cortex-m4", "cortex-m7", "cortex-m55"])
+    deploy.add_argument("--out", required=True, help="the project directory to write")
+    deploy.add_argument("--calibration", required=True, metavar="NPY",
+                        help="inputs like those the device will see, (samples, features): they set "
+                             "each layer's Q format; the first --inputs are built in as test inputs")
+    deploy.add_argument("--inputs", type=int, default=4, help="test inputs built into the firmware")
+    deploy.add_argument("--run", action="store_true",
+                        help="build and run it under QEMU and check it against the numpy reference")
+    deploy.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
     args = parser.parse_args(argv)
     # Single-threaded by default so timings compare like with like (onnxruntime too).
     os.environ.setdefault("TVM_NUM_THREADS", "1")
@@ -63,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             _plan(args)
         elif args.command == "tune":
             _tune(args)
+        elif args.command == "deploy":
+            from .deploy import deploy as deploy_project, load_calibration, report_text
+
+            report = deploy_project(args.model, args.target, args.out, load_calibration(args.calibration),
+                                    inputs=args.inputs, run=args.run, overwrite=args.overwrite)
+            print(report_text(report), end="")
     except ScalpelError as err:
         print(f"scalpel: error: {err}", file=sys.stderr)
         return 2
