@@ -12,7 +12,7 @@ struct scalpel_layer {
   int kind, batch, k, n, shift, relu;
   const int16_t *x;       /* the self-test's inputs (batch x k); unused by the network runner */
   const int32_t *indptr;  /* pairs / CSR */
-  const int32_t *indices; /* pairs / CSR */
+  const uint16_t *indices; /* pairs / CSR */
   const int16_t *values;  /* dense: the [n][k] weight; pairs: 2 per group; CSR: 1 per weight */
   const int32_t *bias;    /* or 0 */
 };

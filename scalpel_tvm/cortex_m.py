@@ -34,7 +34,7 @@ class Q15Layer:
     n: int
     values: np.ndarray
     indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
-    indices: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint16))
     bias: np.ndarray | None = None
     shift: int = 0
     relu: bool = False
@@ -53,6 +53,15 @@ def _array(name: str, ctype: str, values) -> str:
     return f"static const {ctype} {name}[] = {{{body}}};\n"
 
 
+def index16(indices: np.ndarray) -> np.ndarray:
+    """Input indices as the kernels store them: 16 bits (an FC layer on a microcontroller has
+    fewer than 65536 inputs; a larger one is refused, not truncated)."""
+    indices = np.asarray(indices)
+    if indices.size and (indices.min() < 0 or indices.max() > 0xFFFF):
+        raise ScalpelError(f"input index {int(indices.max())} does not fit the kernels' 16-bit indices")
+    return indices.astype(np.uint16)
+
+
 def layers_header(layers: list[Q15Layer]) -> str:
     """The C header the self-test firmware includes."""
     text = ['#include "scalpel_layer.h"\n']
@@ -60,7 +69,7 @@ def layers_header(layers: list[Q15Layer]) -> str:
     for i, layer in enumerate(layers):
         batch, k = layer.x.shape
         text += [_array(f"x{i}", "int16_t", layer.x), _array(f"p{i}", "int32_t", layer.indptr),
-                 _array(f"j{i}", "int32_t", layer.indices), _array(f"v{i}", "int16_t", layer.values)]
+                 _array(f"j{i}", "uint16_t", index16(layer.indices)), _array(f"v{i}", "int16_t", layer.values)]
         if layer.bias is not None:
             text.append(_array(f"b{i}", "int32_t", layer.bias))
         entries.append(f"{{{KINDS[layer.kind]}, {batch}, {k}, {layer.n}, {layer.shift}, {int(layer.relu)}, "
@@ -147,7 +156,7 @@ def network_header(net, x_q: np.ndarray) -> str:
         layers.append(Q15Layer(layer.format, np.zeros((0, layer.w_nk.shape[1]), np.int16),
                                layer.w_nk.shape[0], arrays["values"],
                                arrays.get("indptr", np.zeros(1, np.int32)),
-                               arrays.get("indices", np.zeros(1, np.int32)),
+                               arrays.get("indices", np.zeros(1, np.uint16)),
                                layer.bias, layer.shift, layer.relu))
     widest = max([net.layers[0].w_nk.shape[1]] + [layer.w_nk.shape[0] for layer in net.layers])
     return (layers_header(layers) + _array("scalpel_inputs", "int16_t", x_q)

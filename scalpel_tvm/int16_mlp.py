@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from . import fixed_point as fp
+from .cortex_m import index16
 from .errors import ScalpelError
 from .schedules.csr import CSRWeight
 from .schedules.grouped_sparse import GroupedSparseWeight
@@ -47,7 +48,7 @@ class QuantizedFC:
         else:
             weight = CSRWeight.from_dense(self.w_nk.T.astype(np.float32))
         return {"values": weight.values.astype(np.int16), "indptr": weight.indptr,
-                "indices": weight.indices}
+                "indices": index16(weight.indices)}
 
     def flash_bytes(self) -> int:
         return sum(a.nbytes for a in self.arrays().values()) + self.bias.nbytes

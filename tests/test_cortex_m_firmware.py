@@ -113,3 +113,9 @@ def test_layers_the_int16_path_cannot_take_are_named():
         quantize_mlp(conv, np.zeros((1, 784)))
     with pytest.raises(ScalpelError, match=r"calibration data must be \(samples, 784\)"):
         quantize_mlp(lenet_300_100(), np.zeros((4, 28, 28)))
+
+
+def test_indices_are_16_bit_and_a_layer_too_wide_for_them_is_refused():
+    assert cortex_m.index16(np.array([0, 65535])).dtype == np.uint16
+    with pytest.raises(ScalpelError, match="70000 does not fit the kernels' 16-bit indices"):
+        cortex_m.index16(np.array([3, 70000]))

@@ -14,7 +14,7 @@ from scalpel_tvm.schedules.csr import CSRWeight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
 
 ROOT = Path(__file__).resolve().parents[1]
-I16, I32 = ctypes.POINTER(ctypes.c_int16), ctypes.POINTER(ctypes.c_int32)
+I16, U16, I32 = (ctypes.POINTER(t) for t in (ctypes.c_int16, ctypes.c_uint16, ctypes.c_int32))
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def lib(tmp_path_factory):
     library = ctypes.CDLL(str(build / "libscalpel_q15.so"))
     library.scalpel_fc_q15_dense.argtypes = [I16, I16, I32, I16] + [ctypes.c_int] * 4
     for name in ("scalpel_fc_q15_gsparse2", "scalpel_fc_q15_csr"):
-        getattr(library, name).argtypes = [I16, I32, I32, I16, I32, I16] + [ctypes.c_int] * 4
+        getattr(library, name).argtypes = [I16, I32, U16, I16, I32, I16] + [ctypes.c_int] * 4
     return library
 
 
@@ -34,11 +34,11 @@ def ptr(array, kind):
 
 
 def run_c(lib, name, x, arrays, bias, n, shift, relu):
-    """The C kernel on each row of x; `arrays` are its weight arrays (int16 or int32)."""
+    """The C kernel on each row of x; `arrays` are its weight arrays (int16, uint16 or int32)."""
     out = np.zeros((x.shape[0], n), np.int16)
     bias = None if bias is None else np.ascontiguousarray(bias, np.int32)
     arrays = [np.ascontiguousarray(a) for a in arrays]
-    kinds = [I16 if a.dtype == np.int16 else I32 for a in arrays]
+    kinds = [{np.dtype(np.int16): I16, np.dtype(np.uint16): U16, np.dtype(np.int32): I32}[a.dtype] for a in arrays]
     for row, x_row in enumerate(np.ascontiguousarray(x, np.int16)):
         y = np.zeros(n, np.int16)
         getattr(lib, name)(ptr(x_row, I16), *[ptr(a, kind) for a, kind in zip(arrays, kinds)],
@@ -84,7 +84,7 @@ def test_aligned_pair_kernel_equals_the_reference_and_the_dense_kernel(lib, case
     x, w_nk, bias = draw_layer(case, density)
     weight = GroupedSparseWeight.from_dense(w_nk.T.astype(np.float32), 2, "1xg")
     values = weight.values.astype(np.int16)
-    args = (weight.indptr, weight.indices, values)
+    args = (weight.indptr, weight.indices.astype(np.uint16), values)
     want = fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"])
     got = run_c(lib, "scalpel_fc_q15_gsparse2", x, list(args), bias, case["n"], case["shift"], case["relu"])
     np.testing.assert_array_equal(got, want)
@@ -108,7 +108,7 @@ def test_unaligned_pair_kernel_equals_the_reference(lib, case, data):
         indptr.append(len(indices))
     values = int16s(rng, (len(indices), 2), case["scale"])
     values[np.array(indices, dtype=int) == k - 1, 1] = 0  # a group at the last input is half empty
-    args = (np.array(indptr, np.int32), np.array(indices, np.int32), values)
+    args = (np.array(indptr, np.int32), np.array(indices, np.uint16), values)
     bias = rng.integers(-2**20, 2**20, size=n).astype(np.int32) if case["bias"] else None
     want = fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"])
     got = run_c(lib, "scalpel_fc_q15_gsparse2", x, list(args), bias, n, case["shift"], case["relu"])
@@ -120,7 +120,7 @@ def test_unaligned_pair_kernel_equals_the_reference(lib, case, data):
 def test_csr_kernel_equals_the_reference(lib, case):
     x, w_nk, bias = draw_layer(case, 0.3)
     weight = CSRWeight.from_dense(w_nk.T.astype(np.float32))
-    args = (weight.indptr, weight.indices, weight.values.astype(np.int16))
+    args = (weight.indptr, weight.indices.astype(np.uint16), weight.values.astype(np.int16))
     want = fp.fc_csr(x, *args, bias, case["shift"], case["relu"])
     got = run_c(lib, "scalpel_fc_q15_csr", x, list(args), bias, case["n"], case["shift"], case["relu"])
     np.testing.assert_array_equal(got, want)

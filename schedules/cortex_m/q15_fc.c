@@ -59,7 +59,7 @@ void scalpel_fc_q15_dense(const int16_t *x, const int16_t *w, const int32_t *bia
   }
 }
 
-void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const int32_t *indices,
+void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
                              const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
                              int shift, int relu) {
   for (int o = 0; o < n; ++o) {
@@ -76,7 +76,7 @@ void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const int3
   }
 }
 
-void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const int32_t *indices,
+void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
                         const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
                         int shift, int relu) {
   (void)k;
