@@ -27,26 +27,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from onnx import numpy_helper
-
 from scalpel_tvm import cortex_m, cycles, paper_nets
 from scalpel_tvm.int16_mlp import quantize_mlp
-from scalpel_tvm.models import LENET_300_100_KEEP, prune_groups
+from scalpel_tvm.models import LENET_300_100_KEEP
 from scalpel_tvm.target import TargetSpec
 
 PAPER = {"speedup": 9.17, "size": 0.0693, "csr_speedup_mean_all_nets": 1.90}
-
-
-def pair_pruned(model, keep: dict):
-    """SIMD-aware pruning for the M4: aligned pairs of inputs (1x2 groups) by RMS."""
-    model = paper_nets._copy(model)
-    for init in model.graph.initializer:
-        layer = init.name.split(".")[0]
-        if init.name.endswith(".weight") and layer in keep:
-            w_nk = numpy_helper.to_array(init)
-            pruned = prune_groups(np.ascontiguousarray(w_nk.T), keep[layer], 2, "1xg").T
-            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(pruned), init.name))
-    return model
 
 
 def main():
@@ -56,7 +42,7 @@ def main():
     dense = paper_nets.network("lenet_300_100")
     models = {
         "dense": (dense, "dense"),
-        "scalpel_pairs": (pair_pruned(dense, LENET_300_100_KEEP), "gsparse2"),
+        "scalpel_pairs": (paper_nets.group_pruned(dense, LENET_300_100_KEEP, 2, "1xg"), "gsparse2"),
         "traditional_csr": (paper_nets.magnitude_pruned(dense, paper_nets.han_density("lenet_300_100")), "csr"),
     }
     rng = np.random.default_rng(0)
@@ -68,7 +54,7 @@ def main():
             net = quantize_mlp(model, calibration, formats={f"fc{i}": form for i in (1, 2, 3)})
             x_q = net.quantize_input(inputs)
             elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), Path(tmp) / name)
-            got = cortex_m.run_network(net, x_q, Path(tmp) / name, {"flash": 1 << 30, "sram": 1 << 30})
+            got = cortex_m.network_outputs(cortex_m.run_qemu(elf))
             if not np.array_equal(got, net.forward(x_q)):
                 raise SystemExit(f"{name}: the emulated M4 differs from the numpy reference")
             count = cycles.count_cycles(elf)

@@ -80,21 +80,28 @@ def layers_header(layers: list[Q15Layer]) -> str:
     return "".join(text)
 
 
-def build_firmware(program: str, header: str, build_dir: Path, mcpu: str = "cortex-m4") -> Path:
-    """Configure and build `firmware/<program>.c` around `header`; returns the ELF."""
+def cmake_build(source_dir: Path, build_dir: Path, toolchain: Path, defines: dict | None = None,
+                target: str | None = None) -> None:
+    """Configure and build a CMake project for the board; a clear error with the log's tail."""
     check_toolchain()
+    configure = ["cmake", "-S", str(source_dir), "-B", str(build_dir), f"-DCMAKE_TOOLCHAIN_FILE={toolchain}",
+                 *[f"-D{key}={value}" for key, value in (defines or {}).items()]]
+    build = ["cmake", "--build", str(build_dir), *(["--target", target] if target else [])]
+    for command in (configure, build):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ScalpelError(f"building the Cortex-M firmware in {source_dir} failed "
+                               f"({' '.join(command[:2])}):\n{(result.stdout + result.stderr)[-3000:]}")
+
+
+def build_firmware(program: str, header: str, build_dir: Path, mcpu: str = "cortex-m4") -> Path:
+    """Build `firmware/<program>.c` around `header` with this repository's CMakeLists.txt."""
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     header_path = build_dir / "layers.h"
     header_path.write_text(header)
-    configure = ["cmake", "-S", str(ROOT), "-B", str(build_dir),
-                 f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'arm-none-eabi.cmake'}",
-                 f"-DSCALPEL_MCPU={mcpu}", f"-DSCALPEL_LAYERS={header_path}"]
-    for command in (configure, ["cmake", "--build", str(build_dir), "--target", program]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ScalpelError(f"building the Cortex-M firmware failed ({' '.join(command[:2])}):\n"
-                               f"{(result.stdout + result.stderr)[-3000:]}")
+    cmake_build(ROOT, build_dir, ROOT / "cmake" / "arm-none-eabi.cmake",
+                {"SCALPEL_MCPU": mcpu, "SCALPEL_LAYERS": header_path}, program)
     return build_dir / f"{program}.elf"
 
 
@@ -166,6 +173,9 @@ def network_header(net, x_q: np.ndarray) -> str:
 def run_network(net, x_q: np.ndarray, build_dir: Path, memory: dict, mcpu: str = "cortex-m4") -> np.ndarray:
     """The int16 network's outputs (batch, N) for inputs `x_q`, computed on the emulated M4."""
     check_fits(net, memory)
-    output = run_qemu(build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu))
-    rows = [line.split()[2:] for line in output.splitlines() if line.startswith("y ")]
-    return np.array(rows, dtype=np.int16).reshape(x_q.shape[0], -1)
+    return network_outputs(run_qemu(build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu)))
+
+
+def network_outputs(output: str) -> np.ndarray:
+    """The (inputs, N) int16 outputs `firmware/q15_network.c` printed ("y <row> v0 v1 ...")."""
+    return np.array([line.split()[2:] for line in output.splitlines() if line.startswith("y ")], dtype=np.int16)

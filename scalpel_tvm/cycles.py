@@ -95,13 +95,10 @@ def _load_segments(uc, elf: bytes) -> None:
                 uc.mem_write(address, data)
 
 
-def symbol_address(elf_path: Path, name: str) -> int:
+def symbols(elf_path: Path) -> dict[str, int]:
+    """Symbol name -> address in the firmware (arm-none-eabi-nm)."""
     result = subprocess.run(["arm-none-eabi-nm", str(elf_path)], capture_output=True, text=True, check=True)
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == name:
-            return int(parts[0], 16)
-    raise ScalpelError(f"{elf_path} has no symbol {name}")
+    return {parts[2]: int(parts[0], 16) for parts in map(str.split, result.stdout.splitlines()) if len(parts) == 3}
 
 
 def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str = "scalpel_inputs",
@@ -114,10 +111,14 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
     elf_path = Path(elf_path)
     uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB | UC_MODE_MCLASS)
     _load_segments(uc, elf_path.read_bytes())
-    start = symbol_address(elf_path, function) | 1  # Thumb
+    addresses = symbols(elf_path)
+    missing = [name for name in (function, argument) if name not in addresses]
+    if missing:
+        raise ScalpelError(f"{elf_path} has no symbol {', '.join(missing)}")
+    start = addresses[function] | 1  # Thumb
     uc.reg_write(arm.UC_ARM_REG_SP, 0x2000_0000 + (4 << 20) - 64)
     uc.reg_write(arm.UC_ARM_REG_LR, RETURN_ADDRESS | 1)
-    uc.reg_write(arm.UC_ARM_REG_R0, symbol_address(elf_path, argument))
+    uc.reg_write(arm.UC_ARM_REG_R0, addresses[argument])
 
     disassembler = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
     disassembler.detail = True

@@ -72,27 +72,14 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
         "not_counted": "code, stack and the C library's buffers",
     }
     if run:
-        got = cortex_m.run_qemu(_build(out))
-        rows = [line.split()[2:] for line in got.splitlines() if line.startswith("y ")]
-        if not np.array_equal(np.array(rows, dtype=np.int16), net.forward(x_q)):
+        cortex_m.cmake_build(out, out / "build", out / "arm-none-eabi.cmake")
+        got = cortex_m.network_outputs(cortex_m.run_qemu(out / "build" / "network.elf"))
+        if not np.array_equal(got, net.forward(x_q)):
             raise ScalpelError("the firmware's outputs differ from the numpy reference")
         report["qemu_matches_reference"] = True
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.txt").write_text(report_text(report))
     return report
-
-
-def _build(out: Path) -> Path:
-    cortex_m.check_toolchain()
-    import subprocess
-
-    for command in (["cmake", "-S", str(out), "-B", str(out / "build"),
-                     f"-DCMAKE_TOOLCHAIN_FILE={out / 'arm-none-eabi.cmake'}"],
-                    ["cmake", "--build", str(out / "build")]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ScalpelError(f"building {out} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    return out / "build" / "network.elf"
 
 
 def report_text(report: dict) -> str:

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .schedules.conv2d import conv2d_output_shape
+
 # (op, name, *args): conv (out, kernel, stride, pad), fc (out), maxpool/avgpool (kernel,
 # stride, pad), gap (global average pool), flatten, relu.
 ARCHITECTURES = {
@@ -83,7 +85,7 @@ def network(name: str, *, seed: int = 0) -> onnx.ModelProto:
                       numpy_helper.from_array(_bias(rng, o), f"{out}.bias")]
             nodes.append(helper.make_node("Conv", [prev, f"{out}.weight", f"{out}.bias"], [out], name=out,
                                           kernel_shape=[k, k], strides=[s, s], pads=[p] * 4))
-            shape = [1, o, (shape[2] + 2 * p - k) // s + 1, (shape[3] + 2 * p - k) // s + 1]
+            shape = _window_output(shape, o, k, s, p)
         elif op == "fc":
             _, n = args
             k = shape[1]
@@ -97,7 +99,7 @@ def network(name: str, *, seed: int = 0) -> onnx.ModelProto:
             onnx_op = "MaxPool" if op == "maxpool" else "AveragePool"
             nodes.append(helper.make_node(onnx_op, [prev], [out], name=out, kernel_shape=[k, k],
                                           strides=[s, s], pads=[p] * 4))
-            shape = [1, shape[1], (shape[2] + 2 * p - k) // s + 1, (shape[3] + 2 * p - k) // s + 1]
+            shape = _window_output(shape, shape[1], k, s, p)
         elif op == "gap":
             nodes.append(helper.make_node("GlobalAveragePool", [prev], [out], name=out))
             shape = [1, shape[1], 1, 1]
@@ -152,10 +154,12 @@ def magnitude_pruned(model: onnx.ModelProto, density: dict[str, float]) -> onnx.
     return model
 
 
-def group_pruned(model: onnx.ModelProto, density: dict[str, float], group: int) -> onnx.ModelProto:
+def group_pruned(model: onnx.ModelProto, density: dict[str, float], group: int,
+                 orientation: str = "gx1") -> onnx.ModelProto:
     """SIMD-aware (on a GPU: warp-aware) pruning of the named FC layers: keep the `density[layer]`
-    fraction of aligned G×1 groups of `group` outputs sharing one input, those with the largest
-    root-mean-square (models.prune_groups), zero the rest."""
+    fraction of aligned groups of `group` weights — G×1 (outputs sharing one input, the GPU's
+    warp groups) or 1×G (consecutive inputs of one output, the Cortex-M's pairs) — those with the
+    largest root-mean-square (models.prune_groups), zero the rest."""
     from .models import prune_groups
 
     model = _copy(model)
@@ -163,7 +167,7 @@ def group_pruned(model: onnx.ModelProto, density: dict[str, float], group: int) 
     for layer, fraction in density.items():
         w = weights[f"{layer}.weight"]
         w_nk = numpy_helper.to_array(w)  # Gemm transB: [N, K]
-        pruned = prune_groups(np.ascontiguousarray(w_nk.T), fraction, group, "gx1").T
+        pruned = prune_groups(np.ascontiguousarray(w_nk.T), fraction, group, orientation).T
         w.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(pruned), w.name))
     return model
 
@@ -173,6 +177,12 @@ def han_density(name: str) -> dict[str, float]:
     if name in HAN_KEPT:
         return dict(HAN_KEPT[name])
     return {layer: HAN_BY_KIND[kind] for layer, kind in layer_kinds(name).items()}
+
+
+def _window_output(shape, channels, kernel, stride, pad) -> list[int]:
+    """The output shape of a square conv / pooling window over an NCHW `shape`."""
+    return list(conv2d_output_shape(1, shape[1], shape[2], shape[3], channels, (kernel, kernel),
+                                    strides=(stride, stride), padding=(pad,) * 4))
 
 
 def _he(rng, shape, fan_in):

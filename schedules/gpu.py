@@ -32,6 +32,7 @@ import tvm
 from tvm import te, tirx, topi
 from tvm.script import tirx as T
 
+from .conv2d import conv2d_output_shape
 from .csr import CSRWeight
 from .fc import check_activation, epilogue, resolve_knobs
 from .grouped_sparse import GroupedSparseWeight
@@ -397,8 +398,8 @@ def gpu_csr_conv2d(weight_oihw, x_shape, *, strides, padding, dilation, bias: bo
     o, c, kh, kw = weight_oihw.shape
     batch, _, height, width = x_shape
     csr = CSRWeight.from_dense(np.asarray(weight_oihw, "float32").reshape(o, -1).T)
-    out_h = (height + padding[0] + padding[2] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
-    out_w = (width + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    _, _, out_h, out_w = conv2d_output_shape(batch, c, height, width, o, (kh, kw), strides=strides,
+                                             padding=padding, dilation=dilation)
     if batch * -(-out_h * out_w // threads) > 65535:  # CUDA's limit on gridDim.y
         raise ValueError(f"batch {batch} of {out_h}x{out_w} outputs needs more than 65535 blocks "
                          f"of {threads} pixels; raise threads= or split the batch")
