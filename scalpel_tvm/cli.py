@@ -10,6 +10,8 @@ import sys
 from .errors import ScalpelError
 from .target import preset_names
 
+CORTEX_M = ["cortex-m4", "cortex-m7", "cortex-m55", "cortex-m3", "cortex-m0"]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scalpel", description=__doc__)
@@ -51,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--builder-timeout", type=float, default=300,
                       help="seconds per kernel build (meta_schedule's 30 s fails on 2 cores)")
 
-    deploy = sub.add_parser("deploy", help="write an int16 FC network as a Cortex-M firmware project")
-    deploy.add_argument("model", help="an ONNX file (Gemm + Relu layers, the LeNet-300-100 family)")
-    deploy.add_argument("--target", default="cortex-m4", choices=["cortex-m4", "cortex-m7", "cortex-m55"])
+    deploy = sub.add_parser("deploy", help="write an int16 network as a Cortex-M firmware project")
+    deploy.add_argument("model", help="an ONNX file: a chain of Conv / Gemm (+ Relu), MaxPool, AveragePool "
+                                      "and Flatten layers (the LeNet / ConvNet family)")
+    deploy.add_argument("--target", default="cortex-m4", choices=CORTEX_M)
     deploy.add_argument("--out", required=True, help="the project directory to write")
     deploy.add_argument("--calibration", required=True, metavar="NPY",
-                        help="inputs like those the device will see, (samples, features): they set "
+                        help="inputs like those the device will see, (samples, ...): they set "
                              "each layer's Q format; the first --inputs are built in as test inputs")
     deploy.add_argument("--inputs", type=int, default=4, help="test inputs built into the firmware")
     deploy.add_argument("--run", action="store_true",
@@ -97,6 +100,9 @@ def _plan(args) -> None:
     from .logs import TuningLog
 
     spec = as_spec(args.target)
+    if spec.parallelism == "low":
+        _plan_cortex_m(args, spec)
+        return
     model = {"measure": MeasuredCost, "analytical": AnalyticalCost}.get(args.cost)
     if spec.parallelism == "high" and args.cost == "analytical":
         model = None  # the GPU's cost model is its roofline (gpu_cost.GpuCost), the default
@@ -108,6 +114,28 @@ def _plan(args) -> None:
         from .plots import plot_plan
 
         plot_plan(result, args.plot)
+
+
+def _plan_cortex_m(args, spec) -> None:
+    """The int16 plan: each layer's estimated cycles in every format the core can use. The
+    formats do not depend on the Q formats, so any inputs of the right shape calibrate it."""
+    import json
+
+    import numpy as np
+
+    from .int16_net import quantize_net, read_chain
+    from .m4_cost import plan_rows, plan_table
+    from .onnx_import import load_onnx
+
+    if args.plot:
+        raise ScalpelError("--plot draws CPU and GPU plans; for Cortex-M use --json or "
+                           "python/bench_cortex_m.py's plot")
+    model = load_onnx(args.model)
+    shape, _ = read_chain(model)
+    mcpu = spec.target.attrs["mcpu"]
+    net = quantize_net(model, np.random.default_rng(0).random((4, *shape)), mcpu=mcpu)
+    rows = plan_rows(net, mcpu)
+    print(json.dumps(rows, indent=2) if args.json else plan_table(rows, mcpu))
 
 
 def _log_options(parser) -> None:

@@ -3,8 +3,8 @@
 `run_selftest(layers)` writes the layers (inputs, weights in their format, bias, shift) into a C
 header, builds `firmware/q15_selftest.c` with `CMakeLists.txt` and Debian's arm-none-eabi
 toolchain, runs it under `qemu-system-arm -M mps2-an386` with semihosting, and returns what the
-firmware computed; `run_network(net, x)` does the same for a whole int16 FC network
-(`int16_mlp.QuantizedMLP`, `firmware/q15_network.c`) after checking that it fits the board.
+firmware computed; `run_network(net, x)` does the same for a whole int16 network
+(`int16_net.QuantizedNet`, `firmware/q15_network.c`) after checking that it fits the board.
 The tests compare both with the numpy reference bit for bit. QEMU is not cycle-accurate: this
 checks results, not speed.
 """
@@ -18,26 +18,44 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ScalpelError
+from .fixed_point import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 APT_LINE = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake"
-KINDS = {"dense": 0, "gsparse2": 1, "csr": 2}  # firmware/scalpel_layer.h: SCALPEL_DENSE, _PAIRS, _CSR
+KINDS = {"dense": 0, "gsparse2": 1, "csr": 2, "-": 0}  # firmware/scalpel_layer.h: SCALPEL_DENSE, ...
+OPS = {"fc": 0, "conv": 1, "maxpool": 2, "avgpool": 3}  # SCALPEL_FC, SCALPEL_CONV, ...
 
 
 @dataclass
 class Q15Layer:
-    """One FC layer for the firmware: `kind` dense (values = W as [N, K]), gsparse2 or csr
-    (indptr, indices, values as the kernels take them); x is (batch, K) int16."""
+    """One layer for the firmware. FC (window None): `kind` dense (values = W as [N, K]),
+    gsparse2 or csr (indptr, indices, values as the kernels take them). Conv: the same over the
+    window's im2col columns. Max/avg pooling (`op`): only the window. x is (batch, input size)
+    int16: the self-test's inputs."""
 
     kind: str
     x: np.ndarray
     n: int
-    values: np.ndarray
+    values: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int16))
     indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
     indices: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint16))
     bias: np.ndarray | None = None
     shift: int = 0
-    relu: bool = False
+    relu: bool = False  # avgpool: count_include_pad
+    op: str = "fc"
+    window: Window | None = None
+
+    @property
+    def k(self) -> int:
+        return self.window.column if self.op == "conv" else self.x.shape[1]
+
+    @property
+    def in_size(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def out_size(self) -> int:
+        return self.n if self.window is None else self.n * self.window.oh * self.window.ow
 
 
 def check_toolchain() -> None:
@@ -62,20 +80,43 @@ def index16(indices: np.ndarray) -> np.ndarray:
     return indices.astype(np.uint16)
 
 
+def pairs(indptr, indices, values, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of 2 inputs as `scalpel_fc_q15_gsparse2` takes them: a group that starts at the last
+    input (k odd, or an unaligned group) is stored one input earlier as (0, w), so the kernel
+    never reads past its input and needs no special last step; same products, same order.
+    Returns (indptr, 16-bit indices, values (groups, 2))."""
+    indices, values = np.array(indices, np.int64), np.array(values, np.int16).reshape(-1, 2)
+    last = indices == k - 1
+    if np.any(last):
+        if k < 2:
+            raise ScalpelError("a layer with a single input cannot be stored as pairs; keep it dense")
+        if np.any(values[last, 1]):
+            raise ScalpelError(f"a group starting at the last input ({k - 1}) has a second weight")
+        indices[last] -= 1
+        values[last] = np.stack([np.zeros(int(last.sum()), np.int16), values[last, 0]], axis=1)
+    return np.asarray(indptr, np.int32), index16(indices), values
+
+
 def layers_header(layers: list[Q15Layer]) -> str:
-    """The C header the self-test firmware includes."""
+    """The C header the firmware includes: `scalpel_layers`, each layer's input and output sizes,
+    and the largest output and im2col column (the self-test's buffers)."""
     text = ['#include "scalpel_layer.h"\n']
     entries = []
     for i, layer in enumerate(layers):
-        batch, k = layer.x.shape
         text += [_array(f"x{i}", "int16_t", layer.x), _array(f"p{i}", "int32_t", layer.indptr),
                  _array(f"j{i}", "uint16_t", index16(layer.indices)), _array(f"v{i}", "int16_t", layer.values)]
         if layer.bias is not None:
             text.append(_array(f"b{i}", "int32_t", layer.bias))
-        entries.append(f"{{{KINDS[layer.kind]}, {batch}, {k}, {layer.n}, {layer.shift}, {int(layer.relu)}, "
-                       f"x{i}, p{i}, j{i}, v{i}, {f'b{i}' if layer.bias is not None else '0'}}}")
+        window = "{" + ", ".join(map(str, layer.window.fields() if layer.window else [0] * 11)) + "}"
+        entries.append(f"{{{OPS[layer.op]}, {KINDS[layer.kind]}, {layer.x.shape[0]}, {layer.k}, {layer.n}, "
+                       f"{layer.shift}, {int(layer.relu)}, {window}, x{i}, p{i}, j{i}, v{i}, "
+                       f"{f'b{i}' if layer.bias is not None else '0'}}}")
+    columns = [layer.window.column for layer in layers if layer.op == "conv"]
     text.append(f"#define SCALPEL_NUM_LAYERS {len(layers)}\n")
-    text.append(f"#define SCALPEL_MAX_N {max(layer.n for layer in layers)}\n")
+    text.append(f"#define SCALPEL_MAX_OUT {max(layer.out_size for layer in layers)}\n")
+    text.append(f"#define SCALPEL_MAX_COL {max(columns + [1])}\n")
+    text.append(_array("scalpel_in_size", "int32_t", [layer.in_size for layer in layers]))
+    text.append(_array("scalpel_out_size", "int32_t", [layer.out_size for layer in layers]))
     text.append("static const struct scalpel_layer scalpel_layers[] = {\n  " + ",\n  ".join(entries) + "\n};\n")
     return "".join(text)
 
@@ -129,9 +170,9 @@ def run_qemu(elf: Path, timeout_s: float = 60) -> str:
 
 
 def run_selftest(layers: list[Q15Layer], build_dir: Path, mcpu: str = "cortex-m4") -> list[np.ndarray]:
-    """Each layer's outputs, (batch, N) int16, as the emulated Cortex-M computed them."""
+    """Each layer's outputs, (batch, output size) int16, as the emulated Cortex-M computed them."""
     output = run_qemu(build_selftest(layers, build_dir, mcpu))
-    results = [np.zeros((layer.x.shape[0], layer.n), np.int16) for layer in layers]
+    results = [np.zeros((layer.x.shape[0], layer.out_size), np.int16) for layer in layers]
     for line in output.splitlines():
         if line.startswith("y "):
             _, index, row, *values = line.split()
@@ -140,14 +181,15 @@ def run_selftest(layers: list[Q15Layer], build_dir: Path, mcpu: str = "cortex-m4
 
 
 def check_fits(net, memory: dict) -> dict:
-    """Flash (weights, biases, indices) and SRAM (activation buffers) of `net` against the
-    board's budget ({"flash": bytes, "sram": bytes}); a clear error, with the numbers, before
-    any build when it does not fit. Code and stack are not counted yet."""
+    """Flash (weights, biases, indices) and SRAM (the activation arena and im2col column) of
+    `net` against the board's budget ({"flash": bytes, "sram": bytes}); a clear error, with the
+    numbers, before any build when it does not fit. Code and stack need the built firmware
+    (`firmware_memory`)."""
     use = {"flash": net.flash_bytes(), "sram": net.activation_bytes()}
     for kind, used in use.items():
         if used > memory[kind]:
             per_layer = ", ".join(f"{layer.name} {layer.format} {layer.flash_bytes() / 1024:.1f} KB"
-                                  for layer in net.layers)
+                                  for layer in net.layers if layer.flash_bytes())
             raise ScalpelError(
                 f"the network needs {used / 1024:.1f} KB of {kind}, the board has "
                 f"{memory[kind] / 1024:.0f} KB ({per_layer}); prune further or store more layers "
@@ -156,24 +198,44 @@ def check_fits(net, memory: dict) -> dict:
 
 
 def network_header(net, x_q: np.ndarray) -> str:
-    """The C header `firmware/q15_network.c` includes: every layer in its format, the inputs."""
+    """The C header `firmware/q15_network.c` includes: every layer in its format, the inputs, and
+    the activation arena's size (`QuantizedNet.arena_values`)."""
     layers = []
     for layer in net.layers:
+        x = np.zeros((0, layer.in_size), np.int16)
+        if layer.op in ("maxpool", "avgpool"):
+            layers.append(Q15Layer("-", x, layer.window.c, relu=layer.count_include_pad, op=layer.op,
+                                   window=layer.window))
+            continue
         arrays = layer.arrays()
-        layers.append(Q15Layer(layer.format, np.zeros((0, layer.w_nk.shape[1]), np.int16),
-                               layer.w_nk.shape[0], arrays["values"],
+        layers.append(Q15Layer(layer.format, x, layer.w_nk.shape[0], arrays["values"],
                                arrays.get("indptr", np.zeros(1, np.int32)),
                                arrays.get("indices", np.zeros(1, np.uint16)),
-                               layer.bias, layer.shift, layer.relu))
-    widest = max([net.layers[0].w_nk.shape[1]] + [layer.w_nk.shape[0] for layer in net.layers])
+                               layer.bias, layer.shift, layer.relu, layer.op, layer.window))
     return (layers_header(layers) + _array("scalpel_inputs", "int16_t", x_q)
-            + f"#define SCALPEL_BATCH {x_q.shape[0]}\n#define SCALPEL_MAX_WIDTH {widest}\n")
+            + f"#define SCALPEL_BATCH {x_q.shape[0]}\n#define SCALPEL_INPUT_SIZE {net.input_size}\n"
+            f"#define SCALPEL_ARENA {net.arena_values()}\n")
 
 
 def run_network(net, x_q: np.ndarray, build_dir: Path, memory: dict, mcpu: str = "cortex-m4") -> np.ndarray:
     """The int16 network's outputs (batch, N) for inputs `x_q`, computed on the emulated M4."""
     check_fits(net, memory)
     return network_outputs(run_qemu(build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu)))
+
+
+def code_bytes(elf: Path) -> int:
+    """Bytes of the firmware's functions: its code, without the weights it holds in flash."""
+    check_toolchain()
+    listing = subprocess.run(["arm-none-eabi-readelf", "-sW", str(elf)], capture_output=True, text=True, check=True)
+    return sum(int(parts[2], 0) for parts in map(str.split, listing.stdout.splitlines())
+               if len(parts) >= 8 and parts[3] == "FUNC")
+
+
+def firmware_memory(elf: Path) -> dict:
+    """Code bytes and the stack of one `scalpel_infer` (emulated), from the built firmware."""
+    from .cycles import count_cycles
+
+    return {"code": code_bytes(elf), "stack": count_cycles(elf).stack_bytes}
 
 
 def network_outputs(output: str) -> np.ndarray:

@@ -1,21 +1,24 @@
 """A deterministic cycle ESTIMATE for firmware on a Cortex-M4 — not a measurement.
 
 QEMU is not cycle-accurate, and no board is attached here. So the firmware's `scalpel_infer`
-(one input through the network) is executed instruction by instruction in unicorn (an emulator
-built on QEMU's CPU models, with a hook on every instruction), each executed instruction is
-decoded with capstone, and its cost is looked up in the Cortex-M4 timing table of Arm's
+(one input through the network) is executed in unicorn (an emulator built on QEMU's CPU models,
+with a hook on every basic block), each executed instruction is decoded with capstone, and its
+cost is looked up in the Cortex-M4 timing table of Arm's
 Technical Reference Manual (section 3.3, "Cortex-M4 instruction set summary"), simplified:
 
 * data processing, multiplies (MUL, MLA, SMUAD, SMLAD, SMULBB, ...), saturating arithmetic
   (QADD, SSAT): 1 cycle;
-* single loads and stores (LDR*, STR*): 2 (the TRM's 2, without the pipelining that makes
-  back-to-back loads 1 — so the estimate leans pessimistic on load-heavy code);
+* single loads and stores (LDR*, STR*): 2, or 1 right after a single load whose result the
+  address does not need (the TRM's pipelining of neighbouring loads; a load that needs the
+  previous load's result, like x[index[j]], stays 2);
 * LDRD/STRD: 3; LDM/STM/PUSH/POP: 1 + registers (+ the branch refill when POP loads the PC);
 * branches: 1 when not taken, 1 + 2 (a pipeline refill of 1 to 3, taken as 2) when taken;
 * SDIV/UDIV: 7 (the TRM gives 2 to 12).
 
-The same table prices every form, so ratios between forms (dense / pairs / CSR) are what it is
-made for. Flash wait states, the bus matrix and caches (an M4 has none) are not modelled.
+A block is priced whole (an instruction an IT block skips is priced as if it ran; the M4 spends a
+cycle on it anyway). The same table prices every form, so ratios between forms (dense / pairs /
+CSR) are what it is made for. Flash wait states, the bus matrix and caches (an M4 has none) are
+not modelled.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class CycleCount:
     instructions: int
     by_class: dict  # class -> cycles
     mnemonics: Counter  # base mnemonic -> times executed
+    stack_bytes: int = 0  # the call's deepest stack, sampled at every basic block
 
     def __str__(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.by_class.items(), key=lambda kv: -kv[1]))
@@ -75,6 +79,53 @@ def classify(insn) -> tuple[str, int]:
     return "alu", 1
 
 
+SINGLE_LOADS = ("ldr", "ldrh", "ldrsh", "ldrb", "ldrsb")
+SINGLE_STORES = ("str", "strh", "strb")
+
+
+def pipelined(previous, insn) -> bool:
+    """The TRM's load pipelining: a single load or store right after a single load overlaps with
+    it (1 cycle instead of 2) unless its address needs the register that load is still fetching."""
+    if previous is None or base_mnemonic(previous.mnemonic) not in SINGLE_LOADS:
+        return False
+    if base_mnemonic(insn.mnemonic) not in SINGLE_LOADS + SINGLE_STORES:
+        return False
+    from capstone import arm as cs_arm
+
+    fetching = previous.operands[0].reg
+    if fetching == cs_arm.ARM_REG_PC:
+        return False
+    return not any(op.type == cs_arm.ARM_OP_MEM and fetching in (op.mem.base, op.mem.index) for op in insn.operands)
+
+
+@dataclass
+class _Block:
+    """A basic block's price: cycles when run through, by class and by mnemonic."""
+
+    cycles: int
+    instructions: int
+    by_class: Counter
+    mnemonics: Counter
+    may_branch: bool  # its last instruction can jump (a branch, or a load into the PC)
+
+    @classmethod
+    def decode(cls, disassembler, code: bytes, address: int) -> "_Block":
+        by_class, mnemonics, may_branch, count, previous = Counter(), Counter(), False, 0, None
+        for insn in disassembler.disasm(code, address):
+            kind, cycles = classify(insn)
+            if pipelined(previous, insn):
+                cycles = 1
+            previous = insn
+            base = base_mnemonic(insn.mnemonic)
+            by_class[kind] += cycles
+            mnemonics[base] += 1
+            count += 1
+            may_branch = kind == "branch" or (base in ("pop", "ldm", "ldr") and "pc" in insn.op_str)
+        if count == 0 or sum(len(insn.bytes) for insn in disassembler.disasm(code, address)) != len(code):
+            raise ScalpelError(f"cannot decode the instructions at {address:#x}")
+        return cls(sum(by_class.values()), count, by_class, mnemonics, may_branch)
+
+
 def _load_segments(uc, elf: bytes) -> None:
     """Map memory and load every PT_LOAD segment at its load address and its run address (which
     is what the start-up code's .data copy would do)."""
@@ -101,60 +152,65 @@ def symbols(elf_path: Path) -> dict[str, int]:
     return {parts[2]: int(parts[0], 16) for parts in map(str.split, result.stdout.splitlines()) if len(parts) == 3}
 
 
-def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str = "scalpel_inputs",
+def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str | int = "scalpel_inputs",
                  max_instructions: int = 200_000_000) -> CycleCount:
-    """Cycles of one call `function(&argument)` in the firmware `elf_path` (see module doc)."""
+    """Cycles of one call `function(&argument)` (a symbol) or `function(argument)` (an int) in
+    the firmware `elf_path` (see module doc)."""
     import capstone
-    from unicorn import UC_ARCH_ARM, UC_HOOK_CODE, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, UcError
+    from unicorn import UC_ARCH_ARM, UC_HOOK_BLOCK, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, UcError
     from unicorn import arm_const as arm
 
     elf_path = Path(elf_path)
     uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB | UC_MODE_MCLASS)
     _load_segments(uc, elf_path.read_bytes())
     addresses = symbols(elf_path)
-    missing = [name for name in (function, argument) if name not in addresses]
+    missing = [name for name in (function, argument) if isinstance(name, str) and name not in addresses]
     if missing:
         raise ScalpelError(f"{elf_path} has no symbol {', '.join(missing)}")
     start = addresses[function] | 1  # Thumb
-    uc.reg_write(arm.UC_ARM_REG_SP, 0x2000_0000 + (4 << 20) - 64)
+    stack_top = 0x2000_0000 + (4 << 20) - 64
+    uc.reg_write(arm.UC_ARM_REG_SP, stack_top)
     uc.reg_write(arm.UC_ARM_REG_LR, RETURN_ADDRESS | 1)
-    uc.reg_write(arm.UC_ARM_REG_R0, addresses[argument])
+    uc.reg_write(arm.UC_ARM_REG_R0, addresses[argument] if isinstance(argument, str) else argument)
 
     disassembler = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
     disassembler.detail = True
-    decoded: dict[int, tuple[str, str, int, bool, int]] = {}
-    by_class, mnemonics = Counter(), Counter()
-    state = {"cycles": 0, "count": 0, "previous": None}
+    blocks: dict[int, _Block] = {}  # address -> the block's price, decoded once
+    runs: Counter = Counter()  # address -> times executed
+    state = {"cycles": 0, "count": 0, "refills": 0, "previous": None, "sp": stack_top}
 
-    def on_instruction(uc, address, size, _user):
+    def on_block(uc, address, size, _user):
+        """Price a whole basic block at once (a per-instruction hook is ~10x slower); a block
+        ends at a branch, so a taken branch is a block that starts elsewhere than where the
+        previous one, ending in a branch, fell through to."""
         previous = state["previous"]
-        if previous is not None and previous[0] != address:  # the previous branch was taken
-            state["cycles"] += REFILL
-            by_class["branch"] += REFILL
-        if address not in decoded:
-            insn = next(disassembler.disasm(bytes(uc.mem_read(address, size)), address), None)
-            if insn is None:
-                raise ScalpelError(f"cannot decode the instruction at {address:#x}")
-            kind, cycles = classify(insn)
-            loads_pc = base_mnemonic(insn.mnemonic) in ("pop", "ldm", "ldr") and "pc" in insn.op_str
-            decoded[address] = (kind, base_mnemonic(insn.mnemonic), cycles, kind == "branch" or loads_pc, size)
-        kind, mnemonic, cycles, may_branch, size = decoded[address]
-        state["cycles"] += cycles
-        state["count"] += 1
-        by_class[kind] += cycles
-        mnemonics[mnemonic] += 1
-        state["previous"] = (address + size,) if may_branch else None
+        if previous is not None and previous != address:
+            state["refills"] += 1
+        block = blocks.get(address)
+        if block is None:
+            block = blocks[address] = _Block.decode(disassembler, bytes(uc.mem_read(address, size)), address)
+        runs[address] += 1
+        state["sp"] = min(state["sp"], uc.reg_read(arm.UC_ARM_REG_SP))
+        state["cycles"] += block.cycles
+        state["count"] += block.instructions
+        state["previous"] = address + size if block.may_branch else None
         if state["count"] > max_instructions:
             uc.emu_stop()
 
-    uc.hook_add(UC_HOOK_CODE, on_instruction)
+    uc.hook_add(UC_HOOK_BLOCK, on_block)
     try:
-        uc.emu_start(start, RETURN_ADDRESS, count=max_instructions + 1)
+        uc.emu_start(start, RETURN_ADDRESS)
     except UcError as err:
         raise ScalpelError(f"emulating {function} failed at {uc.reg_read(arm.UC_ARM_REG_PC):#x}: {err}") from None
     if uc.reg_read(arm.UC_ARM_REG_PC) & ~1 != RETURN_ADDRESS:
         raise ScalpelError(f"{function} did not return within {max_instructions} instructions")
     if state["previous"] is not None:  # the final return
-        state["cycles"] += REFILL
-        by_class["branch"] += REFILL
-    return CycleCount(state["cycles"], state["count"], dict(by_class), mnemonics)
+        state["refills"] += 1
+    by_class, mnemonics = Counter({"branch": REFILL * state["refills"]}), Counter()
+    for address, times in runs.items():
+        for kind, cycles in blocks[address].by_class.items():
+            by_class[kind] += cycles * times
+        for mnemonic, count in blocks[address].mnemonics.items():
+            mnemonics[mnemonic] += count * times
+    state["cycles"] += REFILL * state["refills"]
+    return CycleCount(state["cycles"], state["count"], dict(by_class), mnemonics, stack_top - state["sp"])

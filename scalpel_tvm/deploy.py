@@ -1,13 +1,19 @@
-"""`scalpel deploy`: an int16 FC network as a self-contained Cortex-M firmware project.
+"""`scalpel deploy`: an int16 network (the LeNet / ConvNet family) as a self-contained Cortex-M
+firmware project.
 
 The project directory holds the network as C (every layer's weights in flash, in the storage
-format chosen for it: dense or pairs), the int16 micro-kernels, the start-up code and linker
-script, a runner that prints the outputs over semihosting, a `CMakeLists.txt` for
-arm-none-eabi-gcc (with its toolchain file), and `report.json` / `report.txt`: per layer its
-format, Q formats and bytes, and flash and SRAM against the board's budget. A model that does
-not fit is refused with the numbers before anything is written. With `run=True` the project is
-built and run under QEMU's mps2-an386 on the calibration inputs, and must equal the numpy
-reference bit for bit.
+format the Cortex-M planner chose for it: dense, pairs or CSR), the int16 micro-kernels, the
+start-up code and linker script, a runner that prints the outputs over semihosting, a
+`CMakeLists.txt` for arm-none-eabi-gcc (with its toolchain file), and `report.json` /
+`report.txt`: per layer its format, estimated cycles, Q formats and bytes, the layers whose
+outputs saturate on the calibration data, and flash and SRAM against the board's budget. A model
+that does not fit is refused with the numbers before anything is written. With `run=True` the
+project is built and run under QEMU's mps2-an386 on the first calibration inputs and must equal
+the numpy reference bit for bit; the report then adds the code size and the stack of one
+inference (from the built firmware) to flash and SRAM.
+
+A core without the DSP extension (cortex-m3, cortex-m0) has no 2x16-bit SIMD, so groups fall back
+to G = 1: its layers are dense or CSR, never pairs, and the report says so.
 """
 from __future__ import annotations
 
@@ -20,13 +26,15 @@ import onnx
 
 from . import cortex_m
 from .errors import ScalpelError
-from .int16_mlp import quantize_mlp
+from .int16_net import quantize_net
+from .m4_cost import formats_for, plan_rows
 from .onnx_import import load_onnx
 from .target import TargetSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["schedules/cortex_m/q15_fc.c", "schedules/cortex_m/q15_fc.h", "firmware/startup.c",
-           "firmware/q15_network.c", "firmware/scalpel_layer.h", "firmware/mps2_an386.ld"]
+SOURCES = ["schedules/cortex_m/q15_fc.c", "schedules/cortex_m/q15_fc.h", "schedules/cortex_m/q15_conv.c",
+           "schedules/cortex_m/q15_conv.h", "firmware/startup.c", "firmware/q15_network.c",
+           "firmware/scalpel_layer.h", "firmware/mps2_an386.ld"]
 
 
 def load_calibration(path: str | Path) -> np.ndarray:
@@ -34,8 +42,8 @@ def load_calibration(path: str | Path) -> np.ndarray:
         data = np.load(path)
     except (OSError, ValueError) as err:
         raise ScalpelError(f"cannot read calibration data {path}: {err}; give a .npy array of "
-                           "inputs like those the device will see, shape (samples, features)") from None
-    return data.reshape(data.shape[0], -1) if data.ndim > 2 else data
+                           "inputs like those the device will see, shape (samples, ...)") from None
+    return data
 
 
 def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inputs: int = 4,
@@ -44,11 +52,11 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     spec = TargetSpec.preset(target)
     if spec.parallelism != "low" or spec.memory is None:
         raise ScalpelError(f"deploy builds Cortex-M firmware; {target} is not a Cortex-M board target "
-                           "(cortex-m4, cortex-m7, cortex-m55)")
-    if spec.lanes("int16") < 2:
-        raise ScalpelError(f"{target} has no 2x16-bit SIMD (no DSP extension)")
+                           "(cortex-m4, cortex-m7, cortex-m55, cortex-m3, cortex-m0)")
+    mcpu = spec.target.attrs["mcpu"]
     model = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-    net = quantize_mlp(model, calibration)
+    calibration = np.asarray(calibration)
+    net = quantize_net(model, calibration, mcpu=mcpu)
     use = cortex_m.check_fits(net, spec.memory)  # before anything is written
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -58,25 +66,43 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
         shutil.copy(ROOT / source, out / "src" / Path(source).name)
     shutil.copy(ROOT / "firmware" / "project_CMakeLists.txt", out / "CMakeLists.txt")
     toolchain = (ROOT / "cmake" / "arm-none-eabi.cmake").read_text().replace(
-        "set(SCALPEL_MCPU cortex-m4", f"set(SCALPEL_MCPU {spec.target.attrs['mcpu']}")
+        "set(SCALPEL_MCPU cortex-m4", f"set(SCALPEL_MCPU {mcpu}")
     (out / "arm-none-eabi.cmake").write_text(toolchain)
-    x_q = net.quantize_input(np.asarray(calibration)[:inputs])
+    x_q = net.quantize_input(calibration[:inputs])
     (out / "src" / "network.h").write_text(cortex_m.network_header(net, x_q))
+    rows = {row["name"]: row for row in plan_rows(net, mcpu)}
     report = {
         "target": target, "board_memory": spec.memory, "flash_bytes": use["flash"],
         "sram_bytes": use["sram"], "input_frac_bits": net.input_bits,
-        "layers": [{"name": layer.name, "shape_nk": list(layer.w_nk.shape), "format": layer.format,
-                    "bytes": layer.flash_bytes(), "frac_bits": {"in": layer.in_bits, "w": layer.w_bits,
-                                                                "out": layer.out_bits}, "shift": layer.shift}
+        "formats": list(formats_for(mcpu)),
+        "layers": [{"name": layer.name, "op": layer.op, "format": layer.format,
+                    "estimated_cycles": round(rows[layer.name]["candidates"].get(layer.format, rows[layer.name]["candidates"].get("-", 0))),
+                    "bytes": layer.flash_bytes(),
+                    **({"shape_nk": list(layer.w_nk.shape), "shift": layer.shift,
+                        "frac_bits": {"in": layer.in_bits, "w": layer.w_bits, "out": layer.out_bits}}
+                       if hasattr(layer, "w_nk") else {})}
                    for layer in net.layers],
-        "not_counted": "code, stack and the C library's buffers",
+        "saturated_outputs_on_calibration": net.saturation,
+        "not_counted": "code and stack (build with --run to count them)",
     }
+    if len(formats_for(mcpu)) == 2:
+        report["note"] = (f"{mcpu} has no 2x16-bit SIMD (no DSP extension): groups fall back to "
+                          "G = 1, so layers are dense or CSR, never pairs")
     if run:
         cortex_m.cmake_build(out, out / "build", out / "arm-none-eabi.cmake")
-        got = cortex_m.network_outputs(cortex_m.run_qemu(out / "build" / "network.elf"))
+        elf = out / "build" / "network.elf"
+        got = cortex_m.network_outputs(cortex_m.run_qemu(elf))
         if not np.array_equal(got, net.forward(x_q)):
             raise ScalpelError("the firmware's outputs differ from the numpy reference")
         report["qemu_matches_reference"] = True
+        built = cortex_m.firmware_memory(elf)
+        report.update(code_bytes=built["code"], stack_bytes=built["stack"],
+                      flash_bytes=use["flash"] + built["code"], sram_bytes=use["sram"] + built["stack"],
+                      not_counted="the C library's semihosting buffers (the board's own I/O replaces them)")
+        for kind in ("flash", "sram"):
+            if report[f"{kind}_bytes"] > spec.memory[kind]:
+                raise ScalpelError(f"with its code and stack the firmware needs {report[f'{kind}_bytes'] / 1024:.1f} KB "
+                                   f"of {kind}, the board has {spec.memory[kind] / 1024:.0f} KB")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.txt").write_text(report_text(report))
     return report
@@ -84,14 +110,24 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
 
 def report_text(report: dict) -> str:
     board = report["board_memory"]
-    lines = [f"{'layer':<8}{'N x K':>12}{'format':>10}{'bytes':>10}  Q in/w/out  shift"]
+    lines = [f"{'layer':<10}{'op':<9}{'N x K':>12}{'format':>10}{'est. cycles':>13}{'bytes':>10}  Q in/w/out  shift"]
     for layer in report["layers"]:
-        q = layer["frac_bits"]
-        lines.append(f"{layer['name']:<8}{'x'.join(map(str, layer['shape_nk'])):>12}{layer['format']:>10}"
-                     f"{layer['bytes']:>10}  {q['in']}/{q['w']}/{q['out']:<8}{layer['shift']:>4}")
+        q = layer.get("frac_bits")
+        shape = "x".join(map(str, layer.get("shape_nk", [])))
+        quant = f"{q['in']}/{q['w']}/{q['out']:<8}{layer['shift']:>4}" if q else ""
+        lines.append(f"{layer['name']:<10}{layer['op']:<9}{shape:>12}{layer['format']:>10}"
+                     f"{layer['estimated_cycles']:>13}{layer['bytes']:>10}  {quant}")
+    lines.append(f"estimated cycles per inference (Cortex-M cost model, an estimate): "
+                 f"{sum(layer['estimated_cycles'] for layer in report['layers'])}")
     lines.append(f"flash {report['flash_bytes'] / 1024:.1f} KB of {board['flash'] / 1024:.0f} KB, "
-                 f"SRAM (activations) {report['sram_bytes'] / 1024:.1f} KB of {board['sram'] / 1024:.0f} KB; "
-                 f"not counted: {report['not_counted']}")
+                 f"SRAM {report['sram_bytes'] / 1024:.1f} KB of {board['sram'] / 1024:.0f} KB"
+                 + (f" (code {report['code_bytes'] / 1024:.1f} KB, stack {report['stack_bytes']} B included)"
+                    if "code_bytes" in report else "") + f"; not counted: {report['not_counted']}")
+    if report["saturated_outputs_on_calibration"]:
+        lines.append("outputs at the int16 limit on the calibration data (saturated): "
+                     + ", ".join(f"{k} {v}" for k, v in report["saturated_outputs_on_calibration"].items()))
+    if report.get("note"):
+        lines.append(report["note"])
     if report.get("qemu_matches_reference"):
         lines.append("run under QEMU mps2-an386: outputs equal the numpy reference")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""int16 fixed point for Cortex-M: Q formats, and the numpy reference of the int16 FC kernels.
+"""int16 fixed point for Cortex-M: Q formats, and the numpy reference of the int16 kernels.
 
 The micro-kernels in `schedules/cortex_m/q15_fc.c` and these functions compute the same integers,
 bit for bit (tests/test_q15_kernels.py checks it):
@@ -15,6 +15,8 @@ Q(fx) and weight Q(fw) accumulates in Q(fx + fw); `shift = fx + fw - fy` brings 
 Q(fy).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -103,3 +105,102 @@ def fc_csr(x: np.ndarray, indptr, indices, values, bias, shift: int, relu: bool)
         for j in range(indptr[o], indptr[o + 1]):
             acc[:, o] = _accumulate(acc[:, o], x64[:, int(indices[j])] * int(values[j]))
     return _finish(acc, shift, relu)
+
+
+# --- convolution and pooling (schedules/cortex_m/q15_conv.c) ------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window over a (c, h, w) input, as `struct scalpel_window` holds it."""
+
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+    oh: int = 0
+    ow: int = 0
+
+    @classmethod
+    def over(cls, c, h, w, kh, kw, strides=(1, 1), pads=(0, 0, 0, 0)) -> "Window":
+        """The window with ONNX's pads (top, left, bottom, right); the output size follows."""
+        oh = (h + pads[0] + pads[2] - kh) // strides[0] + 1
+        ow = (w + pads[1] + pads[3] - kw) // strides[1] + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"a {kh}x{kw} window does not fit a {h}x{w} input with pads {pads}")
+        return cls(c, h, w, kh, kw, strides[0], strides[1], pads[0], pads[1], oh, ow)
+
+    @property
+    def in_size(self) -> int:
+        return self.c * self.h * self.w
+
+    @property
+    def column(self) -> int:
+        """K of the im2col column: the receptive field's size."""
+        return self.c * self.kh * self.kw
+
+    def fields(self) -> tuple:
+        return (self.c, self.h, self.w, self.kh, self.kw, self.stride_h, self.stride_w,
+                self.pad_top, self.pad_left, self.oh, self.ow)
+
+    def _rows_cols(self):
+        """Input row and column of every (output pixel, window offset); out-of-image ones too."""
+        oy, ox = np.meshgrid(np.arange(self.oh), np.arange(self.ow), indexing="ij")
+        ky, kx = np.meshgrid(np.arange(self.kh), np.arange(self.kw), indexing="ij")
+        rows = (oy.reshape(-1, 1) * self.stride_h - self.pad_top) + ky.reshape(1, -1)
+        cols = (ox.reshape(-1, 1) * self.stride_w - self.pad_left) + kx.reshape(1, -1)
+        return rows, cols  # (pixels, kh * kw)
+
+    def windows(self, x: np.ndarray, fill) -> np.ndarray:
+        """(pixels, c, kh * kw) values of one (c, h, w) image under each window, `fill` outside."""
+        rows, cols = self._rows_cols()
+        inside = (rows >= 0) & (rows < self.h) & (cols >= 0) & (cols < self.w)
+        image = np.asarray(x).reshape(self.c, self.h, self.w)
+        values = image[:, np.clip(rows, 0, self.h - 1), np.clip(cols, 0, self.w - 1)]  # (c, pixels, kk)
+        values = np.where(inside[None], values, fill)
+        return values.transpose(1, 0, 2), inside
+
+    def im2col(self, x: np.ndarray) -> np.ndarray:
+        """`scalpel_im2col_q15` for every output pixel: (pixels, K) in (c, ky, kx) order."""
+        values, _ = self.windows(x, 0)
+        return values.reshape(values.shape[0], -1)
+
+
+def conv(x: np.ndarray, window: Window, kernel, n: int) -> np.ndarray:
+    """A conv layer on a batch of images (batch, c * h * w) -> (batch, n * oh * ow), CHW: `kernel`
+    maps a (pixels, K) column matrix to (pixels, n), i.e. one of the FC references with the
+    layer's weight bound — the C code runs the same FC kernel on each pixel's column."""
+    x = np.asarray(x)
+    pixels = window.oh * window.ow
+    chunk = max(1, (1 << 22) // (pixels * window.column))  # images per call: ~32 MB of columns
+    out = []
+    for start in range(0, len(x), chunk):
+        columns = np.concatenate([window.im2col(image) for image in x[start:start + chunk]])
+        y = kernel(columns).reshape(-1, pixels, n)
+        out.append(y.transpose(0, 2, 1).reshape(len(y), -1))
+    return np.concatenate(out).astype(np.int16)
+
+
+def maxpool(x: np.ndarray, window: Window) -> np.ndarray:
+    """`scalpel_maxpool_q15` on a batch of images."""
+    out = []
+    for image in np.asarray(x, np.int64):
+        values, _ = window.windows(image, -Q15_MAX)
+        out.append(values.max(axis=2).T.reshape(-1))
+    return np.stack(out).astype(np.int16)
+
+
+def avgpool(x: np.ndarray, window: Window, count_include_pad: bool = False) -> np.ndarray:
+    """`scalpel_avgpool_q15` on a batch of images: the mean rounded half up."""
+    out = []
+    for image in np.asarray(x, np.int64):
+        values, inside = window.windows(image, 0)
+        total = values.sum(axis=2)  # (pixels, c)
+        count = np.full(inside.shape[0], window.kh * window.kw) if count_include_pad else inside.sum(axis=1)
+        count = np.maximum(count, 1)[:, None]  # a window wholly over the padding: sum 0, mean 0
+        out.append(((2 * total + count) // (2 * count)).T.reshape(-1))
+    return np.stack(out).astype(np.int16)

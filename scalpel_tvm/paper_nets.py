@@ -156,19 +156,21 @@ def magnitude_pruned(model: onnx.ModelProto, density: dict[str, float]) -> onnx.
 
 def group_pruned(model: onnx.ModelProto, density: dict[str, float], group: int,
                  orientation: str = "gx1") -> onnx.ModelProto:
-    """SIMD-aware (on a GPU: warp-aware) pruning of the named FC layers: keep the `density[layer]`
+    """SIMD-aware (on a GPU: warp-aware) pruning of the named layers: keep the `density[layer]`
     fraction of aligned groups of `group` weights — G×1 (outputs sharing one input, the GPU's
     warp groups) or 1×G (consecutive inputs of one output, the Cortex-M's pairs) — those with the
-    largest root-mean-square (models.prune_groups), zero the rest."""
+    largest root-mean-square (models.prune_groups), zero the rest. A conv weight [N, C, KH, KW]
+    is grouped as the [N, C*KH*KW] matrix its im2col kernel multiplies."""
     from .models import prune_groups
 
     model = _copy(model)
     weights = _initializers(model)
     for layer, fraction in density.items():
         w = weights[f"{layer}.weight"]
-        w_nk = numpy_helper.to_array(w)  # Gemm transB: [N, K]
+        array = numpy_helper.to_array(w)
+        w_nk = array.reshape(array.shape[0], -1)  # Gemm transB / conv: [N, K]
         pruned = prune_groups(np.ascontiguousarray(w_nk.T), fraction, group, orientation).T
-        w.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(pruned), w.name))
+        w.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(pruned).reshape(array.shape), w.name))
     return model
 
 

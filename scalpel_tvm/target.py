@@ -38,6 +38,16 @@ _PRESETS = {
          "mfloat-abi": "hard"},
         {"sram": 512 * 1024, "flash": 2048 * 1024},
     ),
+    # Cores without the DSP extension (no 2x16-bit SIMD: groups fall back to 1): an NXP LPC1768
+    # (M3: 64 KB SRAM / 512 KB flash) and a Nordic nRF51822 (M0: 32 KB / 256 KB).
+    "cortex-m3": (
+        {"kind": "llvm", "mtriple": "thumbv7m-none-eabi", "mcpu": "cortex-m3"},
+        {"sram": 64 * 1024, "flash": 512 * 1024},
+    ),
+    "cortex-m0": (
+        {"kind": "llvm", "mtriple": "thumbv6m-none-eabi", "mcpu": "cortex-m0"},
+        {"sram": 32 * 1024, "flash": 256 * 1024},
+    ),
     "cuda": ({"kind": "cuda", "arch": "sm_80"}, None),
 }
 
@@ -71,7 +81,8 @@ class TargetSpec:
 
     @classmethod
     def preset(cls, name: str) -> "TargetSpec":
-        """A named target: x86-avx2, x86-avx512, cortex-m4, cortex-m7, cortex-m55, cuda, host."""
+        """A named target: x86-avx2, x86-avx512, cortex-m4, cortex-m7, cortex-m55, cortex-m3,
+        cortex-m0, cuda, host."""
         if name == "host":
             return cls.host()
         if name not in _PRESETS:

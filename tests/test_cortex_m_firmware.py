@@ -10,7 +10,7 @@ from nets import run_ort
 from scalpel_tvm import ScalpelError, TargetSpec, cortex_m
 from scalpel_tvm import fixed_point as fp
 from scalpel_tvm.cortex_m import Q15Layer, run_selftest
-from scalpel_tvm.int16_mlp import quantize_mlp
+from scalpel_tvm.int16_net import quantize_net
 from scalpel_tvm.schedules.csr import CSRWeight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
 
@@ -18,8 +18,9 @@ DATA = Path(cortex_m.__file__).parent / "data"
 
 
 def random_layers(rng):
-    """Dense, aligned pairs, unaligned pairs (any start, one at the last input), CSR, and a
-    layer whose accumulator saturates."""
+    """FC layers dense, as aligned pairs and as CSR; unaligned pairs (any start, one at the last
+    input); a strided, padded conv in the three formats; max and average pooling; and a layer
+    whose accumulator saturates."""
     layers = []
     for k, n in [(9, 5), (16, 7), (31, 3)]:
         x = rng.integers(-2000, 2001, (3, k)).astype(np.int16)
@@ -28,8 +29,8 @@ def random_layers(rng):
         bias = rng.integers(-2**24, 2**24, n).astype(np.int32)
         layers.append(Q15Layer("dense", x, n, w, bias=bias, shift=9, relu=False))
         pairs = GroupedSparseWeight.from_dense(w.T.astype(np.float32), 2, "1xg")
-        layers.append(Q15Layer("gsparse2", x, n, pairs.values.astype(np.int16), pairs.indptr,
-                               pairs.indices, bias, shift=9, relu=True))
+        indptr, indices, values = cortex_m.pairs(pairs.indptr, pairs.indices, pairs.values, k)
+        layers.append(Q15Layer("gsparse2", x, n, values, indptr, indices, bias, shift=9, relu=True))
         csr = CSRWeight.from_dense(w.T.astype(np.float32))
         layers.append(Q15Layer("csr", x, n, csr.values.astype(np.int16), csr.indptr, csr.indices,
                                None, shift=7, relu=False))
@@ -37,17 +38,41 @@ def random_layers(rng):
     starts = np.array([1, 4, 6, 0, 3], np.int32)  # output 0: 1, 4, 6 (6 = the last input); output 1: 0, 3
     values = rng.integers(-500, 501, (5, 2)).astype(np.int16)
     values[2, 1] = 0
-    layers.append(Q15Layer("gsparse2", x, 2, values, np.array([0, 3, 5], np.int32), starts, shift=3))
+    indptr, indices, values = cortex_m.pairs(np.array([0, 3, 5], np.int32), starts, values, 7)
+    layers.append(Q15Layer("gsparse2", x, 2, values, indptr, indices, shift=3))
+    window = fp.Window.over(3, 7, 6, 3, 2, strides=(2, 1), pads=(1, 0, 1, 1))  # K = 18
+    images = rng.integers(-3000, 3001, (2, window.in_size)).astype(np.int16)
+    w = rng.integers(-3000, 3001, (4, window.column)).astype(np.int16)
+    w[rng.random(w.shape) < 0.5] = 0
+    bias = rng.integers(-2**20, 2**20, 4).astype(np.int32)
+    conv = dict(bias=bias, shift=11, relu=True, op="conv", window=window)
+    layers.append(Q15Layer("dense", images, 4, w, **conv))
+    pairs = GroupedSparseWeight.from_dense(w.T.astype(np.float32), 2, "1xg")
+    indptr, indices, values = cortex_m.pairs(pairs.indptr, pairs.indices, pairs.values, window.column)
+    layers.append(Q15Layer("gsparse2", images, 4, values, indptr, indices, **conv))
+    csr = CSRWeight.from_dense(w.T.astype(np.float32))
+    layers.append(Q15Layer("csr", images, 4, csr.values.astype(np.int16), csr.indptr, csr.indices, **conv))
+    pool = fp.Window.over(3, 7, 6, 3, 3, strides=(2, 2), pads=(1, 1, 1, 1))
+    layers.append(Q15Layer("-", images, 3, op="maxpool", window=pool))
+    layers.append(Q15Layer("-", images, 3, op="avgpool", window=pool))
     full = np.full((1, 8), fp.Q15_MAX, np.int16)
     layers.append(Q15Layer("dense", full, 1, np.array([[fp.Q15_MAX] * 6 + [-fp.Q15_MAX] * 2], np.int16), shift=16))
     return layers
 
 
 def reference(layer):
+    if layer.op == "maxpool":
+        return fp.maxpool(layer.x, layer.window)
+    if layer.op == "avgpool":
+        return fp.avgpool(layer.x, layer.window, layer.relu)
     if layer.kind == "dense":
-        return fp.fc_dense(layer.x, layer.values, layer.bias, layer.shift, layer.relu)
-    kernel = fp.fc_gsparse2 if layer.kind == "gsparse2" else fp.fc_csr
-    return kernel(layer.x, layer.indptr, layer.indices, layer.values, layer.bias, layer.shift, layer.relu)
+        def matmul(x):
+            return fp.fc_dense(x, layer.values, layer.bias, layer.shift, layer.relu)
+    else:
+        def matmul(x):
+            kernel = fp.fc_gsparse2 if layer.kind == "gsparse2" else fp.fc_csr
+            return kernel(x, layer.indptr, layer.indices, layer.values, layer.bias, layer.shift, layer.relu)
+    return fp.conv(layer.x, layer.window, matmul, layer.n) if layer.op == "conv" else matmul(layer.x)
 
 
 @pytest.mark.parametrize("mcpu", ["cortex-m4", "cortex-m3"])
@@ -82,13 +107,14 @@ def lenet_300_100(pruned=True):
 
 
 def test_int16_lenet_300_100_on_the_emulated_m4_equals_the_reference_and_tracks_float(tmp_path):
-    """The pruned LeNet-300-100, quantized per layer from calibration data and stored as pairs
-    where that is smaller: the emulated M4's outputs are the reference's, and they track the
+    """The demo's LeNet-300-100, pruned for x86 (8x1 groups: 8 outputs sharing an input), quantized
+    per layer from calibration data: its pairs of inputs mostly hold one weight, so the planner
+    stores fc1 and fc2 as CSR. The emulated M4's outputs are the reference's, and they track the
     float model within a fraction of a percent."""
     model = lenet_300_100()
     rng = np.random.default_rng(0)
-    net = quantize_mlp(model, rng.random((64, 784)))
-    assert [layer.format for layer in net.layers] == ["gsparse2", "gsparse2", "dense"]
+    net = quantize_net(model, rng.random((64, 784)))
+    assert [layer.format for layer in net.layers][:2] == ["csr", "csr"]
     x = rng.random((4, 784))
     got = cortex_m.run_network(net, net.quantize_input(x), tmp_path, M4_MEMORY)
     np.testing.assert_array_equal(got, net.forward(net.quantize_input(x)))
@@ -99,20 +125,65 @@ def test_int16_lenet_300_100_on_the_emulated_m4_equals_the_reference_and_tracks_
 def test_a_network_that_does_not_fit_the_board_is_refused_with_the_numbers():
     """Dense LeNet-300-100 in int16 is 521.5 KB of weights: over the M4 board's 512 KB of flash
     (the pruned one, stored as pairs, is 116 KB)."""
-    net = quantize_mlp(lenet_300_100(pruned=False), np.random.default_rng(0).random((8, 784)))
+    net = quantize_net(lenet_300_100(pruned=False), np.random.default_rng(0).random((8, 784)))
     assert [layer.format for layer in net.layers] == ["dense"] * 3
     with pytest.raises(ScalpelError, match=r"needs 521\.5 KB of flash, the board has 512 KB"):
         cortex_m.check_fits(net, M4_MEMORY)
-    pruned = quantize_mlp(lenet_300_100(), np.random.default_rng(0).random((8, 784)))
+    pruned = quantize_net(lenet_300_100(), np.random.default_rng(0).random((8, 784)))
     assert cortex_m.check_fits(pruned, M4_MEMORY)["flash"] < 120 * 1024
 
 
-def test_layers_the_int16_path_cannot_take_are_named():
-    conv = onnx.load(str(DATA / "lenet5_scalpel.onnx"))
-    with pytest.raises(ScalpelError, match="Conv node .* not supported yet"):
-        quantize_mlp(conv, np.zeros((1, 784)))
+def tiny_cnn(after_conv=None, group=1, input_dims=(1, 2, 6, 6), weight=None):
+    """Conv(2->4, 3x3) [-> after_conv] -> Flatten -> Gemm(.., 3): a model to break on purpose."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 2 // group, 3, 3)).astype(np.float32) if weight is None else weight
+    nodes = [onnx.helper.make_node("Conv", ["input", "w"], ["c"], name="conv", group=group)]
+    last = "c"
+    if after_conv:
+        nodes.append(onnx.helper.make_node(after_conv, ["c"], ["a"], name="odd"))
+        last = "a"
+    nodes += [onnx.helper.make_node("Flatten", [last], ["f"], name="flat"),
+              onnx.helper.make_node("Gemm", ["f", "g"], ["y"], name="fc", transB=1)]
+    inits = [onnx.numpy_helper.from_array(w, "w"),
+             onnx.numpy_helper.from_array(rng.standard_normal((3, 64)).astype(np.float32), "g")]
+    graph = onnx.helper.make_graph(
+        nodes, "tiny", [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, list(input_dims))],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [input_dims[0], 3])], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_what_the_int16_path_cannot_take_is_named_with_the_way_out():
+    calibration = np.zeros((2, 2, 6, 6))
+    assert [layer.op for layer in quantize_net(tiny_cnn(), calibration + 0.5).layers] == ["conv", "fc"]
+    cases = [
+        (tiny_cnn("LRN"), "LRN node 'odd' is not supported by the int16 Cortex-M path"),
+        (tiny_cnn(group=2), "Conv 'conv' is grouped"),
+        (tiny_cnn(input_dims=(1, 2, "h", 6)), "dynamic shape besides the batch"),
+        (tiny_cnn(weight=np.full((4, 2, 3, 3), np.nan, np.float32)), "NaN or infinite weights"),
+        (tiny_cnn(weight=np.full((4, 2, 3, 3), 1e-9, np.float32)), "pruned to nothing"),
+    ]
+    for model, message in cases:
+        with pytest.raises(ScalpelError, match=message):
+            quantize_net(model, calibration)
     with pytest.raises(ScalpelError, match=r"calibration data must be \(samples, 784\)"):
-        quantize_mlp(lenet_300_100(), np.zeros((4, 28, 28)))
+        quantize_net(lenet_300_100(), np.zeros((4, 28, 29)))
+
+
+def test_int16_lenet5_on_the_emulated_m4_equals_the_reference_and_tracks_float(tmp_path):
+    """A CNN: im2col convolutions, max pooling and FC layers, the weights pruned as pairs (conv
+    weights grouped along their im2col rows): bit-exact on the emulated M4, and close to
+    onnxruntime's float outputs."""
+    from scalpel_tvm import paper_nets
+
+    model = paper_nets.group_pruned(paper_nets.network("lenet5"), paper_nets.han_density("lenet5"), 2, "1xg")
+    rng = np.random.default_rng(1)
+    net = quantize_net(model, rng.random((16, 1, 28, 28)))
+    assert [layer.op for layer in net.layers] == ["conv", "maxpool", "conv", "maxpool", "fc", "fc"]
+    x = rng.random((3, 1, 28, 28))
+    got = cortex_m.run_network(net, net.quantize_input(x), tmp_path, M4_MEMORY)
+    np.testing.assert_array_equal(got, net.forward(net.quantize_input(x)))
+    want = run_ort(model, x.astype(np.float32))
+    assert np.max(np.abs(net.predict(x) - want)) < 0.01 * np.max(np.abs(want))
 
 
 def test_indices_are_16_bit_and_a_layer_too_wide_for_them_is_refused():

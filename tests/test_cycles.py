@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from scalpel_tvm import ScalpelError, cortex_m, cycles
-from scalpel_tvm.int16_mlp import quantize_mlp
+from scalpel_tvm.int16_net import quantize_net
 
 DATA = Path(cortex_m.__file__).parent / "data"
 
@@ -17,7 +17,7 @@ def lenet(tmp_path_factory):
     """The pruned demo LeNet-300-100 as int16 firmware: fc1 and fc2 as pairs, fc3 dense."""
     model = onnx.load(str(DATA / "lenet_300_100_scalpel.onnx"))
     rng = np.random.default_rng(0)
-    net = quantize_mlp(model, rng.random((32, 784)))
+    net = quantize_net(model, rng.random((32, 784)), formats={"fc1": "gsparse2", "fc2": "gsparse2", "fc3": "dense"})
     x_q = net.quantize_input(rng.random((1, 784)))
     elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q),
                                   tmp_path_factory.mktemp("fw"))

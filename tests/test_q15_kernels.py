@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from scalpel_tvm import cortex_m
 from scalpel_tvm import fixed_point as fp
 from scalpel_tvm.schedules.csr import CSRWeight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
@@ -23,10 +24,22 @@ def lib(tmp_path_factory):
     for command in (["cmake", "-S", str(ROOT), "-B", str(build)], ["cmake", "--build", str(build)]):
         subprocess.run(command, check=True, capture_output=True)
     library = ctypes.CDLL(str(build / "libscalpel_q15.so"))
-    library.scalpel_fc_q15_dense.argtypes = [I16, I16, I32, I16] + [ctypes.c_int] * 4
+    library.scalpel_fc_q15_dense.argtypes = [I16, I16, I32, I16] + [ctypes.c_int] * 5
     for name in ("scalpel_fc_q15_gsparse2", "scalpel_fc_q15_csr"):
-        getattr(library, name).argtypes = [I16, I32, U16, I16, I32, I16] + [ctypes.c_int] * 4
+        getattr(library, name).argtypes = [I16, I32, U16, I16, I32, I16] + [ctypes.c_int] * 5
+    window = ctypes.POINTER(Window)
+    library.scalpel_conv_q15_dense.argtypes = [I16, window, I16, I32, I16, I16] + [ctypes.c_int] * 3
+    for name in ("scalpel_conv_q15_gsparse2", "scalpel_conv_q15_csr"):
+        getattr(library, name).argtypes = [I16, window, I32, U16, I16, I32, I16, I16] + [ctypes.c_int] * 3
+    library.scalpel_maxpool_q15.argtypes = [I16, window, I16]
+    library.scalpel_avgpool_q15.argtypes = [I16, window, ctypes.c_int, I16]
     return library
+
+
+class Window(ctypes.Structure):
+    """struct scalpel_window (schedules/cortex_m/q15_conv.h)."""
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("c", "h", "w", "kh", "kw", "stride_h", "stride_w", "pad_top", "pad_left", "oh", "ow")]
 
 
 def ptr(array, kind):
@@ -42,7 +55,7 @@ def run_c(lib, name, x, arrays, bias, n, shift, relu):
     for row, x_row in enumerate(np.ascontiguousarray(x, np.int16)):
         y = np.zeros(n, np.int16)
         getattr(lib, name)(ptr(x_row, I16), *[ptr(a, kind) for a, kind in zip(arrays, kinds)],
-                           ptr(bias, I32), ptr(y, I16), x.shape[1], n, shift, int(relu))
+                           ptr(bias, I32), ptr(y, I16), 1, x.shape[1], n, shift, int(relu))
         out[row] = y
     return out
 
@@ -53,7 +66,7 @@ def int16s(rng, shape, scale=fp.Q15_MAX):
 
 cases = st.fixed_dictionaries({
     "k": st.integers(1, 41), "n": st.integers(1, 17), "batch": st.integers(1, 3),
-    "shift": st.integers(0, 24), "relu": st.booleans(), "bias": st.booleans(),
+    "shift": st.integers(0, 40), "relu": st.booleans(), "bias": st.booleans(),
     "scale": st.sampled_from([7, 300, fp.Q15_MAX]), "seed": st.integers(0, 2**16),
 })
 
@@ -81,10 +94,10 @@ def test_dense_kernel_equals_the_reference(lib, case):
 def test_aligned_pair_kernel_equals_the_reference_and_the_dense_kernel(lib, case, density):
     """Scalpel's 1x2 groups from a pruned weight: the same integers as the dense kernel on the
     pruned weight (zeros add nothing), one index per pair."""
+    assume(case["k"] >= 2)  # no pairs in a single input
     x, w_nk, bias = draw_layer(case, density)
     weight = GroupedSparseWeight.from_dense(w_nk.T.astype(np.float32), 2, "1xg")
-    values = weight.values.astype(np.int16)
-    args = (weight.indptr, weight.indices.astype(np.uint16), values)
+    args = cortex_m.pairs(weight.indptr, weight.indices, weight.values, case["k"])
     want = fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"])
     got = run_c(lib, "scalpel_fc_q15_gsparse2", x, list(args), bias, case["n"], case["shift"], case["relu"])
     np.testing.assert_array_equal(got, want)
@@ -108,9 +121,11 @@ def test_unaligned_pair_kernel_equals_the_reference(lib, case, data):
         indptr.append(len(indices))
     values = int16s(rng, (len(indices), 2), case["scale"])
     values[np.array(indices, dtype=int) == k - 1, 1] = 0  # a group at the last input is half empty
-    args = (np.array(indptr, np.int32), np.array(indices, np.uint16), values)
     bias = rng.integers(-2**20, 2**20, size=n).astype(np.int32) if case["bias"] else None
-    want = fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"])
+    want = fp.fc_gsparse2(x, indptr, indices, values, bias, case["shift"], case["relu"])
+    assume(k >= 2)  # no pairs in a single input
+    args = cortex_m.pairs(indptr, indices, values, k)  # a group at k - 1 moves to k - 2 as (0, w)
+    np.testing.assert_array_equal(fp.fc_gsparse2(x, *args, bias, case["shift"], case["relu"]), want)
     got = run_c(lib, "scalpel_fc_q15_gsparse2", x, list(args), bias, n, case["shift"], case["relu"])
     np.testing.assert_array_equal(got, want)
 
@@ -164,3 +179,75 @@ def test_q_format_keeps_values_in_range_and_rounds_to_nearest():
     assert fp.quantize(np.array([1e9, -1e9]), 0).tolist() == [32767, -32767]
     with pytest.raises(ValueError, match="NaN"):
         fp.frac_bits_for(np.array([1.0, np.nan]))
+
+
+# --- convolution (im2col + the FC kernels) and pooling --------------------------------------------
+
+windows = st.builds(
+    lambda c, h, w, kh, kw, sh, sw, pads: (c, h, w, min(kh, h + pads[0] + pads[2]), min(kw, w + pads[1] + pads[3]),
+                                           (sh, sw), pads),
+    st.integers(1, 4), st.integers(1, 9), st.integers(1, 9), st.integers(1, 5), st.integers(1, 5),
+    st.integers(1, 3), st.integers(1, 3), st.tuples(*[st.integers(0, 2)] * 4))
+
+
+def make_window(spec):
+    c, h, w, kh, kw, strides, pads = spec
+    return fp.Window.over(c, h, w, kh, kw, strides, pads)
+
+
+@settings(max_examples=60, deadline=None)
+@given(windows, st.integers(1, 6), st.sampled_from(["dense", "gsparse2", "csr"]), st.booleans(),
+       st.integers(0, 2**16))
+def test_conv_kernels_equal_the_reference(lib, spec, n, form, relu, seed):
+    """im2col over every padding/stride case, then the FC kernel of the format per pixel; the
+    output comes out channel-major like ONNX's."""
+    g = make_window(spec)
+    rng = np.random.default_rng(seed)
+    x = int16s(rng, (2, g.in_size), 3000)
+    w_nk = int16s(rng, (n, g.column), 3000)
+    w_nk[rng.random(w_nk.shape) < 0.5] = 0
+    bias = rng.integers(-2**20, 2**20, size=n).astype(np.int32)
+    if form == "dense":
+        arrays = [w_nk]
+        ref = lambda cols: fp.fc_dense(cols, w_nk, bias, 10, relu)  # noqa: E731
+    else:
+        if form == "gsparse2":
+            assume(g.column >= 2)  # no pairs in a single input
+            weight = GroupedSparseWeight.from_dense(w_nk.T.astype(np.float32), 2, "1xg")
+            arrays = list(cortex_m.pairs(weight.indptr, weight.indices, weight.values, g.column))
+        else:
+            weight = CSRWeight.from_dense(w_nk.T.astype(np.float32))
+            arrays = [weight.indptr, weight.indices.astype(np.uint16), weight.values.astype(np.int16)]
+        kernel = fp.fc_gsparse2 if form == "gsparse2" else fp.fc_csr
+        ref = lambda cols: kernel(cols, *arrays, bias, 10, relu)  # noqa: E731
+    want = fp.conv(x, g, ref, n)
+    kinds = {np.dtype(np.int16): I16, np.dtype(np.uint16): U16, np.dtype(np.int32): I32}
+    col = np.zeros(g.column, np.int16)
+    for image, expected in zip(x, want):
+        y = np.zeros(n * g.oh * g.ow, np.int16)
+        getattr(lib, f"scalpel_conv_q15_{form}")(
+            ptr(np.ascontiguousarray(image), I16), ctypes.byref(Window(*g.fields())),
+            *[ptr(a, kinds[a.dtype]) for a in arrays], ptr(bias, I32), ptr(col, I16), ptr(y, I16), n, 10, int(relu))
+        np.testing.assert_array_equal(y, expected)
+    # zeros add nothing: the dense kernel on the pruned weight gives the same integers
+    np.testing.assert_array_equal(want, fp.conv(x, g, lambda cols: fp.fc_dense(cols, w_nk, bias, 10, relu), n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(windows, st.booleans(), st.integers(0, 2**16))
+def test_pooling_kernels_equal_the_reference(lib, spec, count_include_pad, seed):
+    g = make_window(spec)
+    x = int16s(np.random.default_rng(seed), (1, g.in_size))
+    out = {}
+    for name, args in (("maxpool", ()), ("avgpool", (int(count_include_pad),))):
+        y = np.zeros(g.c * g.oh * g.ow, np.int16)
+        getattr(lib, f"scalpel_{name}_q15")(ptr(x[0], I16), ctypes.byref(Window(*g.fields())), *args, ptr(y, I16))
+        out[name] = y
+    np.testing.assert_array_equal(out["maxpool"], fp.maxpool(x, g)[0])
+    np.testing.assert_array_equal(out["avgpool"], fp.avgpool(x, g, count_include_pad)[0])
+
+
+def test_avgpool_rounds_half_up_also_below_zero():
+    """Means of -1.5 and 2.5 round to -1 and 3: floor(mean + 1/2), the C code's integer form."""
+    g = fp.Window.over(2, 1, 2, 1, 2)
+    np.testing.assert_array_equal(fp.avgpool(np.array([[-1, -2, 2, 3]]), g), [[-1, 3]])

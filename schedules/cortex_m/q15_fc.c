@@ -40,50 +40,46 @@ static inline int32_t sat_add(int32_t a, int32_t b) {
 #endif
 }
 
+/* (acc + 2^(shift-1)) >> shift without a 64-bit add: the last bit shifted out rounds up (a shift
+ * past 31 leaves 0). Then ReLU and the symmetric int16 range. */
 static inline int16_t finish(int32_t acc, int shift, int relu) {
-  int64_t v = acc;
-  if (shift > 0) v = (v + ((int64_t)1 << (shift - 1))) >> shift;
+  int32_t v = shift > 31 ? 0 : shift > 0 ? (acc >> shift) + ((acc >> (shift - 1)) & 1) : acc;
   if (relu && v < 0) v = 0;
   return (int16_t)(v > 32767 ? 32767 : v < -32767 ? -32767 : v);
 }
 
 void scalpel_fc_q15_dense(const int16_t *x, const int16_t *w, const int32_t *bias, int16_t *y,
-                          int k, int n, int shift, int relu) {
+                          int y_stride, int k, int n, int shift, int relu) {
   for (int o = 0; o < n; ++o) {
     const int16_t *row = w + (int32_t)o * k;
     int32_t acc = bias ? bias[o] : 0;
     int i = 0;
     UNROLL for (; i + 1 < k; i += 2) acc = sat_add(acc, pair_dot(row + i, x + i));
     if (i < k) acc = sat_add(acc, (int32_t)row[i] * x[i]);
-    y[o] = finish(acc, shift, relu);
+    y[o * y_stride] = finish(acc, shift, relu);
   }
 }
 
 void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
-                             const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
-                             int shift, int relu) {
+                             const int16_t *values, const int32_t *bias, int16_t *y, int y_stride,
+                             int k, int n, int shift, int relu) {
+  (void)k;  /* every group starts at most at k - 2: both of its inputs exist */
   for (int o = 0; o < n; ++o) {
     int32_t acc = bias ? bias[o] : 0;
-    int32_t j = indptr[o], end = indptr[o + 1];
-    /* Indices ascend within an output, so only its last group can start at k - 1. */
-    UNROLL for (; j + 1 < end; ++j) acc = sat_add(acc, pair_dot(values + 2 * j, x + indices[j]));
-    if (j < end) {
-      int32_t start = indices[j];
-      acc = sat_add(acc, start + 1 < k ? pair_dot(values + 2 * j, x + start)
-                                       : (int32_t)values[2 * j] * x[start]);
-    }
-    y[o] = finish(acc, shift, relu);
+    UNROLL for (int32_t j = indptr[o]; j < indptr[o + 1]; ++j)
+      acc = sat_add(acc, pair_dot(values + 2 * j, x + indices[j]));
+    y[o * y_stride] = finish(acc, shift, relu);
   }
 }
 
 void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
-                        const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
-                        int shift, int relu) {
+                        const int16_t *values, const int32_t *bias, int16_t *y, int y_stride,
+                        int k, int n, int shift, int relu) {
   (void)k;
   for (int o = 0; o < n; ++o) {
     int32_t acc = bias ? bias[o] : 0;
     UNROLL for (int32_t j = indptr[o]; j < indptr[o + 1]; ++j)
       acc = sat_add(acc, (int32_t)values[j] * x[indices[j]]);
-    y[o] = finish(acc, shift, relu);
+    y[o * y_stride] = finish(acc, shift, relu);
   }
 }

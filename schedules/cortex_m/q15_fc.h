@@ -19,24 +19,27 @@
 extern "C" {
 #endif
 
+/* Every kernel writes output o to y[o * y_stride]: 1 for an FC layer; a conv layer (q15_conv.h)
+ * calls them once per output pixel with the pixel count, so its output stays channel-major (CHW). */
+
 /* y[n] for one input vector x[k]: dense weight w[n * k + i] (row-major [N][K]). */
 void scalpel_fc_q15_dense(const int16_t *x, const int16_t *w, const int32_t *bias, int16_t *y,
-                          int k, int n, int shift, int relu);
+                          int y_stride, int k, int n, int shift, int relu);
 
 /* Grouped-sparse with groups of 2 consecutive inputs of one output (Scalpel's 1xG with G = 2):
  * output n's groups are j in [indptr[n], indptr[n+1]); group j holds values[2j], values[2j+1]
- * for inputs indices[j], indices[j] + 1 (any start, aligned or not; a group starting at k - 1
- * has values[2j+1] = 0 and reads only x[k - 1]). One 16-bit index per pair (inputs < 65536),
- * one SMUAD per pair. */
+ * for inputs indices[j], indices[j] + 1 (any start, aligned or not, up to k - 2: a group that
+ * would start at the last input is stored one earlier as (0, w), see scalpel_tvm/cortex_m.py's
+ * `pairs`). One 16-bit index per pair (inputs < 65536), one SMUAD per pair. */
 void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
-                             const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
-                             int shift, int relu);
+                             const int16_t *values, const int32_t *bias, int16_t *y,
+                             int y_stride, int k, int n, int shift, int relu);
 
 /* CSR (traditional pruning): output n's weights values[j] at inputs indices[j],
  * j in [indptr[n], indptr[n+1]); one index and one scalar MAC per weight. */
 void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
-                        const int16_t *values, const int32_t *bias, int16_t *y, int k, int n,
-                        int shift, int relu);
+                        const int16_t *values, const int32_t *bias, int16_t *y, int y_stride,
+                        int k, int n, int shift, int relu);
 
 #ifdef __cplusplus
 }
