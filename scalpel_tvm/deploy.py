@@ -12,6 +12,10 @@ project is built and run under QEMU's mps2-an386 on the first calibration inputs
 the numpy reference bit for bit; the report then adds the code size and the stack of one
 inference (from the built firmware) to flash and SRAM.
 
+The network is plain C that calls the kernels: TVM 0.27's C code generator would wrap it in
+tvm-ffi's packed calling convention, which needs TVM's runtime, and bare metal has none since
+microTVM's C runtime was removed.
+
 A core without the DSP extension (cortex-m3, cortex-m0) has no 2x16-bit SIMD, so groups fall back
 to G = 1: its layers are dense or CSR, never pairs, and the report says so.
 """

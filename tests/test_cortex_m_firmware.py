@@ -190,3 +190,15 @@ def test_indices_are_16_bit_and_a_layer_too_wide_for_them_is_refused():
     assert cortex_m.index16(np.array([0, 65535])).dtype == np.uint16
     with pytest.raises(ScalpelError, match="70000 does not fit the kernels' 16-bit indices"):
         cortex_m.index16(np.array([3, 70000]))
+
+
+def test_a_bit_of_headroom_and_saturation_is_counted_not_hidden():
+    """Activations keep one bit of headroom over the calibration peak: inputs 1.5x larger do not
+    saturate; inputs 8x larger do, and the layers where they do are named with counts."""
+    model = lenet_300_100(pruned=False)
+    rng = np.random.default_rng(0)
+    calibration = rng.random((64, 784))
+    net = quantize_net(model, calibration)
+    assert net.saturation == {} and net.saturated(net.quantize_input(1.5 * calibration)) == {}
+    loud = net.saturated(net.quantize_input(8 * calibration))
+    assert loud and set(loud) <= {"fc1", "fc2", "fc3"} and all(count > 0 for count in loud.values())
