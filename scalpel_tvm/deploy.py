@@ -5,8 +5,8 @@ The project directory holds the network as C (every layer's weights in flash, in
 format the Cortex-M planner chose for it: dense, pairs or CSR), the int16 micro-kernels, the
 start-up code and linker script, a runner that prints the outputs over semihosting, a
 `CMakeLists.txt` for arm-none-eabi-gcc (with its toolchain file), and `report.json` /
-`report.txt`: per layer its format, estimated cycles, Q formats and bytes, the layers whose
-outputs saturate on the calibration data, and flash and SRAM against the board's budget. A model
+`report.txt`: per layer its format, estimated cycles, Q formats and bytes, the dead nodes removed,
+the layers whose outputs saturate on the calibration data, and flash and SRAM against the board. A model
 that does not fit is refused with the numbers before anything is written. With `run=True` the
 project is built and run under QEMU's mps2-an386 on the first calibration inputs and must equal
 the numpy reference bit for bit; the report then adds the code size and the stack of one
@@ -87,6 +87,7 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
                        if hasattr(layer, "w_nk") else {})}
                    for layer in net.layers],
         "saturated_outputs_on_calibration": net.saturation,
+        "dead_nodes_removed": net.shrunk,
         "not_counted": "code and stack (build with --run to count them)",
     }
     if len(formats_for(mcpu)) == 2:
@@ -127,6 +128,9 @@ def report_text(report: dict) -> str:
                  f"SRAM {report['sram_bytes'] / 1024:.1f} KB of {board['sram'] / 1024:.0f} KB"
                  + (f" (code {report['code_bytes'] / 1024:.1f} KB, stack {report['stack_bytes']} B included)"
                     if "code_bytes" in report else "") + f"; not counted: {report['not_counted']}")
+    if report["dead_nodes_removed"]:
+        lines.append("node-shrunk (dead neurons / filters removed with their inputs downstream): "
+                     + ", ".join(f"{k} -{v}" for k, v in report["dead_nodes_removed"].items()))
     if report["saturated_outputs_on_calibration"]:
         lines.append("outputs at the int16 limit on the calibration data (saturated): "
                      + ", ".join(f"{k} {v}" for k, v in report["saturated_outputs_on_calibration"].items()))

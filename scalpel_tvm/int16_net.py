@@ -11,6 +11,9 @@ calibration set with a bit of headroom, so nothing saturates on data like the ca
 of what the firmware computes (`fixed_point`'s kernels, layer by layer, in each layer's storage
 format); the firmware's outputs equal it bit for bit.
 
+Dead nodes (all-zero neurons or filters that output exactly 0) are removed first, with the
+matching inputs of the next layer: node-shrunk dense layers (`shrink_dead_nodes`).
+
 A conv layer is an im2col matrix multiply: its [N, C*KH*KW] weight is stored and pruned exactly
 like an FC layer's [N, K] one — dense, as pairs (groups of 2 consecutive inputs, one index per
 pair: Scalpel's SIMD-aware format for the M4's 2x16-bit SIMD) or CSR. Which one each layer gets
@@ -18,7 +21,7 @@ is the planner's choice (`m4_cost.choose_format`: the fewest estimated cycles), 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -131,6 +134,7 @@ class QuantizedNet:
     input_bits: int
     input_shape: tuple  # without the batch
     saturation: dict = field(default_factory=dict)  # layer -> outputs at ±32767 on calibration data
+    shrunk: dict = field(default_factory=dict)  # layer -> dead nodes removed (node-shrunk dense)
 
     @property
     def input_size(self) -> int:
@@ -282,6 +286,34 @@ def read_chain(model: onnx.ModelProto) -> tuple[tuple, list[dict]]:
     return input_shape, layers
 
 
+def shrink_dead_nodes(layers: list[dict]) -> dict[str, int]:
+    """Node-shrunk dense: remove the neurons / filters of a Conv or Gemm layer whose weights are
+    all zero and whose output is therefore exactly 0 (bias 0, or ReLU of a negative bias), with
+    the matching inputs of the next Conv or Gemm — through ReLU, pooling (0 pools to 0) and
+    Flatten (channel c is a run of features). A dead node with a non-zero output is kept (folding
+    it into the next bias is not exact across a padded conv), and so are the model's outputs.
+    Changes `layers` in place; returns how many nodes each layer lost."""
+    linear = [i for i, layer in enumerate(layers) if layer["op"] in ("fc", "conv")]
+    removed = {}
+    for here, after in zip(linear, linear[1:]):
+        layer, consumer = layers[here], layers[after]
+        silent = ~np.any(layer["w_nk"] != 0, axis=1) & ((layer["bias"] == 0) | (layer["relu"] & (layer["bias"] <= 0)))
+        if not np.any(silent) or np.all(silent):
+            continue  # nothing to remove; or everything, which the int16 path refuses by name
+        keep = np.flatnonzero(~silent)
+        layer["w_nk"], layer["bias"] = layer["w_nk"][keep], layer["bias"][keep]
+        channels = len(silent)
+        for between in layers[here + 1:after]:  # pooling over the layer's channels
+            between["window"] = replace(between["window"], c=len(keep))
+        per_channel = consumer["w_nk"].shape[1] // channels  # KH*KW of a conv, H*W after Flatten
+        columns = (keep[:, None] * per_channel + np.arange(per_channel)).ravel()
+        consumer["w_nk"] = consumer["w_nk"][:, columns]
+        if consumer["window"] is not None:
+            consumer["window"] = replace(consumer["window"], c=len(keep))
+        removed[layer["name"]] = channels - len(keep)
+    return removed
+
+
 def float_forward(layer: dict, x: np.ndarray) -> np.ndarray:
     """One float layer on a batch (batch, input size), the same windows as the int16 kernels."""
     if layer["op"] == "fc":
@@ -304,7 +336,7 @@ def float_forward(layer: dict, x: np.ndarray) -> np.ndarray:
 
 
 def quantize_net(model: onnx.ModelProto, calibration: np.ndarray, formats: dict | None = None,
-                 mcpu: str = "cortex-m4", headroom_bits: int = 1) -> QuantizedNet:
+                 mcpu: str = "cortex-m4", headroom_bits: int = 1, shrink: bool = True) -> QuantizedNet:
     """The int16 network for `model`, Q formats from `calibration` inputs (samples, ...).
 
     Activations (the input and every layer's output) get `headroom_bits` fewer fractional bits
@@ -312,9 +344,11 @@ def quantize_net(model: onnx.ModelProto, calibration: np.ndarray, formats: dict 
     calibration set still does not saturate, for one bit of the int16's 15 (on MNIST, without
     it, test images beyond the calibration peak saturated logits and changed 1% of the picks).
     `formats` maps layer names to "dense" / "gsparse2" / "csr"; the others get the format with
-    the fewest estimated cycles on `mcpu` (`m4_cost.choose_format`)."""
+    the fewest estimated cycles on `mcpu` (`m4_cost.choose_format`). With `shrink`, dead nodes
+    are removed first (`shrink_dead_nodes`)."""
     from .m4_cost import choose_format
     input_shape, layers = read_chain(model)
+    shrunk = shrink_dead_nodes(layers) if shrink else {}
     size = int(np.prod(input_shape))
     x = np.asarray(calibration, np.float64)
     if x.ndim < 2 or x[0].size != size:
@@ -343,6 +377,6 @@ def quantize_net(model: onnx.ModelProto, calibration: np.ndarray, formats: dict 
             raise ScalpelError(f"unknown format {q.format!r} for layer '{q.name}'; known: {FORMATS}")
         quantized.append(q)
         in_bits = out_bits
-    net = QuantizedNet(quantized, input_bits, input_shape)
+    net = QuantizedNet(quantized, input_bits, input_shape, shrunk=shrunk)
     net.saturation = net.saturated(net.quantize_input(np.asarray(calibration).reshape(len(x), size)))
     return net

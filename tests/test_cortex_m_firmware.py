@@ -202,3 +202,40 @@ def test_a_bit_of_headroom_and_saturation_is_counted_not_hidden():
     assert net.saturation == {} and net.saturated(net.quantize_input(1.5 * calibration)) == {}
     loud = net.saturated(net.quantize_input(8 * calibration))
     assert loud and set(loud) <= {"fc1", "fc2", "fc3"} and all(count > 0 for count in loud.values())
+
+
+def test_node_pruned_layers_shrink_and_compute_the_same(tmp_path):
+    """LeNet-5 with the authors' node pruning (9/20, 18/50, 65/500 kept): the int16 network drops
+    the dead filters and neurons and the matching inputs downstream (through ReLU, max pooling
+    and Flatten), and computes what the unshrunk network computes, on the emulated M4 too."""
+    from scalpel_tvm import paper_nets
+
+    model = paper_nets.node_pruned(paper_nets.network("lenet5"), paper_nets.NODES_KEPT["lenet5"])
+    rng = np.random.default_rng(2)
+    calibration, x = rng.random((16, 1, 28, 28)), rng.random((3, 1, 28, 28))
+    shrunk = quantize_net(model, calibration, formats=dict.fromkeys(["conv1", "conv2", "fc1", "fc2"], "dense"))
+    full = quantize_net(model, calibration, formats=dict.fromkeys(["conv1", "conv2", "fc1", "fc2"], "dense"),
+                        shrink=False)
+    assert shrunk.shrunk == {"conv1": 11, "conv2": 32, "fc1": 435}
+    assert [layer.w_nk.shape for layer in shrunk.layers if hasattr(layer, "w_nk")] == [
+        (9, 25), (18, 9 * 25), (65, 18 * 16), (10, 65)]
+    assert shrunk.flash_bytes() < 0.06 * full.flash_bytes()
+    x_q = shrunk.quantize_input(x)
+    np.testing.assert_array_equal(shrunk.forward(x_q), full.forward(x_q))
+    np.testing.assert_array_equal(cortex_m.run_network(shrunk, x_q, tmp_path, M4_MEMORY), shrunk.forward(x_q))
+    want = run_ort(model, x.astype(np.float32))
+    assert np.max(np.abs(shrunk.predict(x) - want)) < 0.01 * np.max(np.abs(want))
+
+
+def test_a_dead_node_with_a_live_bias_is_kept():
+    """A neuron with zero weights but a positive bias outputs a constant, not 0: removing it
+    would change the result, so it stays."""
+    model = lenet_300_100(pruned=False)
+    weights = {init.name: init for init in model.graph.initializer}
+    w = onnx.numpy_helper.to_array(weights["fc2.weight"]).copy()
+    b = onnx.numpy_helper.to_array(weights["fc2.bias"]).copy()
+    w[:5], b[:3], b[3:5] = 0, 0.5, 0
+    weights["fc2.weight"].CopyFrom(onnx.numpy_helper.from_array(w, "fc2.weight"))
+    weights["fc2.bias"].CopyFrom(onnx.numpy_helper.from_array(b, "fc2.bias"))
+    net = quantize_net(model, np.random.default_rng(0).random((8, 784)))
+    assert net.shrunk == {"fc2": 2} and net.layers[1].w_nk.shape[0] == 98
