@@ -7,9 +7,10 @@ named in a clear error, never approximated.
 Per-layer Q formats come from calibration data: the input's from the calibration inputs, each
 weight's from its own values, each layer's output format from its float outputs on the
 calibration set with a bit of headroom, so nothing saturates on data like the calibration data
-(what does saturate is counted: `QuantizedNet.saturation`, `QuantizedNet.saturated(x)`). `QuantizedNet.forward` is the numpy reference
-of what the firmware computes (`fixed_point`'s kernels, layer by layer, in each layer's storage
-format); the firmware's outputs equal it bit for bit.
+(what does saturate is counted: `QuantizedNet.saturation`, `QuantizedNet.saturated(x)`).
+`QuantizedNet.forward` is the numpy reference of what the firmware computes (`fixed_point`'s
+kernels, layer by layer, in each layer's storage format); the firmware's outputs equal it bit
+for bit.
 
 Dead nodes (all-zero neurons or filters that output exactly 0) are removed first, with the
 matching inputs of the next layer: node-shrunk dense layers (`shrink_dead_nodes`).

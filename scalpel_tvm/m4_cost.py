@@ -1,6 +1,6 @@
 """The Cortex-M cost model: estimated cycles of an int16 layer in each storage format.
 
-The planner of the Cortex-M path (`choose_format`, `plan_model`; `scalpel plan --target
+The planner of the Cortex-M path (`choose_format`, `plan_rows`; `scalpel plan --target
 cortex-m4`) asks it which format each layer gets. It is a linear model of the work the kernels in
 `schedules/cortex_m` do — per stored pair / weight / dense pair step, per output, per kernel call,
 per im2col value and row, per pooled value — whose coefficients are fitted (non-negative least
