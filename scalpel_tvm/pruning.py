@@ -1,0 +1,277 @@
+"""The pruning frontend, first part: SIMD-aware weight pruning with retraining (Scalpel §3.4),
+layer by layer in the order the target's cost model gives (slowest layer first, re-ranked after
+every round), until accuracy can no longer be kept.
+
+Strategy per hardware class (Scalpel §3.5), `layer_strategy`:
+
+* low parallelism (Cortex-M): every Conv and Gemm layer loses aligned groups of G = the core's
+  int16 lanes (2 on an M4: the pairs one SMUAD multiplies; 1 without the DSP extension) along its
+  inputs — the 1xG groups `int16_net` stores as pairs;
+* moderate (x86): FC layers lose aligned groups of G = the fp32 lanes (8 with AVX2) across
+  outputs — the Gx1 groups the x86 kernels vectorize; conv layers would get node pruning, which
+  is not implemented yet, so they are left alone and the report says so;
+* high (CUDA): node pruning only — not implemented yet: a clear error.
+
+A round takes the layer with the largest predicted time (the Cortex-M cycle model, or the
+planner's cost model on x86, each in the layer's cheapest form), removes `step` of its remaining
+groups — those least important by root-mean-square (MAX and MEAN selectable) — retrains with the
+pruned weights held at zero, and keeps the result if validation accuracy stays within
+`tolerance` of the unpruned model's; otherwise it restores the layer's last kept state and the
+layer is done. The numpy parts (importance, masks, strategy, ordering) need no PyTorch; the
+retraining goes through callables (`torch_chain` for ONNX models of the LeNet / ConvNet family).
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+from .errors import ScalpelError
+from .target import TargetSpec
+
+IMPORTANCE = ("rms", "max", "mean")
+
+
+def _blocks(w_nk: np.ndarray, group: int, orientation: str) -> np.ndarray:
+    """(rows, groups, G) view of the aligned groups, zero-padded: 1xg along the inputs of each
+    output, gx1 along the outputs of each input."""
+    w = np.asarray(w_nk) if orientation == "1xg" else np.asarray(w_nk).T
+    rows, cols = w.shape
+    return np.pad(w, [(0, 0), (0, (-cols) % group)]).reshape(rows, -1, group)
+
+
+def group_importance(w_nk: np.ndarray, group: int, orientation: str = "1xg", how: str = "rms") -> np.ndarray:
+    """Importance of every aligned group: root-mean-square (Scalpel's choice), max or mean of
+    its absolute values. Shape (rows, groups)."""
+    if how not in IMPORTANCE:
+        raise ScalpelError(f"unknown importance {how!r}; known: {', '.join(IMPORTANCE)}")
+    blocks = np.abs(_blocks(w_nk, group, orientation))
+    if how == "rms":
+        return np.sqrt(np.mean(blocks ** 2, axis=2))
+    return blocks.max(axis=2) if how == "max" else blocks.mean(axis=2)
+
+
+def group_mask(w_nk: np.ndarray, keep: int, group: int, orientation: str = "1xg", how: str = "rms") -> np.ndarray:
+    """0/1 mask of `w_nk`'s shape keeping the `keep` most important groups; a group that is
+    already all zero never comes back."""
+    importance = group_importance(w_nk, group, orientation, how)
+    alive = np.any(_blocks(w_nk, group, orientation) != 0, axis=2)
+    order = np.argsort(np.where(alive, importance, -1.0), axis=None, kind="stable")[::-1]
+    kept = np.zeros(importance.size, bool)
+    kept[order[:max(1, min(keep, int(alive.sum())))]] = True
+    mask = np.repeat(kept.reshape(importance.shape), group, axis=1)
+    rows, cols = (w_nk.shape if orientation == "1xg" else w_nk.shape[::-1])
+    mask = mask[:, :cols]
+    return (mask if orientation == "1xg" else mask.T).astype(np.float32)
+
+
+def groups_alive(w_nk: np.ndarray, group: int, orientation: str) -> int:
+    return int(np.count_nonzero(np.any(_blocks(w_nk, group, orientation) != 0, axis=2)))
+
+
+@dataclass
+class LayerStrategy:
+    name: str
+    method: str  # "simd" | "none"
+    group: int = 1
+    orientation: str = "1xg"
+    reason: str = ""
+
+
+def layer_strategy(spec: TargetSpec, layers: list[dict]) -> dict[str, LayerStrategy]:
+    """What each Conv / Gemm layer gets on `spec`'s hardware class (see module doc)."""
+    if spec.parallelism == "high":
+        raise ScalpelError(f"{spec.name} is a high-parallelism target, where Scalpel prunes nodes only; "
+                           "node pruning (mask layers) is not implemented yet")
+    out = {}
+    for layer in layers:
+        if layer["op"] not in ("fc", "conv"):
+            continue
+        if spec.parallelism == "low":
+            group = spec.lanes("int16")
+            out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "1xg",
+                                               f"SIMD-aware, groups of {group} inputs (int16 lanes)")
+        elif layer["op"] == "fc":
+            group = spec.lanes("float32")
+            out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "gx1",
+                                               f"SIMD-aware, groups of {group} outputs (fp32 lanes)")
+        else:
+            out[layer["name"]] = LayerStrategy(layer["name"], "none",
+                                               reason="conv on a CPU takes node pruning, not implemented yet")
+    return out
+
+
+class LayerCost:
+    """Predicted time of a layer with a given weight, in its cheapest form on the target: the
+    Cortex-M cycle model (cycles) or the planner's cost model (seconds)."""
+
+    def __init__(self, spec: TargetSpec, layers: list[dict]):
+        self.spec = spec
+        self.layers = {layer["name"]: layer for layer in layers}
+        if spec.parallelism == "low":
+            from .m4_cost import CortexMCost
+
+            self.model, self.unit = CortexMCost.for_core(spec.target.attrs["mcpu"]), "cycles"
+        else:
+            from .planner import default_cost
+
+            self.model, self.unit = default_cost(spec), "s"
+
+    def __call__(self, name: str, w_nk: np.ndarray) -> tuple[float, str]:
+        layer = self.layers[name]
+        if self.spec.parallelism == "low":
+            probe = SimpleNamespace(op=layer["op"], w_nk=w_nk, window=layer["window"])
+            costs = self.model.candidates(probe)
+            best = min(costs, key=costs.get)
+            return costs[best], best
+        from .cost import KernelQuery
+
+        n, k = w_nk.shape
+        group = self.spec.lanes("float32")
+        pixels = 1 if layer["window"] is None else layer["window"].oh * layer["window"].ow
+        queries = [KernelQuery(layer["op"], "dense", 1, k, n, pixels=pixels)]
+        if layer["op"] == "fc":
+            for orientation in ("gx1", "1xg"):
+                groups = groups_alive(w_nk, group, orientation)
+                queries.append(KernelQuery("fc", f"gsparse_{orientation}", 1, k, n, group=group, groups=groups))
+        costs = {q.form: self.model.estimate(q, w_nk.T).seconds for q in queries}
+        best = min(costs, key=costs.get)
+        return costs[best], best
+
+
+@dataclass
+class Round:
+    layer: str
+    groups_before: int
+    groups_after: int
+    accuracy: float
+    kept: bool
+    weights_removed: float  # of all prunable weights, after the round (or as before when not kept)
+
+
+@dataclass
+class PruneResult:
+    baseline_accuracy: float
+    final_accuracy: float
+    rounds: list[Round] = field(default_factory=list)
+    layers: dict = field(default_factory=dict)  # name -> per-layer summary
+    strategy: dict = field(default_factory=dict)
+
+
+def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
+               tolerance: float, step: float = 0.3, how: str = "rms", max_rounds: int = 50,
+               progress=None) -> PruneResult:
+    """The SIMD-aware loop (module doc), on a model reached through callables:
+    `net_weights()` -> {layer: [N, K] weight}, `set_mask(layer, mask)` zeroes and holds pruned
+    weights, `retrain(masks)`, `evaluate()` -> validation accuracy, `snapshot()` / `restore(s)`."""
+    if not 0 < step < 1:
+        raise ScalpelError(f"step must be in (0, 1): the fraction of a layer's remaining groups a round removes; got {step}")
+    active = {name for name, s in strategy.items() if s.method == "simd"}
+    if not active:
+        raise ScalpelError("no layer can be pruned on this target (see the strategy's reasons)")
+    baseline = evaluate()
+    floor = baseline - tolerance
+    weights = net_weights()
+    total = sum(weights[name].size for name in active)
+    masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
+    result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
+    done = set()
+    for _ in range(max_rounds):
+        candidates = [name for name in active if name not in done]
+        if not candidates:
+            break
+        weights = net_weights()
+        name = max(candidates, key=lambda n: cost(n, weights[n])[0])
+        s = strategy[name]
+        before = groups_alive(weights[name], s.group, s.orientation)
+        target = int(np.floor(before * (1 - step)))
+        if target < 1:
+            done.add(name)
+            continue
+        saved, saved_mask = snapshot(), masks[name]
+        masks[name] = masks[name] * group_mask(weights[name] * masks[name], target, s.group, s.orientation, how)
+        set_mask(name, masks[name])
+        retrain(masks)
+        accuracy = evaluate()
+        kept = accuracy >= floor
+        if not kept:
+            restore(saved)
+            masks[name] = saved_mask
+            done.add(name)
+        removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
+        result.rounds.append(Round(name, before, target if kept else before, accuracy, kept, removed))
+        if kept:
+            result.final_accuracy = accuracy
+        if progress:
+            progress(result.rounds[-1])
+    weights = net_weights()
+    for name in strategy:
+        w = weights[name]
+        s = strategy[name]
+        entry = {"shape_nk": list(w.shape), "method": s.method, "reason": s.reason,
+                 "weights_kept": float(np.count_nonzero(w) / w.size)}
+        if s.method == "simd":
+            total_groups = _blocks(w, s.group, s.orientation).shape[0] * _blocks(w, s.group, s.orientation).shape[1]
+            entry["group_sparsity"] = 1 - groups_alive(w, s.group, s.orientation) / total_groups
+        dense_time, _ = cost(name, np.ones_like(w))
+        time, form = cost(name, w)
+        entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
+        result.layers[name] = entry
+    result.final_accuracy = evaluate()
+    return result
+
+
+def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
+               train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 50,
+               validation: int | None = None, seed: int = 0):
+    """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
+    (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Accuracy
+    decisions use the last `validation` training images (default a tenth, at most 5,000), held
+    out from training; the test set only reports."""
+    from tqdm import tqdm
+
+    from . import torch_chain
+    from .int16_net import read_chain
+
+    torch = torch_chain._torch()
+    torch.manual_seed(seed)
+    spec = TargetSpec.preset(target) if isinstance(target, str) else target
+    input_shape, layers = read_chain(model)
+    data.check_fits(input_shape, [lay for lay in layers if lay["op"] in ("fc", "conv")][-1]["w_nk"].shape[0])
+    validation = validation or min(5000, len(data.train_x) // 10)
+    if not 0 < validation < len(data.train_x):
+        raise ScalpelError(f"validation must be between 1 and {len(data.train_x) - 1} images")
+    train_x, train_y = data.train_x[:-validation], data.train_y[:-validation]
+    val_x, val_y = data.train_x[-validation:], data.train_y[-validation:]
+    net = torch_chain.ChainNet(model)
+    if train_epochs:
+        torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
+    dense_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+    strategy = layer_strategy(spec, layers)
+    cost = LayerCost(spec, layers)
+
+    def set_mask(name, mask):
+        with torch.no_grad():
+            net.weight(name).mul_(torch.from_numpy(mask).reshape(net.weight(name).shape))
+
+    bar = tqdm(total=max_rounds, desc="pruning rounds", file=sys.stderr)
+
+    def report(round_):
+        bar.update(1)
+        bar.set_postfix_str(f"{round_.layer} {'kept' if round_.kept else 'undone'}, "
+                            f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
+
+    round_seed = iter(range(seed + 1, seed + 10_000))
+    result = prune_simd(
+        lambda: torch_chain.weights(net), set_mask,
+        lambda masks: torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4,
+                                        seed=next(round_seed), desc="retrain"),
+        lambda: torch_chain.accuracy(net, val_x, val_y),
+        lambda: copy.deepcopy(net.state_dict()), net.load_state_dict,
+        strategy, cost, tolerance=tolerance, step=step, how=how, max_rounds=max_rounds, progress=report)
+    bar.close()
+    pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+    return torch_chain.write_weights(model, net), result, {"dense": dense_test, "pruned": pruned_test}

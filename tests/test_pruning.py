@@ -1,0 +1,120 @@
+"""The pruning frontend's first part: SIMD-aware group pruning with retraining, ordered by the
+target's cost model."""
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nets import run_ort
+from scalpel_tvm import ScalpelError, TargetSpec, datasets, paper_nets, pruning
+from scalpel_tvm.cli import main
+from scalpel_tvm.int16_net import read_chain
+
+
+def test_importance_is_rms_max_or_mean_of_each_aligned_group():
+    w = np.array([[3.0, -4.0, 1.0, 0.0, 2.0]])  # 1x2 groups: (3,-4), (1,0), (2, pad)
+    np.testing.assert_allclose(pruning.group_importance(w, 2, "1xg", "rms"), [[np.sqrt(12.5), np.sqrt(0.5), np.sqrt(2)]])
+    np.testing.assert_allclose(pruning.group_importance(w, 2, "1xg", "max"), [[4, 1, 2]])
+    np.testing.assert_allclose(pruning.group_importance(w, 2, "1xg", "mean"), [[3.5, 0.5, 1]])
+    with pytest.raises(ScalpelError, match="unknown importance 'median'"):
+        pruning.group_importance(w, 2, "1xg", "median")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 13), st.sampled_from([1, 2, 4, 8]), st.sampled_from(["1xg", "gx1"]),
+       st.integers(0, 2**16), st.floats(0.05, 1.0))
+def test_masks_keep_whole_aligned_groups_the_most_important_and_never_revive(n, k, group, orientation, seed, keep):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k))
+    w[rng.random(w.shape) < 0.3] = 0
+    alive = pruning.groups_alive(w, group, orientation)
+    if alive == 0:
+        return
+    target = max(1, int(keep * alive))
+    mask = pruning.group_mask(w, target, group, orientation)
+    pruned = w * mask
+    assert pruning.groups_alive(pruned, group, orientation) == target
+    blocks = pruning._blocks(mask, group, orientation)
+    real = pruning._blocks(np.ones_like(w), group, orientation) != 0
+    assert np.all((blocks == blocks[..., :1]) | ~real)  # a group is kept or cut as a whole
+    assert not np.any((w == 0) & (mask == 1) & (pruned != 0))  # nothing revived
+    kept_rms = pruning.group_importance(pruned, group, orientation)[np.any(pruning._blocks(pruned, group, orientation) != 0, axis=2)]
+    cut = pruning.group_importance(w * (1 - mask), group, orientation)
+    cut = cut[np.any(pruning._blocks(w * (1 - mask), group, orientation) != 0, axis=2)]
+    if len(cut) and len(kept_rms):
+        assert kept_rms.min() >= cut.max() - 1e-12
+
+
+def test_strategy_follows_the_hardware_class():
+    _, layers = read_chain(paper_nets.network("lenet5"))
+    m4 = pruning.layer_strategy(TargetSpec.preset("cortex-m4"), layers)
+    assert {(s.method, s.group, s.orientation) for s in m4.values()} == {("simd", 2, "1xg")}
+    assert {s.group for s in pruning.layer_strategy(TargetSpec.preset("cortex-m3"), layers).values()} == {1}
+    x86 = pruning.layer_strategy(TargetSpec.preset("x86-avx2"), layers)
+    assert (x86["fc1"].method, x86["fc1"].group, x86["fc1"].orientation) == ("simd", 8, "gx1")
+    assert x86["conv1"].method == "none" and "node pruning" in x86["conv1"].reason
+    with pytest.raises(ScalpelError, match="node pruning .* not implemented yet"):
+        pruning.layer_strategy(TargetSpec.preset("cuda"), layers)
+
+
+def test_the_loop_prunes_the_slowest_layer_first_and_undoes_a_round_that_costs_accuracy():
+    """A stand-in model: accuracy falls with the weights removed; the loop must start with the
+    layer the cost model prices highest, keep rounds above the floor, undo the one below it."""
+    rng = np.random.default_rng(0)
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    state = {"w": {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers}}
+    total = sum(w.size for w in state["w"].values())
+
+    def evaluate():
+        return 0.99 - 0.1 * max(0.0, 1 - sum(np.count_nonzero(w) for w in state["w"].values()) / total - 0.6)
+
+    def set_mask(name, mask):
+        state["w"][name] = state["w"][name] * mask
+
+    spec = TargetSpec.preset("cortex-m4")
+    result = pruning.prune_simd(
+        lambda: {k: v.copy() for k, v in state["w"].items()}, set_mask, lambda masks: None, evaluate,
+        lambda: {k: v.copy() for k, v in state["w"].items()}, lambda saved: state.update(w=saved),
+        pruning.layer_strategy(spec, layers), pruning.LayerCost(spec, layers), tolerance=0.02, step=0.5)
+    assert result.rounds[0].layer == "fc1" and result.rounds[0].kept
+    undone = [r for r in result.rounds if not r.kept]
+    assert undone and all(r.accuracy < 0.99 - 0.02 for r in undone)
+    assert result.final_accuracy >= 0.99 - 0.02
+    removed = 1 - sum(np.count_nonzero(w) for w in state["w"].values()) / total
+    assert 0.6 < removed <= 0.8
+    assert result.layers["fc1"]["predicted"] < result.layers["fc1"]["predicted_dense"]
+
+
+@pytest.mark.slow
+def test_scalpel_prune_on_mnist_writes_a_pruned_model_in_pairs_and_a_report(tmp_path, capsys):
+    """The whole path, reduced: LeNet-300-100 trained one epoch on 6,000 MNIST images, three
+    rounds of pruning for a Cortex-M4; the pruned ONNX model has its zeros in aligned pairs of
+    inputs, runs in onnxruntime, and is not overwritten without asking."""
+    model_path, out = tmp_path / "lenet.onnx", tmp_path / "pruned.onnx"
+    onnx.save(paper_nets.network("lenet_300_100"), model_path)
+    args = ["prune", str(model_path), "--target", "cortex-m4", "--data", "mnist", "--out", str(out),
+            "--report", str(tmp_path / "report"), "--limit", "6000", "--train-epochs", "1", "--epochs", "0.3",
+            "--rounds", "3", "--tolerance", "3"]
+    assert main(args) == 0
+    assert "weights removed" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"prune.json", "prune.txt", "prune.png"}
+    pruned = onnx.load(str(out))
+    _, layers = read_chain(pruned)
+    fc1 = layers[0]["w_nk"]
+    assert 0.3 < 1 - np.count_nonzero(fc1) / fc1.size
+    pairs = fc1.reshape(300, 392, 2)
+    assert np.all((pairs[..., 0] == 0) == (pairs[..., 1] == 0))  # whole pairs cut (trained weights are never 0)
+    data = datasets.load("mnist")
+    logits = run_ort(pruned, data.test_x[:500].reshape(500, -1))
+    assert np.mean(logits.argmax(1) == data.test_y[:500]) > 0.85
+    assert main(args) == 2
+    assert "exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+
+
+def test_data_that_does_not_fit_the_model_is_a_clear_error():
+    data = datasets.load("mnist", limit=100)
+    with pytest.raises(ScalpelError, match=r"mnist images are \(1, 28, 28\), the model takes \(3, 32, 32\)"):
+        pruning.prune_onnx(paper_nets.network("convnet"), "cortex-m4", data)
+    with pytest.raises(ScalpelError, match="unknown data set 'cifar10'"):
+        datasets.load("cifar10")
