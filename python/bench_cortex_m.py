@@ -1,6 +1,7 @@
 """Cortex-M4 cycle ESTIMATES of the paper's networks in int16: dense vs Scalpel vs traditional pruning.
 
     python python/bench_cortex_m.py nets --out out     # about 2 minutes; needs arm-none-eabi-gcc
+    python python/bench_cortex_m.py nets --frontend lenet_300_100=pruned.onnx   # + a model scalpel prune made
     python python/bench_cortex_m.py calibrate          # refits data/cost_cortex_m.json (~4 min)
 
 `nets` builds LeNet-300-100, LeNet-5 and ConvNet (scalpel_tvm/paper_nets.py: the authors'
@@ -36,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from tqdm import tqdm
 
 from scalpel_tvm import cortex_m, cycles, m4_cost, paper_nets
@@ -123,10 +125,15 @@ def nets(args) -> None:
     memory = TargetSpec.preset("cortex-m4").memory
     rng = np.random.default_rng(0)
     results = {}
+    frontend = dict(item.split("=", 1) for item in args.frontend or [])
+    unknown = set(frontend) - set(NETS)
+    if unknown:
+        raise SystemExit(f"--frontend takes NET=PRUNED.onnx with NET one of {', '.join(NETS)}; got {', '.join(unknown)}")
     jobs = [(name, version) for name in NETS for version in ("dense", "scalpel", "traditional_csr")]
+    jobs += [(name, "frontend") for name in frontend]
     with tempfile.TemporaryDirectory() as tmp:
         for name, version in tqdm(jobs, desc="build, run on QEMU, count cycles", file=sys.stderr):
-            model, formats = versions(name)[version]
+            model, formats = (onnx.load(frontend[name]), None) if version == "frontend" else versions(name)[version]
             results.setdefault(name, {})[version] = measure(name, model, formats, Path(tmp) / f"{name}_{version}", rng)
     for rows in results.values():
         base = rows["dense"]
@@ -156,7 +163,7 @@ def print_report(report: dict) -> None:
     speedups = []
     for name, rows in report["results"].items():
         for version, row in rows.items():
-            paper = PAPER[name] if version == "scalpel" else {}
+            paper = PAPER[name] if version in ("scalpel", "frontend") else {}
             if version == "traditional_csr":
                 speedups.append(row["speedup"])
             print(f"{name:<15}{version:<17}{row['cycles']:>11}{row['predicted_cycles']:>11}{row['speedup']:>8.2f}x"
@@ -222,6 +229,9 @@ def main():
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("nets", help="the three networks, three ways (default)")
     run.add_argument("--out", default="out")
+    run.add_argument("--frontend", action="append", metavar="NET=PRUNED.onnx",
+                     help="also price a model `scalpel prune --target cortex-m4` pruned (e.g. "
+                          "lenet_300_100=pruned.onnx); formats from the planner")
     fit = sub.add_parser("calibrate", help="refit data/cost_cortex_m.json")
     fit.add_argument("--firmwares", type=int, default=8, help="random firmwares of 24 layers per core")
     fit.add_argument("--seed", type=int, default=0)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--epochs", type=float, default=1.0, help="retraining epochs per round")
     prune.add_argument("--train-epochs", type=float, default=0.0, help="train the model first (untrained input)")
     prune.add_argument("--step", type=float, default=0.3, help="fraction of a layer's groups a round removes")
-    prune.add_argument("--rounds", type=int, default=50, help="at most this many rounds")
+    prune.add_argument("--rounds", type=int, default=80, help="at most this many rounds")
     prune.add_argument("--importance", choices=["rms", "max", "mean"], default="rms")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -16,8 +16,9 @@ A round takes the layer with the largest predicted time (the Cortex-M cycle mode
 planner's cost model on x86, each in the layer's cheapest form), removes `step` of its remaining
 groups — those least important by root-mean-square (MAX and MEAN selectable) — retrains with the
 pruned weights held at zero, and keeps the result if validation accuracy stays within
-`tolerance` of the unpruned model's; otherwise it restores the layer's last kept state and the
-layer is done. The numpy parts (importance, masks, strategy, ordering) need no PyTorch; the
+`tolerance` of the unpruned model's; otherwise it restores the layer's last kept state and halves
+that layer's step (a single retraining is noisy at a 0.1-point tolerance), and once the step is
+below `min_step` the layer is done. The numpy parts (importance, masks, strategy, ordering) need no PyTorch; the
 retraining goes through callables (`torch_chain` for ONNX models of the LeNet / ConvNet family).
 """
 from __future__ import annotations
@@ -162,8 +163,8 @@ class PruneResult:
 
 
 def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
-               tolerance: float, step: float = 0.3, how: str = "rms", max_rounds: int = 50,
-               progress=None) -> PruneResult:
+               tolerance: float, step: float = 0.3, min_step: float = 0.05, how: str = "rms",
+               max_rounds: int = 80, progress=None) -> PruneResult:
     """The SIMD-aware loop (module doc), on a model reached through callables:
     `net_weights()` -> {layer: [N, K] weight}, `set_mask(layer, mask)` zeroes and holds pruned
     weights, `retrain(masks)`, `evaluate()` -> validation accuracy, `snapshot()` / `restore(s)`."""
@@ -178,7 +179,7 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     total = sum(weights[name].size for name in active)
     masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
     result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
-    done = set()
+    done, steps = set(), dict.fromkeys(active, step)
     for _ in range(max_rounds):
         candidates = [name for name in active if name not in done]
         if not candidates:
@@ -187,7 +188,7 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
         name = max(candidates, key=lambda n: cost(n, weights[n])[0])
         s = strategy[name]
         before = groups_alive(weights[name], s.group, s.orientation)
-        target = int(np.floor(before * (1 - step)))
+        target = int(np.floor(before * (1 - steps[name])))
         if target < 1:
             done.add(name)
             continue
@@ -197,10 +198,12 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
         retrain(masks)
         accuracy = evaluate()
         kept = accuracy >= floor
-        if not kept:
+        if not kept:  # undo; try that layer again with half the step, down to min_step
             restore(saved)
             masks[name] = saved_mask
-            done.add(name)
+            steps[name] /= 2
+            if steps[name] < min_step:
+                done.add(name)
         removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
         result.rounds.append(Round(name, before, target if kept else before, accuracy, kept, removed))
         if kept:
@@ -225,7 +228,7 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
 
 
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
-               train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 50,
+               train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Accuracy
