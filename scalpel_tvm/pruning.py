@@ -253,6 +253,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     if train_epochs:
         torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
     dense_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+    if dense_test < 2.0 / data.classes:
+        print(f"scalpel prune: the model scores {dense_test:.1%} on {data.name}'s test set, near chance: is it "
+              "trained? (--train-epochs N trains it first)", file=sys.stderr)
     strategy = layer_strategy(spec, layers)
     cost = LayerCost(spec, layers)
 
