@@ -77,7 +77,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("lenet_300_100", "lenet5"):
             model = paper_nets.network(name)
-            net = torch_chain.ChainNet(model)
+            net = torch_chain.chain_net(model)
             torch_chain.train(net, *train_data, epochs=args.epochs, desc=f"{name} dense")
             dense = evaluate(name, torch_chain.write_weights(model, net), train_data[0], test, args.qemu_images, Path(tmp))
             masks = pair_masks(net, scalpel_density(name))

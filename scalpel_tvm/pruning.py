@@ -249,7 +249,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
         raise ScalpelError(f"validation must be between 1 and {len(data.train_x) - 1} images")
     train_x, train_y = data.train_x[:-validation], data.train_y[:-validation]
     val_x, val_y = data.train_x[-validation:], data.train_y[-validation:]
-    net = torch_chain.ChainNet(model)
+    net = torch_chain.chain_net(model)
     if train_epochs:
         torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
     dense_test = torch_chain.accuracy(net, data.test_x, data.test_y)

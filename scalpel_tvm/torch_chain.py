@@ -1,6 +1,6 @@
 """The LeNet / ConvNet family as a PyTorch module, for the pruning frontend's retraining.
 
-`ChainNet(model)` rebuilds an ONNX chain of Conv / Gemm (+ Relu), pooling and Flatten layers
+`chain_net(model)` rebuilds an ONNX chain of Conv / Gemm (+ Relu), pooling and Flatten layers
 (what `int16_net.read_chain` reads) as torch layers holding the model's weights;
 `write_weights(model, net)` puts the trained weights back into a copy of the ONNX model, so the
 pruned model keeps the user's graph and only its initializers change. Training is plain Adam on
@@ -27,57 +27,56 @@ def _torch():
     return torch
 
 
-class ChainNet:
-    """Factory for the torch module (kept a plain class so importing this needs no torch)."""
+def chain_net(model: onnx.ModelProto):
+    """The torch module of `model`'s chain, holding its weights (torch is imported here, so
+    importing this module needs none)."""
+    torch = _torch()
+    nn = torch.nn
+    input_shape, layers = read_chain(model)
 
-    def __new__(cls, model: onnx.ModelProto):
-        torch = _torch()
-        nn = torch.nn
-        input_shape, layers = read_chain(model)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_shape = input_shape
+            self.names = [layer["name"] for layer in layers if layer["op"] in ("fc", "conv")]
+            self.layers = nn.ModuleDict()
+            self.plan = []  # (op, module key, ReLU after, zero padding before a conv)
+            for layer in layers:
+                key = layer["name"].replace(".", "_")
+                window = layer["window"]
+                if layer["op"] == "fc":
+                    n, k = layer["w_nk"].shape
+                    module = nn.Linear(k, n, bias=layer["bias_name"] is not None)
+                    module.weight.data = torch.tensor(layer["w_nk"], dtype=torch.float32)
+                elif layer["op"] == "conv":
+                    n = layer["w_nk"].shape[0]
+                    module = nn.Conv2d(window.c, n, (window.kh, window.kw), (window.stride_h, window.stride_w),
+                                       bias=layer["bias_name"] is not None)
+                    module.weight.data = torch.tensor(layer["w_nk"].reshape(layer["weight_shape"]),
+                                                      dtype=torch.float32)
+                else:
+                    module = _pool(nn, layer)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.data = torch.tensor(layer["bias"], dtype=torch.float32)
+                self.layers[key] = module
+                self.plan.append((layer["op"], key, layer.get("relu", False), _pads(window) if layer["op"] == "conv" else None))
 
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.input_shape = input_shape
-                self.names = [layer["name"] for layer in layers if layer["op"] in ("fc", "conv")]
-                self.layers = nn.ModuleDict()
-                self.plan = []  # (op, name or module key, relu)
-                for index, layer in enumerate(layers):
-                    key = layer["name"].replace(".", "_")
-                    window = layer["window"]
-                    if layer["op"] == "fc":
-                        n, k = layer["w_nk"].shape
-                        module = nn.Linear(k, n, bias=layer["bias_name"] is not None)
-                        module.weight.data = torch.tensor(layer["w_nk"], dtype=torch.float32)
-                    elif layer["op"] == "conv":
-                        n = layer["w_nk"].shape[0]
-                        module = nn.Conv2d(window.c, n, (window.kh, window.kw), (window.stride_h, window.stride_w),
-                                           bias=layer["bias_name"] is not None)
-                        module.weight.data = torch.tensor(layer["w_nk"].reshape(layer["weight_shape"]),
-                                                          dtype=torch.float32)
-                    else:
-                        module = _pool(nn, layer)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.data = torch.tensor(layer["bias"], dtype=torch.float32)
-                    self.layers[key] = module
-                    self.plan.append((layer["op"], key, layer.get("relu", False), _pads(window) if layer["op"] == "conv" else None))
+        def forward(self, x):
+            x = x.reshape(len(x), *self.input_shape)
+            for op, key, relu, pads in self.plan:
+                if op == "fc" and x.dim() > 2:
+                    x = x.flatten(1)
+                if pads is not None and any(pads):
+                    x = torch.nn.functional.pad(x, pads)
+                x = self.layers[key](x)
+                if relu:
+                    x = x.relu()
+            return x
 
-            def forward(self, x):
-                x = x.reshape(len(x), *self.input_shape)
-                for op, key, relu, pads in self.plan:
-                    if op == "fc" and x.dim() > 2:
-                        x = x.flatten(1)
-                    if pads is not None and any(pads):
-                        x = torch.nn.functional.pad(x, pads)
-                    x = self.layers[key](x)
-                    if relu:
-                        x = x.relu()
-                return x
+        def weight(self, name):
+            return self.layers[name.replace(".", "_")].weight
 
-            def weight(self, name):
-                return self.layers[name.replace(".", "_")].weight
-
-        return Net()
+    return Net()
 
 
 def _pads(window) -> tuple:
