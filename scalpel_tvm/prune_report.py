@@ -9,8 +9,10 @@ from pathlib import Path
 
 def as_dict(result, test: dict, target: str, settings: dict) -> dict:
     return {"target": target, "settings": settings, "test_accuracy": test,
-            "validation_accuracy": {"baseline": result.baseline_accuracy, "final": result.final_accuracy},
-            "weights_removed": result.rounds[-1].weights_removed if result.rounds else 0.0,
+            "validation_accuracy": {"baseline": result.baseline_accuracy, "final": result.final_accuracy,
+                                    "confirmed": result.confirmed_accuracy},
+            "rounds_walked_back": result.walked_back,
+            "weights_removed": result.weights_removed,
             "layers": result.layers, "rounds": [asdict(r) for r in result.rounds]}
 
 
@@ -25,6 +27,9 @@ def table(report: dict) -> str:
                      f"{fmt(layer['predicted_dense']):>12}{fmt(layer['predicted']):>12}  {layer['form']}"
                      + ("" if layer["method"] == "simd" else f"  ({layer['reason']})"))
     test, val = report["test_accuracy"], report["validation_accuracy"]
+    if report["rounds_walked_back"]:
+        lines.append(f"{report['rounds_walked_back']} kept rounds walked back: images no round was judged on "
+                     "disagreed with the validation images (the accuracy target could not be kept further)")
     lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {len(report['rounds'])} "
                  f"rounds; validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
                  f"test {test['dense']:.2%} -> {test['pruned']:.2%} (predicted times: the target's cost model)")

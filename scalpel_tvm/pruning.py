@@ -18,7 +18,9 @@ groups â€” those least important by root-mean-square (MAX and MEAN selectable) â
 pruned weights held at zero, and keeps the result if validation accuracy stays within
 `tolerance` of the unpruned model's; otherwise it restores the layer's last kept state and halves
 that layer's step (a single retraining is noisy at a 0.1-point tolerance), and once the step is
-below `min_step` the layer is done. The numpy parts (importance, masks, strategy, ordering) need no PyTorch; the
+below `min_step` the layer is done. At the end, images no round was judged on confirm the
+result, and kept rounds are walked back until they agree (many decisions on one validation set
+overfit it). The numpy parts (importance, masks, strategy, ordering) need no PyTorch; the
 retraining goes through callables (`torch_chain` for ONNX models of the LeNet / ConvNet family).
 """
 from __future__ import annotations
@@ -160,14 +162,22 @@ class PruneResult:
     rounds: list[Round] = field(default_factory=list)
     layers: dict = field(default_factory=dict)  # name -> per-layer summary
     strategy: dict = field(default_factory=dict)
+    walked_back: int = 0  # kept rounds undone at the end because the confirmation images disagreed
+    confirmed_accuracy: float | None = None
+    weights_removed: float = 0.0  # of all prunable weights, in the result
 
 
 def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
                tolerance: float, step: float = 0.3, min_step: float = 0.05, how: str = "rms",
-               max_rounds: int = 80, progress=None) -> PruneResult:
+               max_rounds: int = 80, progress=None, confirm=None) -> PruneResult:
     """The SIMD-aware loop (module doc), on a model reached through callables:
     `net_weights()` -> {layer: [N, K] weight}, `set_mask(layer, mask)` zeroes and holds pruned
-    weights, `retrain(masks)`, `evaluate()` -> validation accuracy, `snapshot()` / `restore(s)`."""
+    weights, `retrain(masks)`, `evaluate()` -> validation accuracy, `snapshot()` / `restore(s)`.
+
+    Many keep/undo decisions on one validation set overfit it, so with `confirm()` (accuracy on
+    images the decisions never saw) the result is checked at the end against the same
+    tolerance, and when it fails, the loop's kept rounds are walked back, newest first, to the
+    last state that passes (`PruneResult.walked_back` says how many)."""
     if not 0 < step < 1:
         raise ScalpelError(f"step must be in (0, 1): the fraction of a layer's remaining groups a round removes; got {step}")
     active = {name for name, s in strategy.items() if s.method == "simd"}
@@ -180,6 +190,8 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
     result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
     done, steps = set(), dict.fromkeys(active, step)
+    confirm_floor = confirm() - tolerance if confirm else None
+    kept_states = [(snapshot(), copy.deepcopy(masks), baseline)]
     for _ in range(max_rounds):
         candidates = [name for name in active if name not in done]
         if not candidates:
@@ -208,8 +220,18 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
         result.rounds.append(Round(name, before, target if kept else before, accuracy, kept, removed))
         if kept:
             result.final_accuracy = accuracy
+            if confirm:
+                kept_states.append((snapshot(), copy.deepcopy(masks), accuracy))
         if progress:
             progress(result.rounds[-1])
+    if confirm:
+        while len(kept_states) > 1 and confirm() < confirm_floor:
+            kept_states.pop()
+            restore(kept_states[-1][0])
+            masks = kept_states[-1][1]
+            result.walked_back += 1
+        result.confirmed_accuracy = confirm()
+    result.weights_removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
     weights = net_weights()
     for name in strategy:
         w = weights[name]
@@ -231,9 +253,10 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
-    (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Accuracy
-    decisions use the last `validation` training images (default a tenth, at most 5,000), held
-    out from training; the test set only reports."""
+    (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). The last
+    `validation` training images (default a tenth, at most 10,000) are held out from training:
+    one half decides each round, the other confirms the end result (`prune_simd`); the test set
+    only reports."""
     from tqdm import tqdm
 
     from . import torch_chain
@@ -244,11 +267,13 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     spec = TargetSpec.preset(target) if isinstance(target, str) else target
     input_shape, layers = read_chain(model)
     data.check_fits(input_shape, [lay for lay in layers if lay["op"] in ("fc", "conv")][-1]["w_nk"].shape[0])
-    validation = validation or min(5000, len(data.train_x) // 10)
-    if not 0 < validation < len(data.train_x):
-        raise ScalpelError(f"validation must be between 1 and {len(data.train_x) - 1} images")
+    validation = validation or min(10000, len(data.train_x) // 10)
+    if not 1 < validation < len(data.train_x):
+        raise ScalpelError(f"validation must be between 2 and {len(data.train_x) - 1} images")
     train_x, train_y = data.train_x[:-validation], data.train_y[:-validation]
-    val_x, val_y = data.train_x[-validation:], data.train_y[-validation:]
+    half = validation // 2  # one half decides each round, the other confirms the end result
+    val_x, val_y = data.train_x[-validation:-half], data.train_y[-validation:-half]
+    fresh_x, fresh_y = data.train_x[-half:], data.train_y[-half:]
     net = torch_chain.chain_net(model)
     if train_epochs:
         torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
@@ -277,7 +302,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                                         seed=next(round_seed), desc="retrain"),
         lambda: torch_chain.accuracy(net, val_x, val_y),
         lambda: copy.deepcopy(net.state_dict()), net.load_state_dict,
-        strategy, cost, tolerance=tolerance, step=step, how=how, max_rounds=max_rounds, progress=report)
+        strategy, cost, tolerance=tolerance, step=step, how=how, max_rounds=max_rounds, progress=report,
+        confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y))
     bar.close()
     pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
     return torch_chain.write_weights(model, net), result, {"dense": dense_test, "pruned": pruned_test}

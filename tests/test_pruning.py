@@ -118,3 +118,27 @@ def test_data_that_does_not_fit_the_model_is_a_clear_error():
         pruning.prune_onnx(paper_nets.network("convnet"), "cortex-m4", data)
     with pytest.raises(ScalpelError, match="unknown data set 'cifar10'"):
         datasets.load("cifar10")
+
+
+def test_rounds_the_confirmation_images_reject_are_walked_back():
+    """The validation images approve every round, but images no round was judged on disagree
+    past 50% removed: the result goes back to the last kept state they accept, and says so."""
+    rng = np.random.default_rng(0)
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    state = {"w": {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers}}
+    total = sum(w.size for w in state["w"].values())
+
+    def removed():
+        return 1 - sum(np.count_nonzero(w) for w in state["w"].values()) / total
+
+    def set_mask(name, mask):
+        state["w"][name] = state["w"][name] * mask
+
+    spec = TargetSpec.preset("cortex-m4")
+    result = pruning.prune_simd(
+        lambda: {k: v.copy() for k, v in state["w"].items()}, set_mask, lambda masks: None, lambda: 0.99,
+        lambda: {k: v.copy() for k, v in state["w"].items()}, lambda saved: state.update(w=saved),
+        pruning.layer_strategy(spec, layers), pruning.LayerCost(spec, layers), tolerance=0.001, step=0.5,
+        max_rounds=12, confirm=lambda: 0.99 if removed() <= 0.5 else 0.9)
+    assert result.walked_back > 0 and result.confirmed_accuracy == 0.99
+    assert 0 < removed() <= 0.5 and result.weights_removed == pytest.approx(removed())
