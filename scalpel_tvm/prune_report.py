@@ -10,7 +10,8 @@ from pathlib import Path
 def as_dict(result, test: dict, target: str, settings: dict) -> dict:
     return {"target": target, "settings": settings, "test_accuracy": test,
             "validation_accuracy": {"baseline": result.baseline_accuracy, "final": result.final_accuracy,
-                                    "confirmed": result.confirmed_accuracy},
+                                    "confirmation_baseline": result.confirmed_baseline,
+                                    "confirmation_final": result.confirmed_accuracy},
             "rounds_walked_back": result.walked_back,
             "weights_removed": result.weights_removed,
             "layers": result.layers, "rounds": [asdict(r) for r in result.rounds]}

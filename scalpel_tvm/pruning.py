@@ -163,6 +163,7 @@ class PruneResult:
     layers: dict = field(default_factory=dict)  # name -> per-layer summary
     strategy: dict = field(default_factory=dict)
     walked_back: int = 0  # kept rounds undone at the end because the confirmation images disagreed
+    confirmed_baseline: float | None = None  # the unpruned model on the confirmation images
     confirmed_accuracy: float | None = None
     weights_removed: float = 0.0  # of all prunable weights, in the result
 
@@ -190,7 +191,8 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
     result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
     done, steps = set(), dict.fromkeys(active, step)
-    confirm_floor = confirm() - tolerance if confirm else None
+    result.confirmed_baseline = confirm() if confirm else None
+    confirm_floor = result.confirmed_baseline - tolerance if confirm else None
     kept_states = [(snapshot(), copy.deepcopy(masks), baseline)]
     for _ in range(max_rounds):
         candidates = [name for name in active if name not in done]
