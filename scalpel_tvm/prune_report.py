@@ -53,17 +53,21 @@ def plot(report: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     rounds = report["rounds"]
-    removed = [0.0] + [r["weights_removed"] for r in rounds]
-    accuracy = [report["validation_accuracy"]["baseline"]] + [r["accuracy"] for r in rounds]
-    left.plot([100 * r for r in removed], [100 * a for a in accuracy], "o-", markersize=3)
-    for r in rounds:
-        if not r["kept"]:
-            left.plot(100 * r["weights_removed"], 100 * r["accuracy"], "x", color="red")
+    kept = [r for r in rounds if r["kept"]]
+    removed = [0.0] + [r["weights_removed"] for r in kept]
+    accuracy = [report["validation_accuracy"]["baseline"]] + [r["accuracy"] for r in kept]
+    left.plot([100 * r for r in removed], [100 * a for a in accuracy], "o-", markersize=3, label="kept rounds")
+    undone = [r for r in rounds if not r["kept"]]
+    left.plot([100 * r["weights_removed"] for r in undone], [100 * r["accuracy"] for r in undone], "x",
+              color="red", label="undone rounds")
+    if report["rounds_walked_back"]:
+        left.axvline(100 * report["weights_removed"], color="green", linestyle=":",
+                     label=f"result ({report['rounds_walked_back']} rounds walked back)")
     left.axhline(100 * (report["validation_accuracy"]["baseline"] - report["settings"]["tolerance"]),
                  color="grey", linestyle="--", label="accuracy floor")
     left.set_xlabel("weights removed (%)")
     left.set_ylabel("validation accuracy (%)")
-    left.set_title("accuracy vs pruning (x: round undone)")
+    left.set_title("validation accuracy vs pruning, round by round")
     left.legend()
     names = list(report["layers"])
     right.bar(names, [100 * report["layers"][n].get("group_sparsity", 0) for n in names])
