@@ -110,8 +110,9 @@ class _Block:
 
     @classmethod
     def decode(cls, disassembler, code: bytes, address: int) -> "_Block":
-        by_class, mnemonics, may_branch, count, previous = Counter(), Counter(), False, 0, None
+        by_class, mnemonics, may_branch, count, previous, decoded = Counter(), Counter(), False, 0, None, 0
         for insn in disassembler.disasm(code, address):
+            decoded += insn.size
             kind, cycles = classify(insn)
             if pipelined(previous, insn):
                 cycles = 1
@@ -121,7 +122,7 @@ class _Block:
             mnemonics[base] += 1
             count += 1
             may_branch = kind == "branch" or (base in ("pop", "ldm", "ldr") and "pc" in insn.op_str)
-        if count == 0 or sum(len(insn.bytes) for insn in disassembler.disasm(code, address)) != len(code):
+        if count == 0 or decoded != len(code):
             raise ScalpelError(f"cannot decode the instructions at {address:#x}")
         return cls(sum(by_class.values()), count, by_class, mnemonics, may_branch)
 

@@ -31,7 +31,7 @@ import onnx
 from . import cortex_m
 from .errors import ScalpelError
 from .int16_net import quantize_net
-from .m4_cost import formats_for, plan_rows
+from .m4_cost import CortexMCost, formats_for
 from .onnx_import import load_onnx
 from .target import TargetSpec
 
@@ -74,13 +74,13 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     (out / "arm-none-eabi.cmake").write_text(toolchain)
     x_q = net.quantize_input(calibration[:inputs])
     (out / "src" / "network.h").write_text(cortex_m.network_header(net, x_q))
-    rows = {row["name"]: row for row in plan_rows(net, mcpu)}
+    cost = CortexMCost.for_core(mcpu)
     report = {
         "target": target, "board_memory": spec.memory, "flash_bytes": use["flash"],
         "sram_bytes": use["sram"], "input_frac_bits": net.input_bits,
         "formats": list(formats_for(mcpu)),
         "layers": [{"name": layer.name, "op": layer.op, "format": layer.format,
-                    "estimated_cycles": round(rows[layer.name]["candidates"].get(layer.format, rows[layer.name]["candidates"].get("-", 0))),
+                    "estimated_cycles": round(cost.cycles(layer)),
                     "bytes": layer.flash_bytes(),
                     **({"shape_nk": list(layer.w_nk.shape), "shift": layer.shift,
                         "frac_bits": {"in": layer.in_bits, "w": layer.w_bits, "out": layer.out_bits}}

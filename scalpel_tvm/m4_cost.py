@@ -39,9 +39,9 @@ def formats_for(mcpu: str) -> tuple[str, ...]:
 
 def pairs_held(w_nk: np.ndarray) -> int:
     """Aligned pairs of inputs (per output) holding a nonzero weight: the pairs format's groups."""
-    k = w_nk.shape[1]
-    padded = np.pad(np.asarray(w_nk) != 0, [(0, 0), (0, k % 2)])
-    return int(np.count_nonzero(padded.reshape(w_nk.shape[0], -1, 2).any(axis=2)))
+    from .pruning import groups_alive
+
+    return groups_alive(w_nk, 2, "1xg")
 
 
 def features(layer, form: str | None = None) -> dict:

@@ -241,8 +241,8 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
         entry = {"shape_nk": list(w.shape), "method": s.method, "reason": s.reason,
                  "weights_kept": float(np.count_nonzero(w) / w.size)}
         if s.method == "simd":
-            total_groups = _blocks(w, s.group, s.orientation).shape[0] * _blocks(w, s.group, s.orientation).shape[1]
-            entry["group_sparsity"] = 1 - groups_alive(w, s.group, s.orientation) / total_groups
+            blocks = _blocks(w, s.group, s.orientation)
+            entry["group_sparsity"] = 1 - np.count_nonzero(np.any(blocks != 0, axis=2)) / (blocks.shape[0] * blocks.shape[1])
         dense_time, _ = cost(name, np.ones_like(w))
         time, form = cost(name, w)
         entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
