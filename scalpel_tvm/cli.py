@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--step", type=float, default=0.3, help="fraction of a layer's groups a round removes")
     prune.add_argument("--rounds", type=int, default=80, help="at most this many rounds")
     prune.add_argument("--importance", choices=["rms", "max", "mean"], default="rms")
+    prune.add_argument("--penalty", type=float, default=1e-4,
+                       help="node pruning: the starting L1 penalty λ on the mask layers (it grows each round)")
+    prune.add_argument("--node-penalty", choices=["cost", "uniform"], default="cost",
+                       help="node pruning: weigh each layer's λ by what its nodes cost on the target (default) "
+                            "or the same for all, as the paper")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -151,11 +156,13 @@ def _prune(args) -> None:
     data = datasets.load(args.data, limit=args.limit)
     pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
                                       epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
-                                      how=args.importance, max_rounds=args.rounds)
+                                      how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
+                                      node_penalty=args.node_penalty)
     onnx.save(pruned, out)
     report = prune_report.as_dict(result, test, args.target, {
         "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
-        "importance": args.importance, "train_epochs": args.train_epochs, "limit": args.limit})
+        "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "train_epochs": args.train_epochs,
+        "limit": args.limit})
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))

@@ -1,5 +1,6 @@
 """The pruning frontend's report: JSON, a per-layer table, and a plot of the rounds (accuracy
-against weights removed, like the paper's figure 17) and of each layer's group sparsity."""
+against weights removed, like the paper's figure 17; node pruning's accuracy against λ) and of
+what each layer lost (groups for SIMD-aware layers, nodes for node-pruned ones)."""
 from __future__ import annotations
 
 import json
@@ -14,20 +15,31 @@ def as_dict(result, test: dict, target: str, settings: dict) -> dict:
                                     "confirmation_final": result.confirmed_accuracy},
             "rounds_walked_back": result.walked_back,
             "weights_removed": result.weights_removed,
-            "layers": result.layers, "rounds": [asdict(r) for r in result.rounds]}
+            "layers": result.layers, "rounds": [asdict(r) for r in result.rounds],
+            "node_pruning": None if result.nodes is None else {
+                "baseline": result.nodes.baseline_accuracy, "final": result.nodes.final_accuracy,
+                "confirmation_final": result.nodes.confirmed_accuracy, "walked_back": result.nodes.walked_back,
+                "nodes": result.nodes.nodes, "rounds": [asdict(r) for r in result.nodes.rounds]}}
 
 
 def table(report: dict) -> str:
-    lines = [f"{'layer':<10}{'N x K':>12}{'method':>8}{'groups cut':>12}{'weights kept':>14}"
+    lines = [f"{'layer':<10}{'N x K':>12}{'method':>8}{'nodes kept':>12}{'groups cut':>12}{'weights kept':>14}"
              f"{'dense':>12}{'pruned':>12}  form"]
     for name, layer in report["layers"].items():
         unit = layer["unit"]
         fmt = (lambda v: f"{v / 1e3:.1f}k") if unit == "cycles" else (lambda v: f"{v * 1e6:.1f}us")
+        groups = f"{layer['group_sparsity']:.1%}" if "group_sparsity" in layer else "-"
         lines.append(f"{name:<10}{'x'.join(map(str, layer['shape_nk'])):>12}{layer['method']:>8}"
-                     f"{layer.get('group_sparsity', 0):>12.1%}{layer['weights_kept']:>14.1%}"
+                     f"{'/'.join(map(str, layer['nodes'][::-1])):>12}{groups:>12}{layer['weights_kept']:>14.1%}"
                      f"{fmt(layer['predicted_dense']):>12}{fmt(layer['predicted']):>12}  {layer['form']}"
-                     + ("" if layer["method"] == "simd" else f"  ({layer['reason']})"))
+                     + ("" if layer["method"] != "none" else f"  ({layer['reason']})"))
     test, val = report["test_accuracy"], report["validation_accuracy"]
+    nodes = report.get("node_pruning")
+    if nodes:
+        lines.append(f"node pruning: {len(nodes['rounds'])} rounds, λ up to "
+                     f"{max((r['penalty'] for r in nodes['rounds'] if r['kept']), default=0):.2g}; after removing the "
+                     f"masked nodes and retraining, validation {nodes['baseline']:.2%} -> {nodes['final']:.2%}"
+                     + (f", {nodes['walked_back']} rounds walked back" if nodes["walked_back"] else ""))
     if report["rounds_walked_back"]:
         lines.append(f"{report['rounds_walked_back']} kept rounds walked back: images no round was judged on "
                      "disagreed with the validation images (the accuracy target could not be kept further)")
@@ -51,7 +63,11 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    nodes = report.get("node_pruning")
+    fig, axes = plt.subplots(1, 3 if nodes else 2, figsize=(16 if nodes else 11, 4))
+    left, right = axes[0], axes[-1]
+    if nodes:
+        _plot_node_rounds(axes[1], nodes, report["settings"]["tolerance"])
     rounds = report["rounds"]
     kept = [r for r in rounds if r["kept"]]
     removed = [0.0] + [r["weights_removed"] for r in kept]
@@ -69,9 +85,29 @@ def plot(report: dict, path: Path) -> None:
     left.set_ylabel("validation accuracy (%)")
     left.set_title("validation accuracy vs pruning, round by round")
     left.legend()
-    names = list(report["layers"])
-    right.bar(names, [100 * report["layers"][n].get("group_sparsity", 0) for n in names])
-    right.set_ylabel("groups removed (%)")
-    right.set_title(f"group sparsity per layer ({report['target']})")
+    layers = report["layers"]
+    names = list(layers)
+    removed = [100 * layers[n]["group_sparsity"] if "group_sparsity" in layers[n]
+               else 100 * (1 - layers[n]["nodes"][1] / layers[n]["nodes"][0]) for n in names]
+    bars = right.bar(names, removed)
+    for bar, n in zip(bars, names):
+        bar.set_color({"simd": "tab:blue", "node": "tab:orange"}.get(layers[n]["method"], "grey"))
+    right.set_ylabel("removed (%): groups (blue) / nodes (orange)")
+    right.set_title(f"what each layer lost ({report['target']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _plot_node_rounds(ax, nodes: dict, tolerance: float) -> None:
+    rounds = nodes["rounds"]
+    kept = [r for r in rounds if r["kept"]]
+    ax.semilogx([r["penalty"] for r in kept], [100 * r["accuracy"] for r in kept], "o-", label="kept rounds")
+    ax.semilogx([r["penalty"] for r in rounds if not r["kept"]], [100 * r["accuracy"] for r in rounds if not r["kept"]],
+                "x", color="red", label="undone rounds")
+    for r in kept:
+        ax.annotate(" ".join(str(c) for c in r["alive"].values()), (r["penalty"], 100 * r["accuracy"]), fontsize=7)
+    ax.axhline(100 * (nodes["baseline"] - tolerance), color="grey", linestyle="--", label="accuracy floor")
+    ax.set_xlabel("L1 penalty λ on the masks")
+    ax.set_ylabel("validation accuracy, masked (%)")
+    ax.set_title("node pruning (labels: nodes kept per layer)")
+    ax.legend()

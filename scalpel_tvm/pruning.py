@@ -1,27 +1,28 @@
-"""The pruning frontend, first part: SIMD-aware weight pruning with retraining (Scalpel §3.4),
-layer by layer in the order the target's cost model gives (slowest layer first, re-ranked after
-every round), until accuracy can no longer be kept.
+"""The pruning frontend: hardware-aware pruning with retraining (Scalpel §3.3–3.5), layer by layer
+in the order the target's cost model gives, until accuracy can no longer be kept.
 
 Strategy per hardware class (Scalpel §3.5), `layer_strategy`:
 
 * low parallelism (Cortex-M): every Conv and Gemm layer loses aligned groups of G = the core's
   int16 lanes (2 on an M4: the pairs one SMUAD multiplies; 1 without the DSP extension) along its
   inputs — the 1xG groups `int16_net` stores as pairs;
-* moderate (x86): FC layers lose aligned groups of G = the fp32 lanes (8 with AVX2) across
-  outputs — the Gx1 groups the x86 kernels vectorize; conv layers would get node pruning, which
-  is not implemented yet, so they are left alone and the report says so;
-* high (CUDA): node pruning only — not implemented yet: a clear error.
+* moderate (x86): conv layers lose whole filters (node pruning with mask layers,
+  `node_pruning`), then FC layers lose aligned groups of G = the fp32 lanes (8 with AVX2) across
+  outputs — the Gx1 groups the x86 kernels vectorize; conv first, then FC, as the paper orders it;
+* high (CUDA): node pruning of every layer but the output layer — the layers stay dense and
+  shrink, which is what a GPU can skip.
 
-A round takes the layer with the largest predicted time (the Cortex-M cycle model, or the
-planner's cost model on x86, each in the layer's cheapest form), removes `step` of its remaining
-groups — those least important by root-mean-square (MAX and MEAN selectable) — retrains with the
-pruned weights held at zero, and keeps the result if validation accuracy stays within
-`tolerance` of the unpruned model's; otherwise it restores the layer's last kept state and halves
-that layer's step (a single retraining is noisy at a 0.1-point tolerance), and once the step is
-below `min_step` the layer is done. At the end, images no round was judged on confirm the
-result, and kept rounds are walked back until they agree (many decisions on one validation set
-overfit it). The numpy parts (importance, masks, strategy, ordering) need no PyTorch; the
-retraining goes through callables (`torch_chain` for ONNX models of the LeNet / ConvNet family).
+SIMD-aware rounds (`prune_simd`) take the layer with the largest predicted time (the Cortex-M
+cycle model, or the planner's cost model, each in the layer's cheapest form), remove `step` of
+its remaining groups — those least important by root-mean-square (MAX and MEAN selectable) —
+retrain with the pruned weights held at zero, and keep the result if validation accuracy stays
+within `tolerance` of the unpruned model's; otherwise they restore the layer's last kept state
+and halve that layer's step (a single retraining is noisy at a 0.1-point tolerance), and once
+the step is below `min_step` the layer is done. At the end, images no round was judged on
+confirm the result, and kept rounds are walked back until they agree (many decisions on one
+validation set overfit it). The numpy parts (importance, masks, strategy, ordering) need no
+PyTorch; the retraining goes through callables (`torch_chain` for ONNX models of the LeNet /
+ConvNet family).
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def groups_alive(w_nk: np.ndarray, group: int, orientation: str) -> int:
 @dataclass
 class LayerStrategy:
     name: str
-    method: str  # "simd" | "none"
+    method: str  # "simd" | "node" | "none"
     group: int = 1
     orientation: str = "1xg"
     reason: str = ""
@@ -86,14 +87,15 @@ class LayerStrategy:
 
 def layer_strategy(spec: TargetSpec, layers: list[dict]) -> dict[str, LayerStrategy]:
     """What each Conv / Gemm layer gets on `spec`'s hardware class (see module doc)."""
-    if spec.parallelism == "high":
-        raise ScalpelError(f"{spec.name} is a high-parallelism target, where Scalpel prunes nodes only; "
-                           "node pruning (mask layers) is not implemented yet")
     out = {}
-    for layer in layers:
-        if layer["op"] not in ("fc", "conv"):
-            continue
-        if spec.parallelism == "low":
+    pruned = [layer for layer in layers if layer["op"] in ("fc", "conv")]
+    for layer in pruned:
+        if spec.parallelism == "high":
+            if layer is pruned[-1]:
+                out[layer["name"]] = LayerStrategy(layer["name"], "none", reason="the output layer keeps its nodes")
+            else:
+                out[layer["name"]] = LayerStrategy(layer["name"], "node", reason="node pruning (a GPU skips whole nodes)")
+        elif spec.parallelism == "low":
             group = spec.lanes("int16")
             out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "1xg",
                                                f"SIMD-aware, groups of {group} inputs (int16 lanes)")
@@ -102,17 +104,31 @@ def layer_strategy(spec: TargetSpec, layers: list[dict]) -> dict[str, LayerStrat
             out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "gx1",
                                                f"SIMD-aware, groups of {group} outputs (fp32 lanes)")
         else:
-            out[layer["name"]] = LayerStrategy(layer["name"], "none",
-                                               reason="conv on a CPU takes node pruning, not implemented yet")
+            out[layer["name"]] = LayerStrategy(layer["name"], "node", reason="node pruning (conv on a CPU)")
     return out
+
+
+def nodes_alive(w_nk: np.ndarray) -> int:
+    """Output nodes (rows) with a non-zero weight: those node shrinking keeps."""
+    return int(np.count_nonzero(np.any(w_nk != 0, axis=1)))
+
+
+def inputs_alive(w_nk: np.ndarray, channels: int) -> int:
+    """Columns of `w_nk` a shrunk layer still reads: whole input channels for a conv
+    (`channels` of them, each KH·KW columns), single inputs for an FC layer (`channels` = K)."""
+    per_channel = np.any(w_nk.reshape(w_nk.shape[0], channels, -1) != 0, axis=(0, 2))
+    return int(np.count_nonzero(per_channel)) * (w_nk.shape[1] // channels)
 
 
 class LayerCost:
     """Predicted time of a layer with a given weight, in its cheapest form on the target: the
-    Cortex-M cycle model (cycles) or the planner's cost model (seconds)."""
+    Cortex-M cycle model (cycles) or the planner's cost model (seconds; batch 50 on a GPU, the
+    paper's, and 1 on a CPU). Dense is priced node-shrunk: the rows and input channels that are
+    all zero are gone, as `Pass` and `int16_net` remove them."""
 
     def __init__(self, spec: TargetSpec, layers: list[dict]):
         self.spec = spec
+        self.batch = 50 if spec.parallelism == "high" else 1
         self.layers = {layer["name"]: layer for layer in layers}
         if spec.parallelism == "low":
             from .m4_cost import CortexMCost
@@ -134,15 +150,35 @@ class LayerCost:
 
         n, k = w_nk.shape
         group = self.spec.lanes("float32")
-        pixels = 1 if layer["window"] is None else layer["window"].oh * layer["window"].ow
-        queries = [KernelQuery(layer["op"], "dense", 1, k, n, pixels=pixels)]
-        if layer["op"] == "fc":
+        window = layer["window"]
+        pixels = 1 if window is None else window.oh * window.ow
+        shrunk_k = inputs_alive(w_nk, k if window is None else window.c)
+        queries = [KernelQuery(layer["op"], "dense", self.batch, max(shrunk_k, 1), max(nodes_alive(w_nk), 1), pixels=pixels)]
+        if layer["op"] == "fc" and self.spec.parallelism != "high":
             for orientation in ("gx1", "1xg"):
                 groups = groups_alive(w_nk, group, orientation)
-                queries.append(KernelQuery("fc", f"gsparse_{orientation}", 1, k, n, group=group, groups=groups))
+                queries.append(KernelQuery("fc", f"gsparse_{orientation}", self.batch, k, n, group=group, groups=groups))
         costs = {q.form: self.model.estimate(q, w_nk.T).seconds for q in queries}
         best = min(costs, key=costs.get)
         return costs[best], best
+
+
+def layer_summary(strategy: dict, weights: dict, cost: LayerCost) -> dict:
+    """Per layer: shape, method, what was removed, and the predicted time dense and pruned."""
+    out = {}
+    for name, s in strategy.items():
+        w = weights[name]
+        entry = {"shape_nk": list(w.shape), "method": s.method, "reason": s.reason,
+                 "weights_kept": float(np.count_nonzero(w) / w.size),
+                 "nodes": [w.shape[0], nodes_alive(w)]}
+        if s.method == "simd":
+            blocks = _blocks(w, s.group, s.orientation)
+            entry["group_sparsity"] = 1 - np.count_nonzero(np.any(blocks != 0, axis=2)) / (blocks.shape[0] * blocks.shape[1])
+        dense_time, _ = cost(name, np.ones_like(w))
+        time, form = cost(name, w)
+        entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
+        out[name] = entry
+    return out
 
 
 @dataclass
@@ -166,11 +202,12 @@ class PruneResult:
     confirmed_baseline: float | None = None  # the unpruned model on the confirmation images
     confirmed_accuracy: float | None = None
     weights_removed: float = 0.0  # of all prunable weights, in the result
+    nodes: object = None  # node_pruning.NodeResult when layers were node-pruned
 
 
 def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
                tolerance: float, step: float = 0.3, min_step: float = 0.05, how: str = "rms",
-               max_rounds: int = 80, progress=None, confirm=None) -> PruneResult:
+               max_rounds: int = 80, progress=None, confirm=None, reference: tuple | None = None) -> PruneResult:
     """The SIMD-aware loop (module doc), on a model reached through callables:
     `net_weights()` -> {layer: [N, K] weight}, `set_mask(layer, mask)` zeroes and holds pruned
     weights, `retrain(masks)`, `evaluate()` -> validation accuracy, `snapshot()` / `restore(s)`.
@@ -178,20 +215,22 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     Many keep/undo decisions on one validation set overfit it, so with `confirm()` (accuracy on
     images the decisions never saw) the result is checked at the end against the same
     tolerance, and when it fails, the loop's kept rounds are walked back, newest first, to the
-    last state that passes (`PruneResult.walked_back` says how many)."""
+    last state that passes (`PruneResult.walked_back` says how many). `reference` = (validation,
+    confirmation accuracy) of the unpruned model when an earlier phase changed the model already,
+    so the tolerance is spent once, not per phase."""
     if not 0 < step < 1:
         raise ScalpelError(f"step must be in (0, 1): the fraction of a layer's remaining groups a round removes; got {step}")
     active = {name for name, s in strategy.items() if s.method == "simd"}
     if not active:
         raise ScalpelError("no layer can be pruned on this target (see the strategy's reasons)")
-    baseline = evaluate()
+    baseline = reference[0] if reference else evaluate()
     floor = baseline - tolerance
     weights = net_weights()
     total = sum(weights[name].size for name in active)
     masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
     result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
     done, steps = set(), dict.fromkeys(active, step)
-    result.confirmed_baseline = confirm() if confirm else None
+    result.confirmed_baseline = (reference[1] if reference else confirm()) if confirm else None
     confirm_floor = result.confirmed_baseline - tolerance if confirm else None
     kept_states = [(snapshot(), copy.deepcopy(masks), baseline)]
     for _ in range(max_rounds):
@@ -234,33 +273,20 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
             result.walked_back += 1
         result.confirmed_accuracy = confirm()
     result.weights_removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
-    weights = net_weights()
-    for name in strategy:
-        w = weights[name]
-        s = strategy[name]
-        entry = {"shape_nk": list(w.shape), "method": s.method, "reason": s.reason,
-                 "weights_kept": float(np.count_nonzero(w) / w.size)}
-        if s.method == "simd":
-            blocks = _blocks(w, s.group, s.orientation)
-            entry["group_sparsity"] = 1 - np.count_nonzero(np.any(blocks != 0, axis=2)) / (blocks.shape[0] * blocks.shape[1])
-        dense_time, _ = cost(name, np.ones_like(w))
-        time, form = cost(name, w)
-        entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
-        result.layers[name] = entry
+    result.layers = layer_summary(strategy, net_weights(), cost)
     result.final_accuracy = evaluate()
     return result
 
 
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
-               validation: int | None = None, seed: int = 0):
+               validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost"):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
-    (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). The last
+    (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
+    comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
+    nodes by what they cost on the target or "uniform" as the paper), then SIMD-aware pruning. The last
     `validation` training images (default a tenth, at most 10,000) are held out from training:
-    one half decides each round, the other confirms the end result (`prune_simd`); the test set
-    only reports."""
-    from tqdm import tqdm
-
+    one half decides each round, the other confirms the end result; the test set only reports."""
     from . import torch_chain
     from .int16_net import read_chain
 
@@ -285,6 +311,102 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
     strategy = layer_strategy(spec, layers)
     cost = LayerCost(spec, layers)
+    round_seed = iter(range(seed + 1, seed + 100_000))
+
+    def retrain(masks=None, **kwargs):
+        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=next(round_seed),
+                          desc="retrain", **kwargs)
+
+    def evaluate():
+        return torch_chain.accuracy(net, val_x, val_y)
+
+    def confirm():
+        return torch_chain.accuracy(net, fresh_x, fresh_y)
+
+    node_layers = [name for name, s in strategy.items() if s.method == "node"]
+    node_result = None
+    if node_layers:
+        scale = node_penalty_scale(node_layers, torch_chain.weights(net), cost) if node_penalty == "cost" else None
+        node_result = _prune_nodes(net, node_layers, scale, retrain, evaluate, confirm, tolerance, penalty, max_rounds)
+    if any(s.method == "simd" for s in strategy.values()):
+        reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
+        result = _prune_simd(net, strategy, cost, retrain, evaluate, confirm, tolerance, step, how, max_rounds,
+                             reference)
+    else:
+        result = PruneResult(node_result.baseline_accuracy, node_result.final_accuracy,
+                             strategy={n: s.__dict__ for n, s in strategy.items()}, walked_back=node_result.walked_back,
+                             confirmed_baseline=node_result.confirmed_baseline,
+                             confirmed_accuracy=node_result.confirmed_accuracy)
+    weights = torch_chain.weights(net)
+    result.nodes = node_result
+    result.layers = layer_summary(strategy, weights, cost)
+    prunable = [name for name, s in strategy.items() if s.method != "none"]
+    result.weights_removed = 1 - sum(np.count_nonzero(weights[n]) for n in prunable) / sum(weights[n].size for n in prunable)
+    pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+    return torch_chain.write_weights(model, net), result, {"dense": dense_test, "pruned": pruned_test}
+
+
+def node_penalty_scale(names: list[str], weights: dict, cost: LayerCost) -> dict[str, float]:
+    """Each node-pruned layer's weight in the L1 penalty: what removing one of its nodes saves
+    by the target's cost model — its share of its own layer's time and of the next layer's
+    (whose inputs it feeds) — relative to the average node. The paper's uniform λ treats a
+    conv filter and an FC neuron alike; on a GPU a LeNet-5 conv filter costs ~30x a neuron."""
+    order = list(weights)
+    saving = {}
+    for name in names:
+        nxt = order[order.index(name) + 1] if order.index(name) + 1 < len(order) else None
+        time = cost(name, np.ones_like(weights[name]))[0] + (cost(nxt, np.ones_like(weights[nxt]))[0] if nxt else 0.0)
+        saving[name] = time / weights[name].shape[0]
+    nodes = sum(weights[name].shape[0] for name in names)
+    mean = sum(saving[name] * weights[name].shape[0] for name in names) / nodes
+    return {name: saving[name] / mean for name in names}
+
+
+def _prune_nodes(net, names, scale, retrain, evaluate, confirm, tolerance, penalty, max_rounds):
+    """`node_pruning.prune_nodes` on the torch chain `net`, masks after `names`."""
+    from tqdm import tqdm
+
+    from . import torch_chain
+    from .node_pruning import prune_nodes, update_alpha
+
+    torch_chain.add_node_masks(net, names, scale)
+
+    def update(net):
+        for name, (alpha, beta) in torch_chain.node_masks(net).items():
+            new = update_alpha(alpha, beta)
+            if not new.any():  # a layer is never pruned to nothing: its strongest node stays
+                new[np.argmax(beta)] = 1.0
+            if not np.array_equal(new, alpha):
+                torch_chain.set_alpha(net, name, new)
+
+    def alive():
+        return {name: int(alpha.sum()) for name, (alpha, _) in torch_chain.node_masks(net).items()}
+
+    def remove_and_retrain():
+        torch_chain.remove_masked_nodes(net)
+        retrain()
+
+    bar = tqdm(total=max_rounds, desc="node pruning rounds", file=sys.stderr)
+
+    def report(round_):
+        bar.update(1)
+        bar.set_postfix_str(f"λ {round_.penalty:.2g} {'kept' if round_.kept else 'undone'}, val {round_.accuracy:.2%}, "
+                            + " ".join(f"{n} {c}" for n, c in round_.alive.items()))
+
+    result = prune_nodes(lambda lam: retrain(penalty=lam, after_step=update), alive, evaluate,
+                         lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s), remove_and_retrain,
+                         tolerance=tolerance, penalty=penalty, max_rounds=max_rounds, confirm=confirm, progress=report)
+    bar.close()
+    return result
+
+
+def _prune_simd(net, strategy, cost, retrain, evaluate, confirm, tolerance, step, how, max_rounds, reference):
+    """`prune_simd` on the torch chain `net`."""
+    from tqdm import tqdm
+
+    from . import torch_chain
+
+    torch = torch_chain._torch()
 
     def set_mask(name, mask):
         with torch.no_grad():
@@ -297,15 +419,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
         bar.set_postfix_str(f"{round_.layer} {'kept' if round_.kept else 'undone'}, "
                             f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
 
-    round_seed = iter(range(seed + 1, seed + 10_000))
-    result = prune_simd(
-        lambda: torch_chain.weights(net), set_mask,
-        lambda masks: torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4,
-                                        seed=next(round_seed), desc="retrain"),
-        lambda: torch_chain.accuracy(net, val_x, val_y),
-        lambda: copy.deepcopy(net.state_dict()), net.load_state_dict,
-        strategy, cost, tolerance=tolerance, step=step, how=how, max_rounds=max_rounds, progress=report,
-        confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y))
+    result = prune_simd(lambda: torch_chain.weights(net), set_mask, lambda masks: retrain(masks), evaluate,
+                        lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
+                        strategy, cost, tolerance=tolerance, step=step, how=how, max_rounds=max_rounds,
+                        progress=report, confirm=confirm, reference=reference)
     bar.close()
-    pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
-    return torch_chain.write_weights(model, net), result, {"dense": dense_test, "pruned": pruned_test}
+    return result

@@ -6,6 +6,15 @@
 pruned model keeps the user's graph and only its initializers change. Training is plain Adam on
 cross-entropy with masks re-applied after every step (pruned weights stay zero); progress goes
 to a tqdm bar. PyTorch is the optional `train` extra.
+
+Node pruning's mask layers (Scalpel §3.3) live here too: `add_node_masks(net, names)` puts a
+mask after each named layer (after its ReLU), output_i = α_i·β_i·x_i per neuron or feature map,
+with α ∈ {0, 1} a buffer and β ∈ [0, 1] a parameter. β learns through a straight-through α (its
+gradient is the one it would have with α = 1), so a node switched off can come back under the
+hysteresis of equation (6) (`node_pruning.update_alpha`) instead of being pulled to zero by the
+L1 penalty alone. `remove_masked_nodes(net)` folds β into the layer (β·relu(z) = relu(β·z) for
+β ≥ 0, so the output is unchanged), zeroes the nodes with α = 0 (weights, bias, and the
+consumer's inputs they fed), and from then on `train` holds them at zero.
 """
 from __future__ import annotations
 
@@ -40,6 +49,9 @@ def chain_net(model: onnx.ModelProto):
             self.input_shape = input_shape
             self.names = [layer["name"] for layer in layers if layer["op"] in ("fc", "conv")]
             self.layers = nn.ModuleDict()
+            self.beta = nn.ParameterDict()  # node masks: key -> β; α is the buffer "alpha_<key>"
+            self.removed = {}  # layer name -> 0/1 node mask held after remove_masked_nodes
+            self.penalty_scale = {}  # key -> weight of the layer's masks in the L1 penalty
             self.plan = []  # (op, module key, ReLU after, zero padding before a conv)
             for layer in layers:
                 key = layer["name"].replace(".", "_")
@@ -71,12 +83,105 @@ def chain_net(model: onnx.ModelProto):
                 x = self.layers[key](x)
                 if relu:
                     x = x.relu()
+                if key in self.beta:
+                    beta = self.beta[key]
+                    gate = beta + (getattr(self, f"alpha_{key}") * beta - beta).detach()  # straight-through α
+                    x = x * gate.reshape(1, -1, *([1] * (x.dim() - 2)))
             return x
 
         def weight(self, name):
             return self.layers[name.replace(".", "_")].weight
 
+        def module(self, name):
+            return self.layers[name.replace(".", "_")]
+
+        def consumer(self, name):
+            """The next Conv / Gemm layer after `name` (the one its nodes feed), or None."""
+            index = self.names.index(name)
+            return self.names[index + 1] if index + 1 < len(self.names) else None
+
     return Net()
+
+
+def add_node_masks(net, names, penalty_scale: dict | None = None) -> None:
+    """A mask layer (α = β = 1: the output is unchanged) after each of `names`; `penalty_scale`
+    (name -> factor, default 1) weighs each layer's share of the L1 penalty."""
+    torch = _torch()
+    for name in names:
+        key = name.replace(".", "_")
+        net.penalty_scale[key] = float((penalty_scale or {}).get(name, 1.0))
+        nodes = net.weight(name).shape[0]
+        net.beta[key] = torch.nn.Parameter(torch.ones(nodes))
+        net.register_buffer(f"alpha_{key}", torch.ones(nodes))
+
+
+def node_masks(net) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer name -> (α, β) as numpy arrays."""
+    return {name: (getattr(net, f"alpha_{name.replace('.', '_')}").numpy().copy(),
+                   net.beta[name.replace(".", "_")].detach().numpy().copy())
+            for name in net.names if name.replace(".", "_") in net.beta}
+
+
+def set_alpha(net, name: str, alpha: np.ndarray) -> None:
+    torch = _torch()
+    getattr(net, f"alpha_{name.replace('.', '_')}").copy_(torch.from_numpy(np.asarray(alpha, np.float32)))
+
+
+def remove_masked_nodes(net) -> dict[str, int]:
+    """Fold β into each masked layer, zero its α = 0 nodes and the consumer inputs they fed, and
+    set the masks to α·1 so the module computes what the written ONNX model will. Returns layer
+    name -> nodes kept."""
+    torch = _torch()
+    kept = {}
+    with torch.no_grad():
+        for name, (alpha, beta) in node_masks(net).items():
+            key = name.replace(".", "_")
+            scale = torch.from_numpy(alpha * beta)
+            module = net.module(name)
+            module.weight.mul_(scale.reshape(-1, *([1] * (module.weight.dim() - 1))))
+            if module.bias is not None:
+                module.bias.mul_(scale)
+            net.beta[key].fill_(1.0)
+            net.beta[key].requires_grad_(False)
+            net.removed[name] = alpha.copy()
+            kept[name] = int(alpha.sum())
+    hold_removed_nodes(net)
+    return kept
+
+
+def snapshot(net):
+    """Everything a pruning round may change: the weights, the masks, the removed nodes."""
+    import copy
+
+    return copy.deepcopy(net.state_dict()), copy.deepcopy(net.removed), {k: b.requires_grad for k, b in net.beta.items()}
+
+
+def restore(net, saved) -> None:
+    import copy
+
+    state, removed, trainable = saved
+    net.load_state_dict(state)
+    net.removed = copy.deepcopy(removed)
+    for key, flag in trainable.items():
+        net.beta[key].requires_grad_(flag)
+
+
+def hold_removed_nodes(net) -> None:
+    """Zero the removed nodes' weights and biases and the consumer weights they fed."""
+    torch = _torch()
+    with torch.no_grad():
+        for name, alive in net.removed.items():
+            dead = torch.from_numpy(alive == 0)
+            module = net.module(name)
+            module.weight[dead] = 0
+            if module.bias is not None:
+                module.bias[dead] = 0
+            consumer = net.consumer(name)
+            if consumer is not None:
+                w = net.weight(consumer)
+                per_node = w.shape[1] // len(alive)  # a conv channel feeds a range of flattened features
+                columns = w.view(w.shape[0], len(alive), per_node, *w.shape[2:])
+                columns[:, dead] = 0
 
 
 def _pads(window) -> tuple:
@@ -101,14 +206,21 @@ def _pool(nn, layer):
 
 
 def train(net, x: np.ndarray, y: np.ndarray, *, epochs: float, masks: dict | None = None, lr: float = 1e-3,
-          batch: int = 128, seed: int = 0, desc: str = "train") -> None:
+          batch: int = 128, seed: int = 0, desc: str = "train", penalty: float = 0.0, beta_lr: float = 1e-2,
+          after_step=None) -> None:
     """Adam on cross-entropy for `epochs` passes (fractions allowed); with `masks` (layer name ->
-    0/1 array of the weight's shape) pruned weights are set back to zero after every step."""
+    0/1 array of the weight's shape) pruned weights are set back to zero after every step, and so
+    are removed nodes (`remove_masked_nodes`). Node masks' β learn at `beta_lr` with an L1
+    `penalty` on them and are clipped to [0, 1]; `after_step(net)` runs after every step (the α
+    update of node pruning)."""
     torch = _torch()
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
     masks = {name: torch.from_numpy(np.asarray(m, np.float32)).reshape(net.weight(name).shape)
              for name, m in (masks or {}).items()}
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    betas = {key: b for key, b in net.beta.items() if b.requires_grad}
+    weights = [p for p in net.layers.parameters()]
+    optimizer = torch.optim.Adam([{"params": weights}] + ([{"params": list(betas.values()), "lr": beta_lr}]
+                                                         if betas else []), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     steps = max(1, int(round(epochs * len(xt) / batch)))
     order = torch.cat([torch.randperm(len(xt), generator=generator) for _ in range(int(np.ceil(epochs)) or 1)])
@@ -121,12 +233,20 @@ def train(net, x: np.ndarray, y: np.ndarray, *, epochs: float, masks: dict | Non
     for step in tqdm(range(steps), desc=desc, file=sys.stderr, leave=False):
         index = order[step * batch:(step + 1) * batch]
         loss = torch.nn.functional.cross_entropy(net(xt[index]), yt[index])
+        if penalty and betas:
+            loss = loss + penalty * sum(net.penalty_scale[key] * b.sum() for key, b in betas.items())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             for name, mask in masks.items():
                 net.weight(name).mul_(mask)
+            for b in betas.values():
+                b.clamp_(0.0, 1.0)
+        if net.removed:
+            hold_removed_nodes(net)
+        if after_step:
+            after_step(net)
 
 
 def accuracy(net, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:

@@ -53,9 +53,7 @@ def test_strategy_follows_the_hardware_class():
     assert {s.group for s in pruning.layer_strategy(TargetSpec.preset("cortex-m3"), layers).values()} == {1}
     x86 = pruning.layer_strategy(TargetSpec.preset("x86-avx2"), layers)
     assert (x86["fc1"].method, x86["fc1"].group, x86["fc1"].orientation) == ("simd", 8, "gx1")
-    assert x86["conv1"].method == "none" and "node pruning" in x86["conv1"].reason
-    with pytest.raises(ScalpelError, match="node pruning .* not implemented yet"):
-        pruning.layer_strategy(TargetSpec.preset("cuda"), layers)
+    assert x86["conv1"].method == "node"
 
 
 def test_the_loop_prunes_the_slowest_layer_first_and_undoes_a_round_that_costs_accuracy():
