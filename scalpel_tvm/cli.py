@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="build and run it under QEMU and check it against the numpy reference")
     deploy.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
 
-    prune = sub.add_parser("prune", help="prune a model for a target with retraining (SIMD-aware so far)")
+    prune = sub.add_parser("prune", help="prune a model for a target with retraining (node and SIMD-aware pruning)")
     prune.add_argument("model", help="an ONNX file of the LeNet / ConvNet family (trained, or see --train-epochs)")
     prune.add_argument("--target", required=True, choices=preset_names())
     prune.add_argument("--data", default="mnist", help="the data set (mnist)")
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--importance", choices=["rms", "max", "mean"], default="rms")
     prune.add_argument("--penalty", type=float, default=1e-4,
                        help="node pruning: the starting L1 penalty λ on the mask layers (it grows each round)")
+    prune.add_argument("--method", choices=["scalpel", "traditional", "optimized"], default="scalpel",
+                       help="scalpel (default), or a baseline: traditional magnitude pruning (CSR) or optimized "
+                            "pruning (traditional, with layers keeping > 50%% of their weights dense)")
     prune.add_argument("--node-penalty", choices=["cost", "uniform"], default="cost",
                        help="node pruning: weigh each layer's λ by what its nodes cost on the target (default) "
                             "or the same for all, as the paper")
@@ -157,10 +160,10 @@ def _prune(args) -> None:
     pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
                                       epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
                                       how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
-                                      node_penalty=args.node_penalty)
+                                      node_penalty=args.node_penalty, method=args.method)
     onnx.save(pruned, out)
     report = prune_report.as_dict(result, test, args.target, {
-        "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
+        "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "train_epochs": args.train_epochs,
         "limit": args.limit})
     if args.report:

@@ -13,9 +13,11 @@ def as_dict(result, test: dict, target: str, settings: dict) -> dict:
             "validation_accuracy": {"baseline": result.baseline_accuracy, "final": result.final_accuracy,
                                     "confirmation_baseline": result.confirmed_baseline,
                                     "confirmation_final": result.confirmed_accuracy},
-            "rounds_walked_back": result.walked_back,
+            "rounds_walked_back": result.walked_back, "reverted": result.reverted,
             "weights_removed": result.weights_removed,
             "layers": result.layers, "rounds": [asdict(r) for r in result.rounds],
+            "predicted_speedup": sum(lay["predicted_dense"] for lay in result.layers.values())
+            / sum(lay["predicted"] for lay in result.layers.values()),
             "node_pruning": None if result.nodes is None else {
                 "baseline": result.nodes.baseline_accuracy, "final": result.nodes.final_accuracy,
                 "confirmation_final": result.nodes.confirmed_accuracy, "walked_back": result.nodes.walked_back,
@@ -23,13 +25,13 @@ def as_dict(result, test: dict, target: str, settings: dict) -> dict:
 
 
 def table(report: dict) -> str:
-    lines = [f"{'layer':<10}{'N x K':>12}{'method':>8}{'nodes kept':>12}{'groups cut':>12}{'weights kept':>14}"
+    lines = [f"{'layer':<10}{'N x K':>12}{'method':>11}{'nodes kept':>12}{'groups cut':>12}{'weights kept':>14}"
              f"{'dense':>12}{'pruned':>12}  form"]
     for name, layer in report["layers"].items():
         unit = layer["unit"]
         fmt = (lambda v: f"{v / 1e3:.1f}k") if unit == "cycles" else (lambda v: f"{v * 1e6:.1f}us")
         groups = f"{layer['group_sparsity']:.1%}" if "group_sparsity" in layer else "-"
-        lines.append(f"{name:<10}{'x'.join(map(str, layer['shape_nk'])):>12}{layer['method']:>8}"
+        lines.append(f"{name:<10}{'x'.join(map(str, layer['shape_nk'])):>12}{layer['method']:>11}"
                      f"{'/'.join(map(str, layer['nodes'][::-1])):>12}{groups:>12}{layer['weights_kept']:>14.1%}"
                      f"{fmt(layer['predicted_dense']):>12}{fmt(layer['predicted']):>12}  {layer['form']}"
                      + ("" if layer["method"] != "none" else f"  ({layer['reason']})"))
@@ -40,12 +42,18 @@ def table(report: dict) -> str:
                      f"{max((r['penalty'] for r in nodes['rounds'] if r['kept']), default=0):.2g}; after removing the "
                      f"masked nodes and retraining, validation {nodes['baseline']:.2%} -> {nodes['final']:.2%}"
                      + (f", {nodes['walked_back']} rounds walked back" if nodes["walked_back"] else ""))
+    if report.get("reverted"):
+        lines.append(f"given their unpruned weights back and retrained: {', '.join(report['reverted'])} "
+                     + ("(kept more than half their weights: dense)" if report["settings"].get("method") == "optimized"
+                        else "(their pruned form was not predicted faster than dense)"))
     if report["rounds_walked_back"]:
         lines.append(f"{report['rounds_walked_back']} kept rounds walked back: images no round was judged on "
                      "disagreed with the validation images (the accuracy target could not be kept further)")
-    lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {len(report['rounds'])} "
+    rounds = len(report["rounds"]) + (len(nodes["rounds"]) if nodes else 0)
+    lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {rounds} "
                  f"rounds; validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
-                 f"test {test['dense']:.2%} -> {test['pruned']:.2%} (predicted times: the target's cost model)")
+                 f"test {test['dense']:.2%} -> {test['pruned']:.2%}")
+    lines.append(f"predicted time (the target's cost model): {report['predicted_speedup']:.2f}x faster than dense")
     return "\n".join(lines)
 
 

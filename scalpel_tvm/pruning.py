@@ -37,6 +37,8 @@ from .errors import ScalpelError
 from .target import TargetSpec
 
 IMPORTANCE = ("rms", "max", "mean")
+METHODS = ("scalpel", "traditional", "optimized")
+GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: aligned groups, or single weights
 
 
 def _blocks(w_nk: np.ndarray, group: int, orientation: str) -> np.ndarray:
@@ -79,7 +81,7 @@ def groups_alive(w_nk: np.ndarray, group: int, orientation: str) -> int:
 @dataclass
 class LayerStrategy:
     name: str
-    method: str  # "simd" | "node" | "none"
+    method: str  # "simd" | "node" | "magnitude" (traditional) | "none"
     group: int = 1
     orientation: str = "1xg"
     reason: str = ""
@@ -120,6 +122,33 @@ def inputs_alive(w_nk: np.ndarray, channels: int) -> int:
     return int(np.count_nonzero(per_channel)) * (w_nk.shape[1] // channels)
 
 
+def traditional_strategy(layers: list[dict]) -> dict[str, LayerStrategy]:
+    """The baseline: every Conv and Gemm layer, the output layer too, loses single weights by
+    magnitude (Han et al. 2015), with no regard for the hardware."""
+    return {layer["name"]: LayerStrategy(layer["name"], "magnitude", 1, "1xg", "traditional: single weights by magnitude")
+            for layer in layers if layer["op"] in ("fc", "conv")}
+
+
+class WeightCount:
+    """Traditional pruning's order: the layer with the most weights left first (Han et al. prune
+    where the parameters are; no model of the hardware)."""
+
+    unit = "weights"
+
+    def __call__(self, name: str, w_nk: np.ndarray, form: str | None = None) -> tuple[float, str]:
+        return float(np.count_nonzero(w_nk)), "csr"
+
+
+def baseline_forms(method: str, weights: dict) -> dict[str, str] | None:
+    """The formats a baseline deploys with: traditional pruning stores every layer as CSR,
+    optimized pruning (Scalpel §5) keeps a layer dense when more than half its weights are left.
+    None for Scalpel: each layer takes its fastest form."""
+    if method == "scalpel":
+        return None
+    return {name: "dense" if method == "optimized" and np.count_nonzero(w) > w.size / 2 else "csr"
+            for name, w in weights.items()}
+
+
 class LayerCost:
     """Predicted time of a layer with a given weight, in its cheapest form on the target: the
     Cortex-M cycle model (cycles) or the planner's cost model (seconds; batch 50 on a GPU, the
@@ -139,12 +168,13 @@ class LayerCost:
 
             self.model, self.unit = default_cost(spec), "s"
 
-    def __call__(self, name: str, w_nk: np.ndarray) -> tuple[float, str]:
+    def __call__(self, name: str, w_nk: np.ndarray, form: str | None = None) -> tuple[float, str]:
+        """(time, form): in `form` where the target has it (a baseline's CSR), else the cheapest."""
         layer = self.layers[name]
         if self.spec.parallelism == "low":
             probe = SimpleNamespace(op=layer["op"], w_nk=w_nk, window=layer["window"])
             costs = self.model.candidates(probe)
-            best = min(costs, key=costs.get)
+            best = form if form in costs else min(costs, key=costs.get)
             return costs[best], best
         from .cost import KernelQuery
 
@@ -158,24 +188,27 @@ class LayerCost:
             for orientation in ("gx1", "1xg"):
                 groups = groups_alive(w_nk, group, orientation)
                 queries.append(KernelQuery("fc", f"gsparse_{orientation}", self.batch, k, n, group=group, groups=groups))
+        if layer["op"] == "fc" and self.spec.parallelism == "high":
+            queries.append(KernelQuery("fc", "csr", self.batch, k, n, groups=max(int(np.count_nonzero(w_nk)), 1)))
         costs = {q.form: self.model.estimate(q, w_nk.T).seconds for q in queries}
-        best = min(costs, key=costs.get)
+        best = form if form in costs else min(costs, key=costs.get)
         return costs[best], best
 
 
-def layer_summary(strategy: dict, weights: dict, cost: LayerCost) -> dict:
-    """Per layer: shape, method, what was removed, and the predicted time dense and pruned."""
+def layer_summary(strategy: dict, weights: dict, cost: LayerCost, forms: dict | None = None) -> dict:
+    """Per layer: shape, method, what was removed, and the predicted time dense and pruned (in
+    `forms[layer]` where given and the target has it, else the fastest form)."""
     out = {}
     for name, s in strategy.items():
         w = weights[name]
         entry = {"shape_nk": list(w.shape), "method": s.method, "reason": s.reason,
                  "weights_kept": float(np.count_nonzero(w) / w.size),
                  "nodes": [w.shape[0], nodes_alive(w)]}
-        if s.method == "simd":
+        if s.method in GROUP_METHODS:
             blocks = _blocks(w, s.group, s.orientation)
             entry["group_sparsity"] = 1 - np.count_nonzero(np.any(blocks != 0, axis=2)) / (blocks.shape[0] * blocks.shape[1])
         dense_time, _ = cost(name, np.ones_like(w))
-        time, form = cost(name, w)
+        time, form = cost(name, w, (forms or {}).get(name))
         entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
         out[name] = entry
     return out
@@ -203,6 +236,7 @@ class PruneResult:
     confirmed_accuracy: float | None = None
     weights_removed: float = 0.0  # of all prunable weights, in the result
     nodes: object = None  # node_pruning.NodeResult when layers were node-pruned
+    reverted: list = field(default_factory=list)  # layers given their unpruned weights back
 
 
 def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
@@ -220,7 +254,7 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     so the tolerance is spent once, not per phase."""
     if not 0 < step < 1:
         raise ScalpelError(f"step must be in (0, 1): the fraction of a layer's remaining groups a round removes; got {step}")
-    active = {name for name, s in strategy.items() if s.method == "simd"}
+    active = {name for name, s in strategy.items() if s.method in GROUP_METHODS}
     if not active:
         raise ScalpelError("no layer can be pruned on this target (see the strategy's reasons)")
     baseline = reference[0] if reference else evaluate()
@@ -280,16 +314,25 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
 
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
-               validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost"):
+               validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
+               method: str = "scalpel"):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
     nodes by what they cost on the target or "uniform" as the paper), then SIMD-aware pruning. The last
     `validation` training images (default a tenth, at most 10,000) are held out from training:
-    one half decides each round, the other confirms the end result; the test set only reports."""
+    one half decides each round, the other confirms the end result; the test set only reports.
+
+    `method` "traditional" or "optimized" runs the baselines through the same loop, tolerance and
+    retraining: single weights by magnitude in every layer, largest layer first, deployed as CSR;
+    optimized then restores the layers that kept more than half their weights and deploys them
+    dense. Scalpel itself restores a SIMD-pruned layer whose pruned form is not predicted faster
+    than its dense one (pruning it bought nothing on this target)."""
     from . import torch_chain
     from .int16_net import read_chain
 
+    if method not in METHODS:
+        raise ScalpelError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
     torch = torch_chain._torch()
     torch.manual_seed(seed)
     spec = TargetSpec.preset(target) if isinstance(target, str) else target
@@ -309,8 +352,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     if dense_test < 2.0 / data.classes:
         print(f"scalpel prune: the model scores {dense_test:.1%} on {data.name}'s test set, near chance: is it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
-    strategy = layer_strategy(spec, layers)
+    strategy = layer_strategy(spec, layers) if method == "scalpel" else traditional_strategy(layers)
     cost = LayerCost(spec, layers)
+    original = torch_chain.weights(net)
     round_seed = iter(range(seed + 1, seed + 100_000))
 
     def retrain(masks=None, **kwargs):
@@ -328,18 +372,28 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     if node_layers:
         scale = node_penalty_scale(node_layers, torch_chain.weights(net), cost) if node_penalty == "cost" else None
         node_result = _prune_nodes(net, node_layers, scale, retrain, evaluate, confirm, tolerance, penalty, max_rounds)
-    if any(s.method == "simd" for s in strategy.values()):
+    if any(s.method in GROUP_METHODS for s in strategy.values()):
         reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
-        result = _prune_simd(net, strategy, cost, retrain, evaluate, confirm, tolerance, step, how, max_rounds,
-                             reference)
+        result = _prune_simd(net, strategy, cost if method == "scalpel" else WeightCount(), retrain, evaluate,
+                             confirm, tolerance, step, how, max_rounds, reference)
     else:
         result = PruneResult(node_result.baseline_accuracy, node_result.final_accuracy,
                              strategy={n: s.__dict__ for n, s in strategy.items()}, walked_back=node_result.walked_back,
                              confirmed_baseline=node_result.confirmed_baseline,
                              confirmed_accuracy=node_result.confirmed_accuracy)
     weights = torch_chain.weights(net)
+    if method == "optimized":
+        reverted = [name for name, w in weights.items() if np.count_nonzero(w) > w.size / 2]
+    else:
+        reverted = [name for name, s in strategy.items() if s.method == "simd"
+                    and cost(name, weights[name])[0] >= cost(name, np.ones_like(weights[name]))[0]]
+    if reverted:
+        _revert(net, reverted, original, retrain)
+        result.final_accuracy, result.confirmed_accuracy = evaluate(), confirm()
+        weights = torch_chain.weights(net)
+    result.reverted = reverted
     result.nodes = node_result
-    result.layers = layer_summary(strategy, weights, cost)
+    result.layers = layer_summary(strategy, weights, cost, baseline_forms(method, weights))
     prunable = [name for name, s in strategy.items() if s.method != "none"]
     result.weights_removed = 1 - sum(np.count_nonzero(weights[n]) for n in prunable) / sum(weights[n].size for n in prunable)
     pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
@@ -360,6 +414,19 @@ def node_penalty_scale(names: list[str], weights: dict, cost: LayerCost) -> dict
     nodes = sum(weights[name].shape[0] for name in names)
     mean = sum(saving[name] * weights[name].shape[0] for name in names) / nodes
     return {name: saving[name] / mean for name in names}
+
+
+def _revert(net, names, original, retrain) -> None:
+    """Give `names` their unpruned weights back and retrain, the other layers' zeros held."""
+    from . import torch_chain
+
+    torch = torch_chain._torch()
+    with torch.no_grad():
+        for name in names:
+            net.weight(name).copy_(torch.from_numpy(original[name]).reshape(net.weight(name).shape))
+    torch_chain.hold_removed_nodes(net)
+    weights = torch_chain.weights(net)
+    retrain({name: (w != 0).astype(np.float32) for name, w in weights.items() if name not in names})
 
 
 def _prune_nodes(net, names, scale, retrain, evaluate, confirm, tolerance, penalty, max_rounds):

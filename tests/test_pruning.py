@@ -140,3 +140,50 @@ def test_rounds_the_confirmation_images_reject_are_walked_back():
         max_rounds=12, confirm=lambda: 0.99 if removed() <= 0.5 else 0.9)
     assert result.walked_back > 0 and result.confirmed_accuracy == 0.99
     assert 0 < removed() <= 0.5 and result.weights_removed == pytest.approx(removed())
+
+
+def test_the_baselines_prune_single_weights_everywhere_and_deploy_as_csr_or_dense():
+    _, layers = read_chain(paper_nets.network("lenet5"))
+    traditional = pruning.traditional_strategy(layers)
+    assert {(s.method, s.group) for s in traditional.values()} == {("magnitude", 1)}
+    assert list(traditional) == ["conv1", "conv2", "fc1", "fc2"]  # the output layer too
+    weights = {"a": np.array([[1.0, 0, 0, 0]]), "b": np.array([[1.0, 2, 3, 0]])}
+    assert pruning.baseline_forms("traditional", weights) == {"a": "csr", "b": "csr"}
+    assert pruning.baseline_forms("optimized", weights) == {"a": "csr", "b": "dense"}
+    assert pruning.baseline_forms("scalpel", weights) is None
+    with pytest.raises(ScalpelError, match="unknown pruning method 'lottery'"):
+        pruning.prune_onnx(paper_nets.network("lenet5"), "cortex-m4", datasets.load("mnist", limit=100), method="lottery")
+
+
+def test_traditional_pruning_takes_the_layer_with_the_most_weights_first_whatever_the_hardware():
+    rng = np.random.default_rng(0)
+    _, layers = read_chain(paper_nets.network("lenet5"))
+    state = {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers if "w_nk" in layer}
+
+    def set_mask(name, mask):
+        state[name] = state[name] * mask
+
+    result = pruning.prune_simd(
+        lambda: {k: v.copy() for k, v in state.items()}, set_mask, lambda masks: None, lambda: 0.99,
+        lambda: {k: v.copy() for k, v in state.items()}, lambda saved: state.update(saved),
+        pruning.traditional_strategy(layers), pruning.WeightCount(), tolerance=0.01, step=0.6, max_rounds=6)
+    # fc1 400k -> 160k -> 64k -> 25.6k -> 10.2k weights; conv2's 25k comes in between
+    assert [r.layer for r in result.rounds] == ["fc1", "fc1", "fc1", "fc1", "conv2", "fc1"]
+    assert [r.groups_after for r in result.rounds][:5] == [160000, 64000, 25600, 10240, 10000]
+
+
+@pytest.mark.slow
+def test_optimized_pruning_gives_half_pruned_layers_their_weights_back_and_deploys_them_dense(tmp_path, capsys):
+    import json
+
+    model_path, out = tmp_path / "lenet.onnx", tmp_path / "pruned.onnx"
+    onnx.save(paper_nets.network("lenet_300_100"), model_path)
+    assert main(["prune", str(model_path), "--target", "cortex-m4", "--out", str(out), "--report", str(tmp_path / "r"),
+                 "--limit", "6000", "--train-epochs", "1", "--epochs", "0.3", "--rounds", "2", "--tolerance", "5",
+                 "--method", "optimized"]) == 0
+    assert "given their unpruned weights back and retrained: fc2, fc3" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "prune.json").read_text())
+    assert {name: layer["form"] for name, layer in report["layers"].items()} == {"fc1": "csr", "fc2": "dense", "fc3": "dense"}
+    _, layers = read_chain(onnx.load(str(out)))
+    fc1, fc2 = layers[0]["w_nk"], layers[1]["w_nk"]
+    assert 0.45 < np.count_nonzero(fc1) / fc1.size < 0.5 and np.count_nonzero(fc2) == fc2.size
