@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                             "or the same for all, as the paper")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    prune.add_argument("--checkpoint", help="where the run's state is kept after every round (default: OUT.checkpoint); "
+                                            "the same command run again resumes from it")
+    prune.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
 
     args = parser.parse_args(argv)
     # Single-threaded by default so timings compare like with like (onnxruntime too).
@@ -157,10 +160,15 @@ def _prune(args) -> None:
         raise ScalpelError(f"{out} exists; choose another --out or pass --overwrite")
     model = load_onnx(args.model)
     data = datasets.load(args.data, limit=args.limit)
-    pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
-                                      epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
-                                      how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
-                                      node_penalty=args.node_penalty, method=args.method)
+    checkpoint = args.checkpoint or f"{out}.checkpoint"
+    try:
+        pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
+                                          epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
+                                          how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
+                                          node_penalty=args.node_penalty, method=args.method,
+                                          checkpoint=checkpoint, restart=args.restart)
+    except KeyboardInterrupt:
+        raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
     onnx.save(pruned, out)
     report = prune_report.as_dict(result, test, args.target, {
         "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,

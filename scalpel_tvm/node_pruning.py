@@ -65,37 +65,60 @@ class NodeResult:
     confirmed_accuracy: float | None = None
 
 
+@dataclass
+class NodeState:
+    """Everything `prune_nodes` carries from round to round: what a checkpoint holds."""
+    result: NodeResult
+    penalty: float  # λ of the next round
+    growth: float  # λ's factor after a kept round
+    kept_states: list  # (snapshot, λ) after each kept round
+    round: int = 0  # rounds started
+    stopped: bool = False  # the growth fell below min_growth: no more rounds
+    net: object = None  # the model's snapshot at the checkpoint
+
+
 def prune_nodes(train_masked, alive, evaluate, snapshot, restore, remove_and_retrain, *,
                 tolerance: float, penalty: float = 1e-4, growth: float = 4.0, min_growth: float = 1.2,
-                max_rounds: int = 20, confirm=None, progress=None) -> NodeResult:
+                max_rounds: int = 20, confirm=None, progress=None, checkpoint=None,
+                resume: NodeState | None = None) -> NodeResult:
     """The loop of the module doc, on a model reached through callables: `train_masked(λ)` trains
     one round with the penalty (updating α by `update_alpha` after every step is its job),
     `alive()` -> {layer: nodes with α = 1}, `evaluate()` -> validation accuracy, `snapshot()` /
-    `restore(s)`, and `remove_and_retrain()` removes the α = 0 nodes, folds β and retrains."""
+    `restore(s)`, and `remove_and_retrain()` removes the α = 0 nodes, folds β and retrains.
+    `checkpoint(NodeState)` is called after every round; `resume=` that state goes on from there."""
     if not penalty > 0 or not growth > min_growth > 1:
         raise ScalpelError(f"node pruning needs penalty > 0 and growth > min_growth > 1; got {penalty}, {growth}, {min_growth}")
-    baseline = evaluate()
-    floor = baseline - tolerance
-    result = NodeResult(baseline, baseline, nodes={name: [count, count] for name, count in alive().items()})
-    result.confirmed_baseline = confirm() if confirm else None
-    kept_states = [(snapshot(), penalty)]
-    for _ in range(max_rounds):
+    if resume:
+        state = resume
+        restore(state.net)
+    else:
+        baseline = evaluate()
+        result = NodeResult(baseline, baseline, nodes={name: [count, count] for name, count in alive().items()})
+        result.confirmed_baseline = confirm() if confirm else None
+        state = NodeState(result, penalty, growth, [(snapshot(), penalty)])
+    result = state.result
+    floor = result.baseline_accuracy - tolerance
+    while state.round < max_rounds and not state.stopped:
+        state.round += 1
         before = alive()
-        train_masked(penalty)
+        train_masked(state.penalty)
         accuracy = evaluate()
         kept = accuracy >= floor
-        result.rounds.append(NodeRound(penalty, alive() if kept else before, accuracy, kept))
+        result.rounds.append(NodeRound(state.penalty, alive() if kept else before, accuracy, kept))
         if kept:
-            kept_states.append((snapshot(), penalty))
-            penalty *= growth
+            state.kept_states.append((snapshot(), state.penalty))
+            state.penalty *= state.growth
         else:  # undo; approach the failing λ in a smaller step
-            restore(kept_states[-1][0])
-            growth = float(np.sqrt(growth))
-            if growth < min_growth:
-                break
-            penalty = kept_states[-1][1] * growth
+            restore(state.kept_states[-1][0])
+            state.growth = float(np.sqrt(state.growth))
+            state.stopped = state.growth < min_growth
+            state.penalty = state.kept_states[-1][1] * state.growth
         if progress:
             progress(result.rounds[-1])
+        if checkpoint:
+            state.net = snapshot()
+            checkpoint(state)
+    kept_states = state.kept_states
     while True:  # remove, retrain, and walk back while the floors are not met
         remove_and_retrain()
         accuracy = evaluate()

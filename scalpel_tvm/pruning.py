@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import ScalpelError
+from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
 from .target import TargetSpec
 
 IMPORTANCE = ("rms", "max", "mean")
@@ -239,9 +240,22 @@ class PruneResult:
     reverted: list = field(default_factory=list)  # layers given their unpruned weights back
 
 
+@dataclass
+class SimdState:
+    """Everything `prune_simd` carries from round to round: what a checkpoint holds."""
+    result: PruneResult
+    masks: dict  # layer -> 0/1 mask of its weight
+    steps: dict  # layer -> fraction of its groups the next round removes
+    done: set  # layers that cannot lose more
+    kept_states: list  # (snapshot, masks, accuracy) after each kept round, for the walk-back
+    round: int = 0  # rounds started
+    net: object = None  # the model's snapshot at the checkpoint
+
+
 def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
                tolerance: float, step: float = 0.3, min_step: float = 0.05, how: str = "rms",
-               max_rounds: int = 80, progress=None, confirm=None, reference: tuple | None = None) -> PruneResult:
+               max_rounds: int = 80, progress=None, confirm=None, reference: tuple | None = None,
+               checkpoint=None, resume: SimdState | None = None) -> PruneResult:
     """The SIMD-aware loop (module doc), on a model reached through callables:
     `net_weights()` -> {layer: [N, K] weight}, `set_mask(layer, mask)` zeroes and holds pruned
     weights, `retrain(masks)`, `evaluate()` -> validation accuracy, `snapshot()` / `restore(s)`.
@@ -251,59 +265,67 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     tolerance, and when it fails, the loop's kept rounds are walked back, newest first, to the
     last state that passes (`PruneResult.walked_back` says how many). `reference` = (validation,
     confirmation accuracy) of the unpruned model when an earlier phase changed the model already,
-    so the tolerance is spent once, not per phase."""
+    so the tolerance is spent once, not per phase. `checkpoint(SimdState)` is called after every
+    round; `resume=` that state goes on from there."""
     if not 0 < step < 1:
         raise ScalpelError(f"step must be in (0, 1): the fraction of a layer's remaining groups a round removes; got {step}")
     active = {name for name, s in strategy.items() if s.method in GROUP_METHODS}
     if not active:
         raise ScalpelError("no layer can be pruned on this target (see the strategy's reasons)")
-    baseline = reference[0] if reference else evaluate()
-    floor = baseline - tolerance
     weights = net_weights()
     total = sum(weights[name].size for name in active)
-    masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
-    result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
-    done, steps = set(), dict.fromkeys(active, step)
-    result.confirmed_baseline = (reference[1] if reference else confirm()) if confirm else None
-    confirm_floor = result.confirmed_baseline - tolerance if confirm else None
-    kept_states = [(snapshot(), copy.deepcopy(masks), baseline)]
-    for _ in range(max_rounds):
-        candidates = [name for name in active if name not in done]
+    if resume:
+        state = resume
+        restore(state.net)
+    else:
+        baseline = reference[0] if reference else evaluate()
+        masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
+        result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
+        result.confirmed_baseline = (reference[1] if reference else confirm()) if confirm else None
+        state = SimdState(result, masks, dict.fromkeys(active, step), set(), [(snapshot(), copy.deepcopy(masks), baseline)])
+    result, masks = state.result, state.masks
+    floor = result.baseline_accuracy - tolerance
+    while state.round < max_rounds:
+        state.round += 1
+        candidates = [name for name in active if name not in state.done]
         if not candidates:
             break
         weights = net_weights()
         name = max(candidates, key=lambda n: cost(n, weights[n])[0])
         s = strategy[name]
         before = groups_alive(weights[name], s.group, s.orientation)
-        target = int(np.floor(before * (1 - steps[name])))
+        target = int(np.floor(before * (1 - state.steps[name])))
         if target < 1:
-            done.add(name)
-            continue
-        saved, saved_mask = snapshot(), masks[name]
-        masks[name] = masks[name] * group_mask(weights[name] * masks[name], target, s.group, s.orientation, how)
-        set_mask(name, masks[name])
-        retrain(masks)
-        accuracy = evaluate()
-        kept = accuracy >= floor
-        if not kept:  # undo; try that layer again with half the step, down to min_step
-            restore(saved)
-            masks[name] = saved_mask
-            steps[name] /= 2
-            if steps[name] < min_step:
-                done.add(name)
-        removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
-        result.rounds.append(Round(name, before, target if kept else before, accuracy, kept, removed))
-        if kept:
-            result.final_accuracy = accuracy
-            if confirm:
-                kept_states.append((snapshot(), copy.deepcopy(masks), accuracy))
-        if progress:
-            progress(result.rounds[-1])
+            state.done.add(name)
+        else:  # cut the layer to `target` groups, retrain, keep or undo
+            saved, saved_mask = snapshot(), masks[name]
+            masks[name] = masks[name] * group_mask(weights[name] * masks[name], target, s.group, s.orientation, how)
+            set_mask(name, masks[name])
+            retrain(masks)
+            accuracy = evaluate()
+            kept = accuracy >= floor
+            if not kept:  # undo; try that layer again with half the step, down to min_step
+                restore(saved)
+                masks[name] = saved_mask
+                state.steps[name] /= 2
+                if state.steps[name] < min_step:
+                    state.done.add(name)
+            removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
+            result.rounds.append(Round(name, before, target if kept else before, accuracy, kept, removed))
+            if kept:
+                result.final_accuracy = accuracy
+                if confirm:
+                    state.kept_states.append((snapshot(), copy.deepcopy(masks), accuracy))
+            if progress:
+                progress(result.rounds[-1])
+        if checkpoint:
+            state.net = snapshot()
+            checkpoint(state)
     if confirm:
-        while len(kept_states) > 1 and confirm() < confirm_floor:
-            kept_states.pop()
-            restore(kept_states[-1][0])
-            masks = kept_states[-1][1]
+        while len(state.kept_states) > 1 and confirm() < result.confirmed_baseline - tolerance:
+            state.kept_states.pop()
+            restore(state.kept_states[-1][0])
+            masks = state.kept_states[-1][1]
             result.walked_back += 1
         result.confirmed_accuracy = confirm()
     result.weights_removed = 1 - sum(float(m.sum()) for m in masks.values()) / total
@@ -315,7 +337,7 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
-               method: str = "scalpel"):
+               method: str = "scalpel", checkpoint=None, restart: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -327,7 +349,11 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     retraining: single weights by magnitude in every layer, largest layer first, deployed as CSR;
     optimized then restores the layers that kept more than half their weights and deploys them
     dense. Scalpel itself restores a SIMD-pruned layer whose pruned form is not predicted faster
-    than its dense one (pruning it bought nothing on this target)."""
+    than its dense one (pruning it bought nothing on this target).
+
+    With `checkpoint` (a file), the run's state is saved after training and after every round,
+    and an interrupted run called again with the same arguments resumes from its last finished
+    round (`prune_checkpoint`); `restart` starts over instead."""
     from . import torch_chain
     from .int16_net import read_chain
 
@@ -345,37 +371,51 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     half = validation // 2  # one half decides each round, the other confirms the end result
     val_x, val_y = data.train_x[-validation:-half], data.train_y[-validation:-half]
     fresh_x, fresh_y = data.train_x[-half:], data.train_y[-half:]
+    settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
+                "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
+                "penalty": penalty, "node_penalty": node_penalty, "data": (data.name, len(data.train_x)),
+                "model": model_digest(model)}
+    ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
-    if train_epochs:
-        torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
-    dense_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+    strategy = layer_strategy(spec, layers) if method == "scalpel" else traditional_strategy(layers)
+    node_layers = [name for name, s in strategy.items() if s.method == "node"]
+    if ck.resuming:
+        print(f"scalpel prune: resuming from {checkpoint} ({_progress(ck)})", file=sys.stderr)
+        original, dense_test = ck.get("original"), ck.get("dense_test")
+        if node_layers:  # the snapshots hold the masks' parameters
+            torch_chain.add_node_masks(net, node_layers, ck.get("node_scale"))
+        torch_chain.restore(net, ck.get("net"))
+    else:
+        if train_epochs:
+            torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
+        dense_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+        original = torch_chain.weights(net)
     if dense_test < 2.0 / data.classes:
         print(f"scalpel prune: the model scores {dense_test:.1%} on {data.name}'s test set, near chance: is it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
-    strategy = layer_strategy(spec, layers) if method == "scalpel" else traditional_strategy(layers)
     cost = LayerCost(spec, layers)
-    original = torch_chain.weights(net)
-    round_seed = iter(range(seed + 1, seed + 100_000))
+    scale = node_penalty_scale(node_layers, original, cost) if node_layers and node_penalty == "cost" else None
+    if not ck.resuming:
+        if node_layers:
+            torch_chain.add_node_masks(net, node_layers, scale)
+        ck.save(original=original, dense_test=dense_test, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1)
+    seeds = [ck.get("seed")]
 
     def retrain(masks=None, **kwargs):
-        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=next(round_seed),
+        seeds[0] += 1
+        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=seeds[0] - 1,
                           desc="retrain", **kwargs)
 
-    def evaluate():
-        return torch_chain.accuracy(net, val_x, val_y)
-
-    def confirm():
-        return torch_chain.accuracy(net, fresh_x, fresh_y)
-
-    node_layers = [name for name, s in strategy.items() if s.method == "node"]
-    node_result = None
-    if node_layers:
-        scale = node_penalty_scale(node_layers, torch_chain.weights(net), cost) if node_penalty == "cost" else None
-        node_result = _prune_nodes(net, node_layers, scale, retrain, evaluate, confirm, tolerance, penalty, max_rounds)
+    run = SimpleNamespace(net=net, retrain=retrain, tolerance=tolerance, max_rounds=max_rounds, ck=ck, seeds=seeds,
+                          evaluate=lambda: torch_chain.accuracy(net, val_x, val_y),
+                          confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y))
+    node_result = ck.get("node_result")
+    if node_layers and node_result is None:
+        node_result = _prune_nodes(run, penalty)
+        ck.save(node_result=node_result, node_state=None, net=torch_chain.snapshot(net), seed=seeds[0])
     if any(s.method in GROUP_METHODS for s in strategy.values()):
         reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
-        result = _prune_simd(net, strategy, cost if method == "scalpel" else WeightCount(), retrain, evaluate,
-                             confirm, tolerance, step, how, max_rounds, reference)
+        result = _prune_simd(run, strategy, cost if method == "scalpel" else WeightCount(), step, how, reference)
     else:
         result = PruneResult(node_result.baseline_accuracy, node_result.final_accuracy,
                              strategy={n: s.__dict__ for n, s in strategy.items()}, walked_back=node_result.walked_back,
@@ -389,7 +429,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                     and cost(name, weights[name])[0] >= cost(name, np.ones_like(weights[name]))[0]]
     if reverted:
         _revert(net, reverted, original, retrain)
-        result.final_accuracy, result.confirmed_accuracy = evaluate(), confirm()
+        result.final_accuracy, result.confirmed_accuracy = run.evaluate(), run.confirm()
         weights = torch_chain.weights(net)
     result.reverted = reverted
     result.nodes = node_result
@@ -397,7 +437,21 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     prunable = [name for name, s in strategy.items() if s.method != "none"]
     result.weights_removed = 1 - sum(np.count_nonzero(weights[n]) for n in prunable) / sum(weights[n].size for n in prunable)
     pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
-    return torch_chain.write_weights(model, net), result, {"dense": dense_test, "pruned": pruned_test}
+    pruned = torch_chain.write_weights(model, net)
+    ck.finish()
+    return pruned, result, {"dense": dense_test, "pruned": pruned_test}
+
+
+def _progress(ck) -> str:
+    """Where a checkpointed run stopped, in words."""
+    simd, nodes = ck.get("simd_state"), ck.get("node_state")
+    if simd is not None:
+        return f"pruning round {simd.round} done"
+    if ck.get("node_result") is not None:
+        return "node pruning done"
+    if nodes is not None:
+        return f"node pruning round {nodes.round} done"
+    return "the model trained, no round done"
 
 
 def node_penalty_scale(names: list[str], weights: dict, cost: LayerCost) -> dict[str, float]:
@@ -429,14 +483,14 @@ def _revert(net, names, original, retrain) -> None:
     retrain({name: (w != 0).astype(np.float32) for name, w in weights.items() if name not in names})
 
 
-def _prune_nodes(net, names, scale, retrain, evaluate, confirm, tolerance, penalty, max_rounds):
-    """`node_pruning.prune_nodes` on the torch chain `net`, masks after `names`."""
+def _prune_nodes(run, penalty):
+    """`node_pruning.prune_nodes` on the torch chain `run.net`, whose masks are in place."""
     from tqdm import tqdm
 
     from . import torch_chain
     from .node_pruning import prune_nodes, update_alpha
 
-    torch_chain.add_node_masks(net, names, scale)
+    net = run.net
 
     def update(net):
         for name, (alpha, beta) in torch_chain.node_masks(net).items():
@@ -451,44 +505,50 @@ def _prune_nodes(net, names, scale, retrain, evaluate, confirm, tolerance, penal
 
     def remove_and_retrain():
         torch_chain.remove_masked_nodes(net)
-        retrain()
+        run.retrain()
 
-    bar = tqdm(total=max_rounds, desc="node pruning rounds", file=sys.stderr)
+    resume = run.ck.get("node_state")
+    bar = tqdm(total=run.max_rounds, initial=resume.round if resume else 0, desc="node pruning rounds", file=sys.stderr)
 
     def report(round_):
         bar.update(1)
         bar.set_postfix_str(f"λ {round_.penalty:.2g} {'kept' if round_.kept else 'undone'}, val {round_.accuracy:.2%}, "
                             + " ".join(f"{n} {c}" for n, c in round_.alive.items()))
 
-    result = prune_nodes(lambda lam: retrain(penalty=lam, after_step=update), alive, evaluate,
+    result = prune_nodes(lambda lam: run.retrain(penalty=lam, after_step=update), alive, run.evaluate,
                          lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s), remove_and_retrain,
-                         tolerance=tolerance, penalty=penalty, max_rounds=max_rounds, confirm=confirm, progress=report)
+                         tolerance=run.tolerance, penalty=penalty, max_rounds=run.max_rounds, confirm=run.confirm,
+                         progress=report, resume=resume,
+                         checkpoint=lambda state: run.ck.save(node_state=state, seed=run.seeds[0]))
     bar.close()
     return result
 
 
-def _prune_simd(net, strategy, cost, retrain, evaluate, confirm, tolerance, step, how, max_rounds, reference):
-    """`prune_simd` on the torch chain `net`."""
+def _prune_simd(run, strategy, cost, step, how, reference):
+    """`prune_simd` on the torch chain `run.net`."""
     from tqdm import tqdm
 
     from . import torch_chain
 
     torch = torch_chain._torch()
+    net = run.net
 
     def set_mask(name, mask):
         with torch.no_grad():
             net.weight(name).mul_(torch.from_numpy(mask).reshape(net.weight(name).shape))
 
-    bar = tqdm(total=max_rounds, desc="pruning rounds", file=sys.stderr)
+    resume = run.ck.get("simd_state")
+    bar = tqdm(total=run.max_rounds, initial=resume.round if resume else 0, desc="pruning rounds", file=sys.stderr)
 
     def report(round_):
         bar.update(1)
         bar.set_postfix_str(f"{round_.layer} {'kept' if round_.kept else 'undone'}, "
                             f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
 
-    result = prune_simd(lambda: torch_chain.weights(net), set_mask, lambda masks: retrain(masks), evaluate,
+    result = prune_simd(lambda: torch_chain.weights(net), set_mask, lambda masks: run.retrain(masks), run.evaluate,
                         lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
-                        strategy, cost, tolerance=tolerance, step=step, how=how, max_rounds=max_rounds,
-                        progress=report, confirm=confirm, reference=reference)
+                        strategy, cost, tolerance=run.tolerance, step=step, how=how, max_rounds=run.max_rounds,
+                        progress=report, confirm=run.confirm, reference=reference, resume=resume,
+                        checkpoint=lambda state: run.ck.save(simd_state=state, seed=run.seeds[0]))
     bar.close()
     return result

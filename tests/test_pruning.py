@@ -1,5 +1,7 @@
-"""The pruning frontend's first part: SIMD-aware group pruning with retraining, ordered by the
-target's cost model."""
+"""The pruning frontend: SIMD-aware group pruning with retraining ordered by the target's cost
+model, the traditional and optimized baselines, and resuming an interrupted run."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -187,3 +189,55 @@ def test_optimized_pruning_gives_half_pruned_layers_their_weights_back_and_deplo
     _, layers = read_chain(onnx.load(str(out)))
     fc1, fc2 = layers[0]["w_nk"], layers[1]["w_nk"]
     assert 0.45 < np.count_nonzero(fc1) / fc1.size < 0.5 and np.count_nonzero(fc2) == fc2.size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at, where", [(3, "node pruning round 1 done"), (9, r"pruning round \d done")])
+def test_an_interrupted_run_resumes_from_its_last_finished_round_and_ends_where_an_uninterrupted_one_does(
+        tmp_path, capsys, monkeypatch, stop_at, where):
+    """Interrupted in node pruning, and in the FC groups' rounds after it."""
+    from onnx import numpy_helper
+
+    from scalpel_tvm import torch_chain
+
+    model_path = tmp_path / "lenet5.onnx"
+    onnx.save(paper_nets.network("lenet5"), model_path)
+
+    def args(out):
+        return ["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--limit", "3000",
+                "--train-epochs", "0.5", "--epochs", "0.2", "--rounds", "4", "--tolerance", "5", "--penalty", "3e-3"]
+
+    assert main(args(tmp_path / "straight.onnx")) == 0
+    assert not (tmp_path / "straight.onnx.checkpoint").exists()  # removed once the run completes
+    train, calls = torch_chain.train, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return train(*a, **kw)
+
+    monkeypatch.setattr(torch_chain, "train", interrupted)
+    out = tmp_path / "resumed.onnx"
+    assert main(args(out)) == 2
+    assert "interrupted; the same command resumes from" in capsys.readouterr().err
+    assert (tmp_path / "resumed.onnx.checkpoint").exists() and not out.exists()
+    monkeypatch.setattr(torch_chain, "train", train)
+    assert main(args(out)) == 0
+    assert re.search(f"resuming from .*({where})", capsys.readouterr().err)
+    for a, b in zip(onnx.load(str(tmp_path / "straight.onnx")).graph.initializer, onnx.load(str(out)).graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_a_checkpoint_of_another_run_or_a_broken_one_is_refused_with_the_way_out(tmp_path):
+    from scalpel_tvm.prune_checkpoint import Checkpoint
+
+    path = tmp_path / "run.checkpoint"
+    Checkpoint(path, {"tolerance": 0.001}).save(seed=3)
+    assert Checkpoint(path, {"tolerance": 0.001}).get("seed") == 3
+    with pytest.raises(ScalpelError, match=r"checkpoint of a different run \(tolerance differ\).*--restart"):
+        Checkpoint(path, {"tolerance": 0.002})
+    assert not Checkpoint(path, {"tolerance": 0.002}, restart=True).resuming
+    path.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ScalpelError, match="is not a readable pruning checkpoint"):
+        Checkpoint(path, {"tolerance": 0.001})
