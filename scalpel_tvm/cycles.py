@@ -13,7 +13,10 @@ Technical Reference Manual (section 3.3, "Cortex-M4 instruction set summary"), s
   previous load's result, like x[index[j]], stays 2);
 * LDRD/STRD: 3; LDM/STM/PUSH/POP: 1 + registers (+ the branch refill when POP loads the PC);
 * branches: 1 when not taken, 1 + 2 (a pipeline refill of 1 to 3, taken as 2) when taken;
-* SDIV/UDIV: 7 (the TRM gives 2 to 12).
+* SDIV/UDIV: 7 (the TRM gives 2 to 12);
+* unaligned loads (a memory hook sees every read's address): +1 for a halfword-aligned word
+  (the TRM: done as two halfwords), +2 for a byte-aligned word, +1 for a byte-aligned halfword —
+  what an unaligned pair of int16 inputs costs the pairs kernel.
 
 A block is priced whole (an instruction an IT block skips is priced as if it ran; the M4 spends a
 cycle on it anyway). The same table prices every form, so ratios between forms (dense / pairs /
@@ -158,7 +161,7 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
     """Cycles of one call `function(&argument)` (a symbol) or `function(argument)` (an int) in
     the firmware `elf_path` (see module doc)."""
     import capstone
-    from unicorn import UC_ARCH_ARM, UC_HOOK_BLOCK, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, UcError
+    from unicorn import UC_ARCH_ARM, UC_HOOK_BLOCK, UC_HOOK_MEM_READ, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, UcError
     from unicorn import arm_const as arm
 
     elf_path = Path(elf_path)
@@ -178,7 +181,7 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
     disassembler.detail = True
     blocks: dict[int, _Block] = {}  # address -> the block's price, decoded once
     runs: Counter = Counter()  # address -> times executed
-    state = {"cycles": 0, "count": 0, "refills": 0, "previous": None, "sp": stack_top}
+    state = {"cycles": 0, "count": 0, "refills": 0, "previous": None, "sp": stack_top, "unaligned": 0}
 
     def on_block(uc, address, size, _user):
         """Price a whole basic block at once (a per-instruction hook is ~10x slower); a block
@@ -198,7 +201,12 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
         if state["count"] > max_instructions:
             uc.emu_stop()
 
+    def on_read(uc, _access, address, size, _value, _user):
+        if address & (size - 1):  # unaligned: the TRM's extra cycles
+            state["unaligned"] += 2 if size == 4 and address & 1 else 1
+
     uc.hook_add(UC_HOOK_BLOCK, on_block)
+    uc.hook_add(UC_HOOK_MEM_READ, on_read)
     try:
         uc.emu_start(start, RETURN_ADDRESS)
     except UcError as err:
@@ -207,11 +215,11 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
         raise ScalpelError(f"{function} did not return within {max_instructions} instructions")
     if state["previous"] is not None:  # the final return
         state["refills"] += 1
-    by_class, mnemonics = Counter({"branch": REFILL * state["refills"]}), Counter()
+    by_class, mnemonics = Counter({"branch": REFILL * state["refills"], "unaligned": state["unaligned"]}), Counter()
     for address, times in runs.items():
         for kind, cycles in blocks[address].by_class.items():
             by_class[kind] += cycles * times
         for mnemonic, count in blocks[address].mnemonics.items():
             mnemonics[mnemonic] += count * times
-    state["cycles"] += REFILL * state["refills"]
+    state["cycles"] += REFILL * state["refills"] + state["unaligned"]
     return CycleCount(state["cycles"], state["count"], dict(by_class), mnemonics, stack_top - state["sp"])

@@ -33,7 +33,7 @@ from .cortex_m import index16, pairs
 from .errors import ScalpelError
 from .fixed_point import Window
 from .schedules.csr import CSRWeight
-from .schedules.grouped_sparse import GroupedSparseWeight
+from .unaligned_groups import cover
 
 FORMATS = ("dense", "gsparse2", "csr")
 SKIPPED = ("Dropout", "Identity")
@@ -75,9 +75,12 @@ class QuantizedLinear:
         """The arrays the layer's kernel takes, in its format: values [, indptr, indices]."""
         if self.format == "dense":
             return {"values": self.w_nk}
-        if self.format == "gsparse2":
-            weight = GroupedSparseWeight.from_dense(self.w_nk.T.astype(np.float32), 2, "1xg")
-            indptr, indices, values = pairs(weight.indptr, weight.indices, weight.values, self.w_nk.shape[1])
+        if self.format == "gsparse2":  # pairs where the weights are: aligned or not (unaligned_groups.cover)
+            indptr, starts = cover(self.w_nk, 2)
+            padded = np.pad(self.w_nk, [(0, 0), (0, 1)])
+            rows = np.repeat(np.arange(self.w_nk.shape[0]), np.diff(indptr))
+            values = np.stack([padded[rows, starts], padded[rows, starts + 1]], axis=1)
+            indptr, indices, values = pairs(indptr, starts, values, self.w_nk.shape[1])
             return {"values": values, "indptr": indptr, "indices": indices}
         weight = CSRWeight.from_dense(self.w_nk.T.astype(np.float32))
         return {"values": weight.values.astype(np.int16), "indptr": weight.indptr,

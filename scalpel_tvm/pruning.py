@@ -36,10 +36,12 @@ import numpy as np
 from .errors import ScalpelError
 from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
 from .target import TargetSpec
+from .unaligned_groups import cover_count, unaligned_mask
 
 IMPORTANCE = ("rms", "max", "mean")
 METHODS = ("scalpel", "traditional", "optimized")
-GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: aligned groups, or single weights
+GROUP_METHODS = ("simd", "magnitude")
+GROUPINGS = ("aligned", "dp", "greedy")  # what prune_simd prunes: aligned groups, or single weights
 
 
 def _blocks(w_nk: np.ndarray, group: int, orientation: str) -> np.ndarray:
@@ -86,10 +88,30 @@ class LayerStrategy:
     group: int = 1
     orientation: str = "1xg"
     reason: str = ""
+    grouping: str = "aligned"  # or unaligned groups (Lee et al.) chosen by "dp" or "greedy"
+
+    def alive(self, w_nk: np.ndarray) -> int:
+        """The groups the layer's kernel would store for `w_nk`."""
+        if self.grouping == "aligned":
+            return groups_alive(w_nk, self.group, self.orientation)
+        return cover_count(w_nk, self.group)
+
+    def mask(self, w_nk: np.ndarray, keep: int, how: str) -> np.ndarray:
+        """0/1 mask keeping `keep` groups of `w_nk`, the most important first."""
+        if self.grouping == "aligned":
+            return group_mask(w_nk, keep, self.group, self.orientation, how)
+        return unaligned_mask(w_nk, keep, self.group, self.grouping)
 
 
-def layer_strategy(spec: TargetSpec, layers: list[dict]) -> dict[str, LayerStrategy]:
-    """What each Conv / Gemm layer gets on `spec`'s hardware class (see module doc)."""
+def layer_strategy(spec: TargetSpec, layers: list[dict], grouping: str = "aligned") -> dict[str, LayerStrategy]:
+    """What each Conv / Gemm layer gets on `spec`'s hardware class (see module doc). `grouping`
+    "dp" or "greedy" lets groups start anywhere in a row (Lee et al.; `unaligned_groups`), which
+    only a kernel that indexes every group can use: the Cortex-M pairs format."""
+    if grouping not in GROUPINGS:
+        raise ScalpelError(f"unknown grouping {grouping!r}; known: {', '.join(GROUPINGS)}")
+    if grouping != "aligned" and spec.parallelism != "low":
+        raise ScalpelError(f"unaligned groups need a kernel that stores an index per group (the Cortex-M pairs "
+                           f"format); {spec.name}'s grouped kernels vectorise aligned lanes: use --groups aligned")
     out = {}
     pruned = [layer for layer in layers if layer["op"] in ("fc", "conv")]
     for layer in pruned:
@@ -100,8 +122,10 @@ def layer_strategy(spec: TargetSpec, layers: list[dict]) -> dict[str, LayerStrat
                 out[layer["name"]] = LayerStrategy(layer["name"], "node", reason="node pruning (a GPU skips whole nodes)")
         elif spec.parallelism == "low":
             group = spec.lanes("int16")
+            unaligned = grouping != "aligned" and group > 1
             out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "1xg",
-                                               f"SIMD-aware, groups of {group} inputs (int16 lanes)")
+                                               f"SIMD-aware, {'unaligned ' if unaligned else ''}groups of {group} inputs "
+                                               "(int16 lanes)", grouping if unaligned else "aligned")
         elif layer["op"] == "fc":
             group = spec.lanes("float32")
             out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "gx1",
@@ -207,7 +231,7 @@ def layer_summary(strategy: dict, weights: dict, cost: LayerCost, forms: dict | 
                  "nodes": [w.shape[0], nodes_alive(w)]}
         if s.method in GROUP_METHODS:
             blocks = _blocks(w, s.group, s.orientation)
-            entry["group_sparsity"] = 1 - np.count_nonzero(np.any(blocks != 0, axis=2)) / (blocks.shape[0] * blocks.shape[1])
+            entry["group_sparsity"] = 1 - s.alive(w) / (blocks.shape[0] * blocks.shape[1])
         dense_time, _ = cost(name, np.ones_like(w))
         time, form = cost(name, w, (forms or {}).get(name))
         entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
@@ -293,13 +317,13 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
         weights = net_weights()
         name = max(candidates, key=lambda n: cost(n, weights[n])[0])
         s = strategy[name]
-        before = groups_alive(weights[name], s.group, s.orientation)
+        before = s.alive(weights[name])
         target = int(np.floor(before * (1 - state.steps[name])))
         if target < 1:
             state.done.add(name)
         else:  # cut the layer to `target` groups, retrain, keep or undo
             saved, saved_mask = snapshot(), masks[name]
-            masks[name] = masks[name] * group_mask(weights[name] * masks[name], target, s.group, s.orientation, how)
+            masks[name] = masks[name] * s.mask(weights[name] * masks[name], target, how)
             set_mask(name, masks[name])
             retrain(masks)
             accuracy = evaluate()
@@ -337,7 +361,7 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
-               method: str = "scalpel", checkpoint=None, restart: bool = False):
+               method: str = "scalpel", grouping: str = "aligned", checkpoint=None, restart: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -353,7 +377,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
 
     With `checkpoint` (a file), the run's state is saved after training and after every round,
     and an interrupted run called again with the same arguments resumes from its last finished
-    round (`prune_checkpoint`); `restart` starts over instead."""
+    round (`prune_checkpoint`); `restart` starts over instead. `grouping` "dp" / "greedy" prunes
+    unaligned groups on Cortex-M (`layer_strategy`)."""
     from . import torch_chain
     from .int16_net import read_chain
 
@@ -373,11 +398,12 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     fresh_x, fresh_y = data.train_x[-half:], data.train_y[-half:]
     settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
                 "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
-                "penalty": penalty, "node_penalty": node_penalty, "data": (data.name, len(data.train_x)),
+                "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping,
+                "data": (data.name, len(data.train_x)),
                 "model": model_digest(model)}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
-    strategy = layer_strategy(spec, layers) if method == "scalpel" else traditional_strategy(layers)
+    strategy = layer_strategy(spec, layers, grouping) if method == "scalpel" else traditional_strategy(layers)
     node_layers = [name for name, s in strategy.items() if s.method == "node"]
     if ck.resuming:
         print(f"scalpel prune: resuming from {checkpoint} ({_progress(ck)})", file=sys.stderr)
@@ -399,7 +425,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
         if node_layers:
             torch_chain.add_node_masks(net, node_layers, scale)
         ck.save(original=original, dense_test=dense_test, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1)
-    seeds = [ck.get("seed")]
+    seeds = [ck.get("seed", seed + 1)]
 
     def retrain(masks=None, **kwargs):
         seeds[0] += 1
