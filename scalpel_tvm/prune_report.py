@@ -18,10 +18,19 @@ def as_dict(result, test: dict, target: str, settings: dict) -> dict:
             "layers": result.layers, "rounds": [asdict(r) for r in result.rounds],
             "predicted_speedup": sum(lay["predicted_dense"] for lay in result.layers.values())
             / sum(lay["predicted"] for lay in result.layers.values()),
+            "gains": gains(result.layers),
             "node_pruning": None if result.nodes is None else {
                 "baseline": result.nodes.baseline_accuracy, "final": result.nodes.final_accuracy,
                 "confirmation_final": result.nodes.confirmed_accuracy, "walked_back": result.nodes.walked_back,
                 "nodes": result.nodes.nodes, "rounds": [asdict(r) for r in result.nodes.rounds]}}
+
+
+def gains(layers: dict) -> dict:
+    """Dense over pruned, summed over the layers, for every objective the layers were measured by."""
+    if not all("measures" in layer for layer in layers.values()):
+        return {}
+    return {key: sum(layer["dense_measures"][key] for layer in layers.values())
+            / sum(layer["measures"][key] for layer in layers.values()) for key in ("latency", "energy", "size")}
 
 
 def table(report: dict) -> str:
@@ -29,7 +38,8 @@ def table(report: dict) -> str:
              f"{'dense':>12}{'pruned':>12}  form"]
     for name, layer in report["layers"].items():
         unit = layer["unit"]
-        fmt = (lambda v: f"{v / 1e3:.1f}k") if unit == "cycles" else (lambda v: f"{v * 1e6:.1f}us")
+        fmt = {"cycles": lambda v: f"{v / 1e3:.1f}k", "s": lambda v: f"{v * 1e6:.1f}us",
+               "pJ": lambda v: f"{v / 1e6:.2f}uJ", "bytes": lambda v: f"{v / 1e3:.1f}KB"}.get(unit, lambda v: f"{v:.3g}")
         groups = f"{layer['group_sparsity']:.1%}" if "group_sparsity" in layer else "-"
         lines.append(f"{name:<10}{'x'.join(map(str, layer['shape_nk'])):>12}{layer['method']:>11}"
                      f"{'/'.join(map(str, layer['nodes'][::-1])):>12}{groups:>12}{layer['weights_kept']:>14.1%}"
@@ -45,7 +55,7 @@ def table(report: dict) -> str:
     if report.get("reverted"):
         lines.append(f"given their unpruned weights back and retrained: {', '.join(report['reverted'])} "
                      + ("(kept more than half their weights: dense)" if report["settings"].get("method") == "optimized"
-                        else "(their pruned form was not predicted faster than dense)"))
+                        else f"(pruning them did not lower the predicted {report['settings'].get('objective', 'latency')})"))
     if report["rounds_walked_back"]:
         lines.append(f"{report['rounds_walked_back']} kept rounds walked back: images no round was judged on "
                      "disagreed with the validation images (the accuracy target could not be kept further)")
@@ -53,7 +63,13 @@ def table(report: dict) -> str:
     lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {rounds} "
                  f"rounds; validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
                  f"test {test['dense']:.2%} -> {test['pruned']:.2%}")
-    lines.append(f"predicted time (the target's cost model): {report['predicted_speedup']:.2f}x faster than dense")
+    objective = report["settings"].get("objective", "latency")
+    if report.get("gains"):
+        g = report["gains"]
+        lines.append(f"dense / pruned (chosen by {objective}): latency {g['latency']:.2f}x (the target's cost model), "
+                     f"energy {g['energy']:.2f}x, size {g['size']:.2f}x (objectives.py)")
+    else:
+        lines.append(f"predicted {objective}: {report['predicted_speedup']:.2f}x lower than dense")
     return "\n".join(lines)
 
 

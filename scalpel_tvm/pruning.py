@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import ScalpelError
+from .objectives import ObjectiveCost
 from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
 from .target import TargetSpec
 from .unaligned_groups import cover_count, unaligned_mask
@@ -195,12 +196,15 @@ class LayerCost:
 
     def __call__(self, name: str, w_nk: np.ndarray, form: str | None = None) -> tuple[float, str]:
         """(time, form): in `form` where the target has it (a baseline's CSR), else the cheapest."""
+        costs = self.times(name, w_nk)
+        best = form if form in costs else min(costs, key=costs.get)
+        return costs[best], best
+
+    def times(self, name: str, w_nk: np.ndarray) -> dict[str, float]:
+        """Predicted time of layer `name` with weight `w_nk` in every form the target has."""
         layer = self.layers[name]
         if self.spec.parallelism == "low":
-            probe = SimpleNamespace(op=layer["op"], w_nk=w_nk, window=layer["window"])
-            costs = self.model.candidates(probe)
-            best = form if form in costs else min(costs, key=costs.get)
-            return costs[best], best
+            return self.model.candidates(SimpleNamespace(op=layer["op"], w_nk=w_nk, window=layer["window"]))
         from .cost import KernelQuery
 
         n, k = w_nk.shape
@@ -215,14 +219,13 @@ class LayerCost:
                 queries.append(KernelQuery("fc", f"gsparse_{orientation}", self.batch, k, n, group=group, groups=groups))
         if layer["op"] == "fc" and self.spec.parallelism == "high":
             queries.append(KernelQuery("fc", "csr", self.batch, k, n, groups=max(int(np.count_nonzero(w_nk)), 1)))
-        costs = {q.form: self.model.estimate(q, w_nk.T).seconds for q in queries}
-        best = form if form in costs else min(costs, key=costs.get)
-        return costs[best], best
+        return {q.form: self.model.estimate(q, w_nk.T).seconds for q in queries}
 
 
 def layer_summary(strategy: dict, weights: dict, cost: LayerCost, forms: dict | None = None) -> dict:
-    """Per layer: shape, method, what was removed, and the predicted time dense and pruned (in
-    `forms[layer]` where given and the target has it, else the fastest form)."""
+    """Per layer: shape, method, what was removed, and the objective's value dense and pruned (in
+    `forms[layer]` where given and the target has it, else the best form) — with an
+    `objectives.ObjectiveCost`, latency, energy and size too."""
     out = {}
     for name, s in strategy.items():
         w = weights[name]
@@ -232,9 +235,12 @@ def layer_summary(strategy: dict, weights: dict, cost: LayerCost, forms: dict | 
         if s.method in GROUP_METHODS:
             blocks = _blocks(w, s.group, s.orientation)
             entry["group_sparsity"] = 1 - s.alive(w) / (blocks.shape[0] * blocks.shape[1])
-        dense_time, _ = cost(name, np.ones_like(w))
+        dense_time, _ = cost(name, np.ones_like(w), "dense")
         time, form = cost(name, w, (forms or {}).get(name))
         entry.update(predicted_dense=dense_time, predicted=time, form=form, unit=cost.unit)
+        if hasattr(cost, "measures"):  # every objective, for the report
+            entry["dense_measures"] = cost.measures(name, np.ones_like(w), "dense")
+            entry["measures"] = cost.measures(name, w, form)
         out[name] = entry
     return out
 
@@ -361,7 +367,8 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
-               method: str = "scalpel", grouping: str = "aligned", checkpoint=None, restart: bool = False):
+               method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", checkpoint=None,
+               restart: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -378,7 +385,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     With `checkpoint` (a file), the run's state is saved after training and after every round,
     and an interrupted run called again with the same arguments resumes from its last finished
     round (`prune_checkpoint`); `restart` starts over instead. `grouping` "dp" / "greedy" prunes
-    unaligned groups on Cortex-M (`layer_strategy`)."""
+    unaligned groups on Cortex-M (`layer_strategy`). `objective` "energy" or "size" orders the
+    layers, weighs the node penalty and picks each layer's form by that measure instead of the
+    predicted latency (`objectives`); the result reports all three."""
     from . import torch_chain
     from .int16_net import read_chain
 
@@ -398,7 +407,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     fresh_x, fresh_y = data.train_x[-half:], data.train_y[-half:]
     settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
                 "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
-                "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping,
+                "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping, "objective": objective,
                 "data": (data.name, len(data.train_x)),
                 "model": model_digest(model)}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
@@ -419,7 +428,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     if dense_test < 2.0 / data.classes:
         print(f"scalpel prune: the model scores {dense_test:.1%} on {data.name}'s test set, near chance: is it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
-    cost = LayerCost(spec, layers)
+    cost = ObjectiveCost(LayerCost(spec, layers), objective)
     scale = node_penalty_scale(node_layers, original, cost) if node_layers and node_penalty == "cost" else None
     if not ck.resuming:
         if node_layers:
@@ -451,8 +460,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     if method == "optimized":
         reverted = [name for name, w in weights.items() if np.count_nonzero(w) > w.size / 2]
     else:
-        reverted = [name for name, s in strategy.items() if s.method == "simd"
-                    and cost(name, weights[name])[0] >= cost(name, np.ones_like(weights[name]))[0]]
+        reverted = [name for name, s in strategy.items() if s.method == "simd" and not weights[name].all()
+                    and cost(name, weights[name])[0] >= cost(name, np.ones_like(weights[name]), "dense")[0]]
     if reverted:
         _revert(net, reverted, original, retrain)
         result.final_accuracy, result.confirmed_accuracy = run.evaluate(), run.confirm()
