@@ -268,6 +268,7 @@ class PruneResult:
     weights_removed: float = 0.0  # of all prunable weights, in the result
     nodes: object = None  # node_pruning.NodeResult when layers were node-pruned
     reverted: list = field(default_factory=list)  # layers given their unpruned weights back
+    skipped: dict = field(default_factory=dict)  # a user module's layers left alone: name -> why
 
 
 @dataclass
@@ -412,6 +413,78 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                 "model": model_digest(model)}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
+
+    def train_first():
+        if train_epochs:
+            torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
+
+    def retrain(round_seed, masks=None, **kwargs):
+        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=round_seed,
+                          desc="retrain", **kwargs)
+
+    hooks = SimpleNamespace(train_first=train_first, retrain=retrain,
+                            evaluate=lambda: torch_chain.accuracy(net, val_x, val_y),
+                            confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y),
+                            test=lambda: torch_chain.accuracy(net, data.test_x, data.test_y))
+    result, test = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
+                          objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
+                          tolerance=tolerance, max_rounds=max_rounds, seed=seed)
+    if test["dense"] < 2.0 / data.classes:
+        print(f"scalpel prune: the model scored {test['dense']:.1%} on {data.name}'s test set, near chance: was it "
+              "trained? (--train-epochs N trains it first)", file=sys.stderr)
+    pruned = torch_chain.write_weights(model, net)
+    ck.finish()
+    return pruned, result, test
+
+
+def prune_module(module, target, train, evaluate, example, *, confirm=None, test=None, tolerance: float = 0.001,
+                 epochs: float = 1.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80, seed: int = 0,
+                 penalty: float = 1e-4, node_penalty: str = "cost", method: str = "scalpel",
+                 grouping: str = "aligned", objective: str = "latency", checkpoint=None, restart: bool = False):
+    """Prune a user's own `torch.nn.Module` for `target` (`torch_module`): `train(module, epochs)`
+    is the user's training loop (it builds its optimizer from `module.parameters()` each call),
+    `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
+    `confirm(module)` — accuracy on other held-out data — checks the end result, `test(module)`
+    only reports. Returns (a pruned copy of the module, PruneResult, {"dense", "pruned"} test
+    accuracy or None). Options as `prune_onnx`; the module is never changed."""
+    from . import torch_module
+
+    if method not in METHODS:
+        raise ScalpelError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
+    torch_module._torch().manual_seed(seed)
+    spec = TargetSpec.preset(target) if isinstance(target, str) else target
+    net, layers, skipped = torch_module.module_net(module, example)
+    settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "step": step,
+                "how": how, "max_rounds": max_rounds, "seed": seed, "penalty": penalty, "node_penalty": node_penalty,
+                "grouping": grouping, "objective": objective, "module": type(module).__name__,
+                "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
+    ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
+
+    def retrain(_round_seed, masks=None, penalty=0.0, after_step=None):
+        with torch_module.constraints(net, masks, penalty, after_step):
+            net.train()
+            train(net, epochs)
+        net.eval()
+
+    hooks = SimpleNamespace(train_first=lambda: None, retrain=retrain, evaluate=lambda: evaluate(net),
+                            confirm=(lambda: confirm(net)) if confirm else None,
+                            test=(lambda: test(net)) if test else (lambda: None))
+    result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
+                              objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
+                              tolerance=tolerance, max_rounds=max_rounds, seed=seed)
+    result.skipped = skipped
+    ck.finish()
+    return torch_module.unwrap(net), result, accuracy if test else None
+
+
+def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, objective, node_penalty, penalty, step,
+           how, tolerance, max_rounds, seed):
+    """The frontend on a model reached through `net` (a `torch_chain` chain or a
+    `torch_module` wrapper) and `hooks` (train_first, retrain(seed, masks, ...), evaluate,
+    confirm or None, test): node pruning, then group pruning, then the layers restored that did
+    not pay. Returns (PruneResult, {"dense", "pruned"} test accuracy)."""
+    from . import torch_chain
+
     strategy = layer_strategy(spec, layers, grouping) if method == "scalpel" else traditional_strategy(layers)
     node_layers = [name for name, s in strategy.items() if s.method == "node"]
     if ck.resuming:
@@ -421,13 +494,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
             torch_chain.add_node_masks(net, node_layers, ck.get("node_scale"))
         torch_chain.restore(net, ck.get("net"))
     else:
-        if train_epochs:
-            torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
-        dense_test = torch_chain.accuracy(net, data.test_x, data.test_y)
+        hooks.train_first()
+        dense_test = hooks.test()
         original = torch_chain.weights(net)
-    if dense_test < 2.0 / data.classes:
-        print(f"scalpel prune: the model scores {dense_test:.1%} on {data.name}'s test set, near chance: is it "
-              "trained? (--train-epochs N trains it first)", file=sys.stderr)
     cost = ObjectiveCost(LayerCost(spec, layers), objective)
     scale = node_penalty_scale(node_layers, original, cost) if node_layers and node_penalty == "cost" else None
     if not ck.resuming:
@@ -438,12 +507,10 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
 
     def retrain(masks=None, **kwargs):
         seeds[0] += 1
-        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=seeds[0] - 1,
-                          desc="retrain", **kwargs)
+        hooks.retrain(seeds[0] - 1, masks, **kwargs)
 
     run = SimpleNamespace(net=net, retrain=retrain, tolerance=tolerance, max_rounds=max_rounds, ck=ck, seeds=seeds,
-                          evaluate=lambda: torch_chain.accuracy(net, val_x, val_y),
-                          confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y))
+                          evaluate=hooks.evaluate, confirm=hooks.confirm)
     node_result = ck.get("node_result")
     if node_layers and node_result is None:
         node_result = _prune_nodes(run, penalty)
@@ -464,17 +531,15 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                     and cost(name, weights[name])[0] >= cost(name, np.ones_like(weights[name]), "dense")[0]]
     if reverted:
         _revert(net, reverted, original, retrain)
-        result.final_accuracy, result.confirmed_accuracy = run.evaluate(), run.confirm()
+        result.final_accuracy = hooks.evaluate()
+        result.confirmed_accuracy = hooks.confirm() if hooks.confirm else None
         weights = torch_chain.weights(net)
     result.reverted = reverted
     result.nodes = node_result
     result.layers = layer_summary(strategy, weights, cost, baseline_forms(method, weights))
     prunable = [name for name, s in strategy.items() if s.method != "none"]
     result.weights_removed = 1 - sum(np.count_nonzero(weights[n]) for n in prunable) / sum(weights[n].size for n in prunable)
-    pruned_test = torch_chain.accuracy(net, data.test_x, data.test_y)
-    pruned = torch_chain.write_weights(model, net)
-    ck.finish()
-    return pruned, result, {"dense": dense_test, "pruned": pruned_test}
+    return result, {"dense": dense_test, "pruned": hooks.test()}
 
 
 def _progress(ck) -> str:

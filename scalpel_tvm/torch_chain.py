@@ -227,9 +227,7 @@ def train(net, x: np.ndarray, y: np.ndarray, *, epochs: float, masks: dict | Non
     from tqdm import tqdm
 
     net.train()
-    with torch.no_grad():
-        for name, mask in masks.items():
-            net.weight(name).mul_(mask)
+    hold_masks(net, masks)
     for step in tqdm(range(steps), desc=desc, file=sys.stderr, leave=False):
         index = order[step * batch:(step + 1) * batch]
         loss = torch.nn.functional.cross_entropy(net(xt[index]), yt[index])
@@ -238,15 +236,22 @@ def train(net, x: np.ndarray, y: np.ndarray, *, epochs: float, masks: dict | Non
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            for name, mask in masks.items():
-                net.weight(name).mul_(mask)
-            for b in betas.values():
-                b.clamp_(0.0, 1.0)
-        if net.removed:
-            hold_removed_nodes(net)
-        if after_step:
-            after_step(net)
+        hold_masks(net, masks, after_step)
+
+
+def hold_masks(net, masks: dict, after_step=None) -> None:
+    """What must hold after every training step: pruned weights zero (`masks`: name -> 0/1
+    tensor of the weight's shape), removed nodes zero, β within [0, 1]; then `after_step(net)`."""
+    torch = _torch()
+    with torch.no_grad():
+        for name, mask in masks.items():
+            net.weight(name).mul_(mask)
+        for b in net.beta.values():
+            b.clamp_(0.0, 1.0)
+    if net.removed:
+        hold_removed_nodes(net)
+    if after_step:
+        after_step(net)
 
 
 def accuracy(net, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:

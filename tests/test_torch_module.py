@@ -1,0 +1,109 @@
+"""A user's own torch.nn.Module, trained by the user's own loop: the frontend prunes a copy, in
+the structure the target skips, and the pruned module exports to ONNX and compiles."""
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from nets import TARGET, run_ort
+import scalpel_tvm
+from scalpel_tvm import ScalpelError, pruning
+
+
+class Custom(nn.Module):
+    """BatchNorm, tanh and sigmoid (a dead node feeds a constant, not zero) and a grouped conv
+    the frontend cannot mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 32), nn.Sigmoid(), nn.Linear(32, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def task(n, seed):
+    """8x8 images whose class is the brightest of three bands."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.random((n, 1, 8, 8)).astype(np.float32) * 0.5
+    for i, c in enumerate(y):
+        x[i, 0, :, 3 * c:3 * c + 2] += 0.8
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+TRAIN, VALID, CONFIRM = task(1024, 0), task(400, 1), task(400, 2)
+
+
+def user_train(module, epochs):
+    """A plain user loop: builds its optimizer from module.parameters() on every call."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(max(1, int(epochs))):
+        for index in torch.randperm(len(TRAIN[0]), generator=generator).split(64):
+            loss = nn.functional.cross_entropy(module(TRAIN[0][index]), TRAIN[1][index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def accuracy(data):
+    def measure(module):
+        module.eval()
+        with torch.no_grad():
+            return float((module(data[0]).argmax(1) == data[1]).float().mean())
+    return measure
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    model = Custom()
+    user_train(model, 3)
+    assert accuracy(VALID)(model) > 0.9
+    return model
+
+
+def test_node_pruning_of_a_users_module_for_a_gpu_removes_nodes_and_keeps_accuracy(trained):
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    pruned, result, test = pruning.prune_module(trained, "cuda", user_train, accuracy(VALID), TRAIN[0][:4],
+                                                confirm=accuracy(CONFIRM), test=accuracy(VALID), tolerance=0.03,
+                                                penalty=1e-3, max_rounds=8, epochs=4)
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())  # the user's module is untouched
+    assert result.skipped == {"features.4": "grouped or dilated convolution"}
+    nodes = result.nodes.nodes
+    assert set(nodes) == {"features.0", "head.1"}  # the output layer keeps its classes
+    assert nodes["head.1"][1] < 32  # neurons went
+    dead = ~pruned.head[1].weight.detach().any(1)
+    assert dead.sum() == 32 - nodes["head.1"][1] and not pruned.head[1].bias.detach()[dead].any()
+    assert test["pruned"] >= test["dense"] - 0.03 - 0.02
+    assert result.final_accuracy >= result.baseline_accuracy - 0.03
+    assert not list(pruned.parameters())[0].grad_fn
+    # the pruned module exports and runs: ONNX (onnxruntime) computes what torch does
+    buffer = io.BytesIO()
+    pruned.eval()
+    torch.onnx.export(pruned, (VALID[0][:8],), buffer, dynamo=False, input_names=["input"])
+    model = onnx.load_from_string(buffer.getvalue())
+    with torch.no_grad():
+        np.testing.assert_allclose(run_ort(model, VALID[0][:8].numpy()), pruned(VALID[0][:8]).numpy(), atol=1e-5)
+
+
+def test_simd_pruning_of_a_users_module_for_cortex_m_cuts_aligned_pairs(trained):
+    pruned, result, _ = scalpel_tvm.prune(trained, "cortex-m4", user_train, accuracy(VALID), TRAIN[0][:4],
+                                             tolerance=0.03, max_rounds=4, step=0.5)
+    assert result.rounds[0].layer == "features.0" and result.rounds[0].kept  # the most cycles on an M4
+    w = pruned.features[0].weight.detach().numpy().reshape(8, 9)  # im2col rows: pairs of the 9 taps
+    pairs = np.pad(w, [(0, 0), (0, 1)]).reshape(8, 5, 2)
+    assert pruning.groups_alive(w, 2, "1xg") <= 20
+    assert np.all((pairs[:, :4, 0] == 0) == (pairs[:, :4, 1] == 0))  # whole pairs cut
+    assert pruned.features[4].weight.detach().all()  # the grouped conv is left alone
+
+
+def test_a_module_with_nothing_to_prune_is_a_clear_error():
+    with pytest.raises(ScalpelError, match="calls no nn.Linear or nn.Conv2d the frontend can prune"):
+        pruning.prune_module(nn.Sequential(nn.ReLU()), "cuda", user_train, accuracy(VALID), TRAIN[0][:4])
