@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--objective", choices=["latency", "energy", "size"], default="latency",
                        help="what the layer order, node penalty and each layer's form minimise (default: the "
                             "target's predicted latency); the report shows all three")
+    prune.add_argument("--dropout", type=float, default=0.0,
+                       help="train and retrain with this dropout ratio before every FC layer but the first, "
+                            "scaled to the connections pruning leaves (Scalpel eq. 8); default none")
     prune.add_argument("--node-penalty", choices=["cost", "uniform"], default="cost",
                        help="node pruning: weigh each layer's λ by what its nodes cost on the target (default) "
                             "or the same for all, as the paper")
@@ -172,7 +175,7 @@ def _prune(args) -> None:
                                           epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
                                           how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
                                           node_penalty=args.node_penalty, method=args.method, grouping=args.groups,
-                                          objective=args.objective,
+                                          objective=args.objective, dropout=args.dropout,
                                           checkpoint=checkpoint, restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
@@ -180,7 +183,7 @@ def _prune(args) -> None:
     report = prune_report.as_dict(result, test, args.target, {
         "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "groups": args.groups,
-        "objective": args.objective, "train_epochs": args.train_epochs,
+        "objective": args.objective, "dropout": args.dropout, "train_epochs": args.train_epochs,
         "limit": args.limit})
     if args.report:
         prune_report.write(report, Path(args.report))

@@ -368,8 +368,8 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
-               method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", checkpoint=None,
-               restart: bool = False):
+               method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
+               checkpoint=None, restart: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -388,7 +388,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     round (`prune_checkpoint`); `restart` starts over instead. `grouping` "dp" / "greedy" prunes
     unaligned groups on Cortex-M (`layer_strategy`). `objective` "energy" or "size" orders the
     layers, weighs the node penalty and picks each layer's form by that measure instead of the
-    predicted latency (`objectives`); the result reports all three."""
+    predicted latency (`objectives`); the result reports all three. `dropout` trains with that
+    ratio on the input of every FC layer but the first, scaled to the connections each keeps
+    (`torch_chain.set_dropout`)."""
     from . import torch_chain
     from .int16_net import read_chain
 
@@ -409,16 +411,18 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
                 "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
                 "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping, "objective": objective,
-                "data": (data.name, len(data.train_x)),
+                "dropout": dropout, "data": (data.name, len(data.train_x)),
                 "model": model_digest(model)}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
 
     def train_first():
         if train_epochs:
+            torch_chain.set_dropout(net, dropout)
             torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
 
     def retrain(round_seed, masks=None, **kwargs):
+        torch_chain.set_dropout(net, dropout)  # scaled to the connections left
         torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=round_seed,
                           desc="retrain", **kwargs)
 

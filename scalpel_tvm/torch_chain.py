@@ -52,6 +52,7 @@ def chain_net(model: onnx.ModelProto):
             self.beta = nn.ParameterDict()  # node masks: key -> β; α is the buffer "alpha_<key>"
             self.removed = {}  # layer name -> 0/1 node mask held after remove_masked_nodes
             self.penalty_scale = {}  # key -> weight of the layer's masks in the L1 penalty
+            self.dropout = {}  # key of an FC layer -> dropout ratio on its input (set_dropout)
             self.plan = []  # (op, module key, ReLU after, zero padding before a conv)
             for layer in layers:
                 key = layer["name"].replace(".", "_")
@@ -78,6 +79,8 @@ def chain_net(model: onnx.ModelProto):
             for op, key, relu, pads in self.plan:
                 if op == "fc" and x.dim() > 2:
                     x = x.flatten(1)
+                if key in self.dropout:
+                    x = torch.nn.functional.dropout(x, self.dropout[key], self.training)
                 if pads is not None and any(pads):
                     x = torch.nn.functional.pad(x, pads)
                 x = self.layers[key](x)
@@ -101,6 +104,23 @@ def chain_net(model: onnx.ModelProto):
             return self.names[index + 1] if index + 1 < len(self.names) else None
 
     return Net()
+
+
+def set_dropout(net, ratio: float) -> None:
+    """Dropout `ratio` on the input of every FC layer but the first layer of the network, scaled to
+    what pruning left (Han et al.'s rule, Scalpel's equation (8)): D = ratio·sqrt(C_kept / C),
+    C the layer's connections — weights, which removed nodes and their consumers' inputs count
+    out too. Called before each retraining; the ONNX graph itself carries no dropout."""
+    from .node_pruning import dropout_ratio
+
+    net.dropout = {}
+    if not ratio:
+        return
+    for name in net.names[1:]:
+        module = net.module(name)
+        if isinstance(module, _torch().nn.Linear):
+            w = module.weight.detach()
+            net.dropout[name.replace(".", "_")] = dropout_ratio(ratio, int(w.count_nonzero()), w.numel())
 
 
 def add_node_masks(net, names, penalty_scale: dict | None = None) -> None:

@@ -156,3 +156,18 @@ def test_scalpel_prune_for_x86_removes_conv_filters_then_fc_groups_and_the_pass_
     vm = tvm.relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x))
     np.testing.assert_allclose(np.asarray(got.numpy()), run_ort(pruned, x), rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_before_fc_layers_follows_the_connections_pruning_left():
+    net = torch_chain.chain_net(paper_nets.network("lenet_300_100"))
+    with torch.no_grad():
+        net.weight("fc2")[:, :225] = 0  # 25% of fc2's connections left
+    torch_chain.set_dropout(net, 0.5)
+    assert net.dropout == pytest.approx({"fc2": 0.25, "fc3": 0.5})  # the first layer's input: none
+    x = torch.ones(4, 784)
+    net.eval()
+    assert torch.equal(net(x), net(x))  # no dropout at inference
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    torch_chain.set_dropout(net, 0.0)
+    assert net.dropout == {}

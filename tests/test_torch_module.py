@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nets import TARGET, run_ort
+from nets import run_ort
 import scalpel_tvm
 from scalpel_tvm import ScalpelError, pruning
 
