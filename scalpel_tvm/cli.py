@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     prune = sub.add_parser("prune", help="prune a model for a target with retraining (node and SIMD-aware pruning)")
     prune.add_argument("model", help="an ONNX file of the LeNet / ConvNet family (trained, or see --train-epochs)")
     prune.add_argument("--target", required=True, choices=preset_names())
-    prune.add_argument("--data", default="mnist", help="the data set (mnist)")
+    prune.add_argument("--data", default="mnist", choices=["mnist", "fashion-mnist"], help="the data set (installed)")
     prune.add_argument("--out", required=True, help="the pruned ONNX model to write")
     prune.add_argument("--report", help="a folder for prune.json, prune.txt and prune.png")
     prune.add_argument("--tolerance", type=float, default=0.1,

@@ -69,11 +69,15 @@ HAN_KEPT = {
 HAN_BY_KIND = {"conv": 0.37, "fc": 0.09}  # ConvNet and NIN: AlexNet's rates by layer kind
 
 
-def network(name: str, *, seed: int = 0) -> onnx.ModelProto:
-    """The dense network `name` (a key of ARCHITECTURES) with random weights; batch symbolic."""
+def network(name: str, *, seed: int = 0, input_shape: tuple | None = None) -> onnx.ModelProto:
+    """The dense network `name` (a key of ARCHITECTURES) with random weights; batch symbolic.
+    `input_shape` (C, H, W) replaces the paper's input, e.g. the ConvNet on 1x28x28 Fashion-MNIST
+    instead of 3x32x32 CIFAR-10 (the layers that follow take the shapes that result)."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(ARCHITECTURES)}")
     in_shape, layers = ARCHITECTURES[name]
+    if input_shape is not None:
+        in_shape = [1, *input_shape]
     rng = np.random.default_rng(seed)
     nodes, inits, prev, shape = [], [], "input", list(in_shape)
     for index, (op, *args) in enumerate(layers):

@@ -241,3 +241,13 @@ def test_a_checkpoint_of_another_run_or_a_broken_one_is_refused_with_the_way_out
     path.write_bytes(b"\x80\x04garbage")
     with pytest.raises(ScalpelError, match="is not a readable pruning checkpoint"):
         Checkpoint(path, {"tolerance": 0.001})
+
+
+def test_fashion_mnist_loads_from_its_debian_package_and_the_convnet_takes_its_shape():
+    data = datasets.load("fashion-mnist", limit=1000)
+    assert data.train_x.shape == (1000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert 0 <= data.train_x.min() and data.train_x.max() < 1 and set(np.unique(data.test_y)) == set(range(10))
+    convnet = paper_nets.network("convnet", input_shape=(1, 28, 28))
+    input_shape, layers = read_chain(convnet)
+    data.check_fits(input_shape, layers[-1]["w_nk"].shape[0])
+    assert layers[0]["window"].c == 1 and layers[-1]["w_nk"].shape == (10, 64 * 4 * 4)
