@@ -42,6 +42,10 @@ class Dataset:
         if int(np.prod(input_shape)) != int(np.prod(self.shape)):
             raise ScalpelError(f"{self.name} images are {self.shape}, the model takes {tuple(input_shape)}; "
                                "give a model whose input matches the data set")
+        for part, labels in (("training", self.train_y), ("test", self.test_y)):
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.classes):
+                raise ScalpelError(f"{self.name}'s {part} labels run {labels.min()}..{labels.max()}, outside the "
+                                   f"{self.classes} classes 0..{self.classes - 1}; fix the labels or `classes`")
         if outputs < self.classes:
             raise ScalpelError(f"{self.name} has {self.classes} classes (labels 0..{self.classes - 1}), "
                                f"the model has {outputs} outputs")

@@ -60,6 +60,9 @@ def table(report: dict) -> str:
         lines.append(f"{report['rounds_walked_back']} kept rounds walked back: images no round was judged on "
                      "disagreed with the validation images (the accuracy target could not be kept further)")
     rounds = len(report["rounds"]) + (len(nodes["rounds"]) if nodes else 0)
+    if report["weights_removed"] == 0:
+        lines.append(f"no round kept accuracy within the tolerance ({100 * report['settings']['tolerance']:.2g} points): "
+                     "the model is returned unpruned; allow more (--tolerance) or retrain longer (--epochs)")
     lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {rounds} "
                  f"rounds; validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
                  f"test {test['dense']:.2%} -> {test['pruned']:.2%}")

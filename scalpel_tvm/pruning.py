@@ -41,8 +41,8 @@ from .unaligned_groups import cover_count, unaligned_mask
 
 IMPORTANCE = ("rms", "max", "mean")
 METHODS = ("scalpel", "traditional", "optimized")
-GROUP_METHODS = ("simd", "magnitude")
-GROUPINGS = ("aligned", "dp", "greedy")  # what prune_simd prunes: aligned groups, or single weights
+GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: groups, or single weights (traditional)
+GROUPINGS = ("aligned", "dp", "greedy")  # aligned groups, or unaligned ones (Lee et al.)
 
 
 def _blocks(w_nk: np.ndarray, group: int, orientation: str) -> np.ndarray:
@@ -399,7 +399,12 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     torch = torch_chain._torch()
     torch.manual_seed(seed)
     spec = TargetSpec.preset(target) if isinstance(target, str) else target
-    input_shape, layers = read_chain(model)
+    try:
+        input_shape, layers = read_chain(model)
+    except ScalpelError as err:
+        raise ScalpelError(f"the pruning frontend rebuilds ONNX chains of the LeNet / ConvNet family for "
+                           f"retraining, and this model is not one: {err}. Prune the torch.nn.Module it came from "
+                           "with scalpel_tvm.prune(module, target, train, evaluate, example)") from None
     data.check_fits(input_shape, [lay for lay in layers if lay["op"] in ("fc", "conv")][-1]["w_nk"].shape[0])
     validation = validation or min(10000, len(data.train_x) // 10)
     if not 1 < validation < len(data.train_x):

@@ -118,6 +118,13 @@ def test_data_that_does_not_fit_the_model_is_a_clear_error():
         pruning.prune_onnx(paper_nets.network("convnet"), "cortex-m4", data)
     with pytest.raises(ScalpelError, match="unknown data set 'cifar10'"):
         datasets.load("cifar10")
+    from nets import mlp
+
+    with pytest.raises(ScalpelError, match=r"not one: Sigmoid node .* scalpel_tvm.prune\(module"):
+        pruning.prune_onnx(mlp([784, 30, 10], activation="Sigmoid"), "cuda", data)
+    bad = datasets.Dataset("mine", data.train_x, data.train_y + 5, data.test_x, data.test_y, 10)
+    with pytest.raises(ScalpelError, match=r"mine's training labels run 5..14, outside the 10 classes 0..9"):
+        pruning.prune_onnx(paper_nets.network("lenet_300_100"), "cortex-m4", bad)
 
 
 def test_rounds_the_confirmation_images_reject_are_walked_back():
@@ -251,3 +258,30 @@ def test_fashion_mnist_loads_from_its_debian_package_and_the_convnet_takes_its_s
     input_shape, layers = read_chain(convnet)
     data.check_fits(input_shape, layers[-1]["w_nk"].shape[0])
     assert layers[0]["window"].c == 1 and layers[-1]["w_nk"].shape == (10, 64 * 4 * 4)
+
+
+def test_a_tolerance_no_round_can_keep_returns_the_model_unpruned_and_says_so():
+    from scalpel_tvm import prune_report
+
+    rng = np.random.default_rng(0)
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    state = {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers}
+    accuracy = {"value": 0.99}
+
+    def set_mask(name, mask):
+        state[name] = state[name] * mask
+        accuracy["value"] = 0.5  # any pruning costs too much
+
+    def restore(saved):
+        state.update(saved)
+        accuracy["value"] = 0.99
+
+    spec = TargetSpec.preset("cortex-m4")
+    result = pruning.prune_simd(
+        lambda: {k: v.copy() for k, v in state.items()}, set_mask, lambda masks: None, lambda: accuracy["value"],
+        lambda: {k: v.copy() for k, v in state.items()}, restore, pruning.layer_strategy(spec, layers),
+        pruning.LayerCost(spec, layers), tolerance=0.001, max_rounds=40)
+    assert result.weights_removed == 0 and not any(r.kept for r in result.rounds)
+    assert all(np.all(w != 0) for w in state.values())
+    report = prune_report.as_dict(result, {"dense": 0.99, "pruned": 0.99}, "cortex-m4", {"tolerance": 0.001})
+    assert "the model is returned unpruned" in prune_report.table(report)
