@@ -1,7 +1,6 @@
 """Property: removing dead nodes from an int16-path network (int16_net.shrink_dead_nodes) never
 changes what it computes, whatever the layers, windows and dead nodes."""
 import numpy as np
-import onnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
