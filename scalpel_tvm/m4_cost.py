@@ -45,18 +45,25 @@ def pairs_held(w_nk: np.ndarray) -> int:
     return cover_count(w_nk, 2)
 
 
-def unaligned_pairs(w_nk: np.ndarray) -> int:
-    """Stored pairs whose inputs start at an odd index: the SMUAD kernel loads them as a
-    halfword-aligned word, one cycle more (Cortex-M4 TRM 3.3.2), which the fit does not see (its
-    random layers are pruned in aligned pairs), so `CortexMCost.cycles` adds it."""
+def pair_layout(w_nk: np.ndarray) -> tuple[int, int]:
+    """(pairs the pairs format stores, those starting at an odd input), from one cover of the
+    weight. An odd start makes the SMUAD kernel load its inputs as a halfword-aligned word, one
+    cycle more (Cortex-M4 TRM 3.3.2), which the fit does not see (its random layers are pruned in
+    aligned pairs), so `CortexMCost.cycles` adds it."""
     from .unaligned_groups import cover
 
     starts = np.minimum(cover(w_nk, 2)[1], max(w_nk.shape[1] - 2, 0))  # the last one pulled back
-    return int(np.count_nonzero(starts % 2))
+    return len(starts), int(np.count_nonzero(starts % 2))
 
 
-def features(layer, form: str | None = None) -> dict:
-    """The work of one layer (an `int16_net` QuantizedLinear or Pool) in `form`."""
+def unaligned_pairs(w_nk: np.ndarray) -> int:
+    """Stored pairs starting at an odd input (`pair_layout`)."""
+    return pair_layout(w_nk)[1]
+
+
+def features(layer, form: str | None = None, layout: tuple | None = None) -> dict:
+    """The work of one layer (an `int16_net` QuantizedLinear or Pool) in `form` (`layout`: its
+    `pair_layout`, when the caller has it)."""
     f = dict.fromkeys(FEATURES, 0)
     f["layer"] = 1
     window = layer.window
@@ -66,8 +73,10 @@ def features(layer, form: str | None = None) -> dict:
         return f
     n, k = layer.w_nk.shape
     pixels = 1 if window is None else window.oh * window.ow
-    steps = {"dense": n * ((k + 1) // 2), "gsparse2": pairs_held(layer.w_nk),
-             "csr": int(np.count_nonzero(layer.w_nk))}[form]
+    if form == "gsparse2":
+        steps = (layout or pair_layout(layer.w_nk))[0]
+    else:
+        steps = n * ((k + 1) // 2) if form == "dense" else int(np.count_nonzero(layer.w_nk))
     prefix = {"dense": "dense", "gsparse2": "pairs", "csr": "csr"}[form]
     f[f"{prefix}_steps"] = steps * pixels
     f[f"{prefix}_outputs"] = n * pixels
@@ -97,8 +106,9 @@ class CortexMCost:
 
     def cycles(self, layer, form: str | None = None) -> float:
         form = form or getattr(layer, "format", None)
-        f = features(layer, form)
-        unaligned = unaligned_pairs(layer.w_nk) * f["calls"] if form == "gsparse2" else 0
+        layout = pair_layout(layer.w_nk) if form == "gsparse2" else None
+        f = features(layer, form, layout)
+        unaligned = layout[1] * f["calls"] if layout else 0
         return float(sum(self.coefficients[name] * value for name, value in f.items())) + unaligned
 
     def candidates(self, layer) -> dict[str, float]:
