@@ -80,7 +80,7 @@ def versions(name: str) -> dict:
 
 
 def measure(name: str, model, formats, tmp: Path, rng) -> dict:
-    in_shape = paper_nets.ARCHITECTURES[name][0][1:]
+    in_shape = read_chain(model)[0]  # the model's own input (the ConvNet on 28x28 Fashion-MNIST too)
     net = quantize_net(model, rng.random((32, *in_shape)), formats=formats)
     x_q = net.quantize_input(rng.random((2, *in_shape)))
     elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp)

@@ -2,9 +2,11 @@
 
     python python/bench_pruning.py --net lenet_300_100 --target cortex-m4 --out out   # ~5 min
     python python/bench_pruning.py --net lenet5 --target cuda --out out              # predicted only
+    python python/bench_pruning.py --net convnet --target cortex-m4 --out out
 
-Trains the network once on MNIST (`--train-epochs`, the recipe every method starts from), then
-prunes that same model three ways through `scalpel_tvm.pruning.prune_onnx` with the same
+Trains the network once (`--train-epochs`, the recipe every method starts from) on MNIST, or for
+the ConvNet on Fashion-MNIST at 1x28x28 (the stand-in for the paper's CIFAR-10, which cannot be
+had here), then prunes that same model three ways through `scalpel_tvm.pruning.prune_onnx` with the same
 tolerance, retraining and round budget:
 
 * scalpel: the target's strategy (SIMD-aware groups / node pruning), each layer in its fastest form;
@@ -33,11 +35,12 @@ from scalpel_tvm import datasets, paper_nets, pruning, torch_chain
 from scalpel_tvm.target import TargetSpec
 
 METHODS = ("scalpel", "traditional", "optimized")
+DATA = {"lenet_300_100": ("mnist", None), "lenet5": ("mnist", None), "convnet": ("fashion-mnist", (1, 28, 28))}
 
 
 def trained(name: str, data, epochs: float, validation: int, seed: int = 0):
     torch_chain._torch().manual_seed(seed)
-    model = paper_nets.network(name)
+    model = paper_nets.network(name, input_shape=DATA[name][1])
     net = torch_chain.chain_net(model)
     torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], epochs=epochs, seed=seed)
     return torch_chain.write_weights(model, net)
@@ -51,21 +54,25 @@ def firmware(name: str, model, formats, tmp: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--net", default="lenet_300_100", choices=["lenet_300_100", "lenet5"])
+    parser.add_argument("--net", default="lenet_300_100", choices=list(DATA))
     parser.add_argument("--target", default="cortex-m4")
     parser.add_argument("--train-epochs", type=float, default=3.0)
     parser.add_argument("--epochs", type=float, default=1.0, help="retraining epochs per round")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--tolerance", type=float, default=0.1, help="accuracy points")
     parser.add_argument("--limit", type=int, help="train on the first N images (quick runs)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="a comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    if not methods or set(methods) - set(METHODS):
+        parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}")
     spec = TargetSpec.preset(args.target)
-    data = datasets.load("mnist", limit=args.limit)
+    data = datasets.load(DATA[args.net][0], limit=args.limit)
     validation = min(10000, len(data.train_x) // 10)
     model = trained(args.net, data, args.train_epochs, validation)
     runs = {}
-    for method in METHODS:
+    for method in methods:
         print(f"--- {method} ---", file=sys.stderr)
         pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                   max_rounds=args.rounds, method=method, validation=validation)
@@ -77,7 +84,7 @@ def main():
                         "nodes": {name: v["nodes"] for name, v in layers.items()}, "reverted": result.reverted}
     report = {"date": datetime.date.today().isoformat(), "net": args.net, "target": args.target,
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
-              "dense_test_accuracy": runs["scalpel"]["test"]["dense"], "methods": {}}
+              "data": data.name, "dense_test_accuracy": runs[methods[0]]["test"]["dense"], "methods": {}}
     if spec.parallelism == "low":
         with tempfile.TemporaryDirectory() as tmp:
             dense = firmware(args.net, model, dict.fromkeys(paper_nets.layer_kinds(args.net), "dense"), Path(tmp) / "d")
@@ -99,7 +106,7 @@ def main():
 
 def print_report(report: dict) -> None:
     measured = "dense_cycles" in report
-    print(f"{report['net']} for {report['target']} ({report['date']}); dense test accuracy "
+    print(f"{report['net']} on {report.get('data', 'mnist')} for {report['target']} ({report['date']}); dense test accuracy "
           f"{report['dense_test_accuracy']:.2%}" + (f", {report['dense_cycles']:,} cycles (estimate)" if measured else ""))
     print(f"{'method':<13}{'test acc':>10}{'removed':>10}{'predicted x':>13}" + (f"{'cycles':>12}{'cycles x':>10}{'size':>8}" if measured else ""))
     for method, run in report["methods"].items():
@@ -107,6 +114,9 @@ def print_report(report: dict) -> None:
         if measured:
             line += f"{run['cycles']:>12,}{run['speedup']:>9.2f}x{run['size_vs_dense']:>8.1%}"
         print(line)
+
+
+COLORS = {"scalpel": "tab:green", "traditional": "tab:grey", "optimized": "tab:blue"}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -119,10 +129,10 @@ def plot(report: dict, path: Path) -> None:
     runs = report["methods"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     key = "speedup" if "dense_cycles" in report else "predicted_speedup"
-    left.bar(methods, [runs[m][key] for m in methods], color=["tab:green", "tab:grey", "tab:blue"])
+    left.bar(methods, [runs[m][key] for m in methods], color=[COLORS[m] for m in methods])
     left.set_ylabel("speedup over dense" + (" (cycle estimate)" if key == "speedup" else " (cost model)"))
     left.set_title(f"{report['net']} on {report['target']}")
-    right.bar(methods, [100 * runs[m]["test"]["pruned"] for m in methods], color=["tab:green", "tab:grey", "tab:blue"])
+    right.bar(methods, [100 * runs[m]["test"]["pruned"] for m in methods], color=[COLORS[m] for m in methods])
     right.axhline(100 * report["dense_test_accuracy"], color="black", linestyle="--", label="dense")
     right.set_ylim(100 * report["dense_test_accuracy"] - 2, 100 * report["dense_test_accuracy"] + 1)
     right.set_ylabel("test accuracy (%)")

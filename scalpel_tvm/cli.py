@@ -1,7 +1,8 @@
 """The `scalpel` command: `scalpel demo`, `scalpel plan MODEL.onnx --target NAME`,
 `scalpel tune --target NAME --model MODEL.onnx | --shapes KxN,...`,
 `scalpel deploy MODEL.onnx --target cortex-m4 --out DIR --calibration X.npy`,
-`scalpel prune MODEL.onnx --target NAME --data mnist --out PRUNED.onnx [--report DIR]`."""
+`scalpel prune MODEL.onnx --target NAME --data mnist --out PRUNED.onnx [--report DIR]`,
+`scalpel net NAME --out MODEL.onnx [--input-shape 1x28x28]`."""
 from __future__ import annotations
 
 import argparse
@@ -103,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                                             "the same command run again resumes from it")
     prune.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
 
+    net = sub.add_parser("net", help="write one of the paper's networks as an ONNX file (untrained: He-initialised)")
+    net.add_argument("name", help="lenet_300_100, lenet5, convnet, nin or alexnet")
+    net.add_argument("--out", required=True, help="the ONNX file to write")
+    net.add_argument("--input-shape", help="CxHxW replacing the paper's input, e.g. 1x28x28 for the ConvNet on "
+                                           "Fashion-MNIST (the stand-in for CIFAR-10)")
+    net.add_argument("--seed", type=int, default=0, help="the weights' random seed")
+    net.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
     args = parser.parse_args(argv)
     # Single-threaded by default so timings compare like with like (onnxruntime too).
     os.environ.setdefault("TVM_NUM_THREADS", "1")
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             _tune(args)
         elif args.command == "prune":
             _prune(args)
+        elif args.command == "net":
+            _net(args)
         elif args.command == "deploy":
             from .deploy import deploy as deploy_project, load_calibration, report_text
 
@@ -189,6 +200,36 @@ def _prune(args) -> None:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))
     print(f"wrote {out}")
+
+
+def _net(args) -> None:
+    from pathlib import Path
+
+    import onnx
+
+    from . import paper_nets
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ScalpelError(f"{out} exists; choose another --out or pass --overwrite")
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(d) for d in args.input_shape.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise ScalpelError(f"--input-shape {args.input_shape!r} is not CxHxW, e.g. 1x28x28")
+        if len(paper_nets.ARCHITECTURES.get(args.name, ([1, 1, 1, 1],))[0]) != 4:
+            raise ScalpelError(f"{args.name} takes a flat input; --input-shape is for the convolutional networks")
+    try:
+        model = paper_nets.network(args.name, seed=args.seed, input_shape=shape)
+    except ValueError as err:
+        raise ScalpelError(str(err)) from None
+    onnx.save(model, out)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    print(f"wrote {out} ({args.name}, input {'x'.join(map(str, dims))}, untrained: "
+          "scalpel prune --train-epochs N trains it first)")
 
 
 def _plan_cortex_m(args, spec) -> None:
