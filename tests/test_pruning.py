@@ -285,3 +285,44 @@ def test_a_tolerance_no_round_can_keep_returns_the_model_unpruned_and_says_so():
     assert all(np.all(w != 0) for w in state.values())
     report = prune_report.as_dict(result, {"dense": 0.99, "pruned": 0.99}, "cortex-m4", {"tolerance": 0.001})
     assert "the model is returned unpruned" in prune_report.table(report)
+
+
+def test_scalpel_net_writes_the_papers_networks_and_refuses_a_bad_input_shape(tmp_path, capsys):
+    out = tmp_path / "convnet.onnx"
+    assert main(["net", "convnet", "--out", str(out), "--input-shape", "1x28x28"]) == 0
+    input_shape, layers = read_chain(onnx.load(str(out)))
+    assert input_shape == (1, 28, 28) and [lay["name"] for lay in layers if "w_nk" in lay] == ["conv1", "conv2", "conv3", "fc1"]
+    assert main(["net", "convnet", "--out", str(out)]) == 2  # never overwrites unasked
+    assert main(["net", "lenet5", "--out", str(tmp_path / "l.onnx"), "--input-shape", "28x28"]) == 2
+    assert main(["net", "lenet_300_100", "--out", str(tmp_path / "m.onnx"), "--input-shape", "1x28x28"]) == 2
+    assert main(["net", "resnet", "--out", str(tmp_path / "r.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "not CxHxW" in err and "flat input" in err and "unknown network 'resnet'" in err
+
+
+@pytest.mark.slow
+def test_the_convnet_on_fashion_mnist_loses_whole_filters_for_a_gpu_and_keeps_its_outputs(tmp_path, capsys):
+    """The paper's CIFAR-10 ConvNet, on its Fashion-MNIST stand-in, node-pruned from the command line:
+    what is removed is whole filters (and the consumer channels they fed), and the pruned file
+    runs in onnxruntime exactly as the retrained network does."""
+    import json
+
+    model_path, out = tmp_path / "convnet.onnx", tmp_path / "pruned.onnx"
+    assert main(["net", "convnet", "--out", str(model_path), "--input-shape", "1x28x28"]) == 0
+    assert main(["prune", str(model_path), "--target", "cuda", "--data", "fashion-mnist", "--out", str(out),
+                 "--report", str(tmp_path / "r"), "--limit", "3000", "--train-epochs", "1", "--epochs", "2",
+                 "--rounds", "4", "--tolerance", "5", "--penalty", "3e-3"]) == 0
+    report = json.loads((tmp_path / "r" / "prune.json").read_text())
+    _, layers = read_chain(onnx.load(str(out)))
+    weights = {lay["name"]: lay["w_nk"] for lay in layers if "w_nk" in lay}
+    for name, nxt in [("conv1", "conv2"), ("conv2", "conv3")]:
+        alive = np.abs(weights[name]).sum(axis=1) > 0
+        assert report["layers"][name]["nodes"] == [alive.size, int(alive.sum())]
+        # a removed filter's channel is gone from the next layer's inputs as well
+        columns = weights[nxt].reshape(weights[nxt].shape[0], alive.size, -1)
+        assert not np.abs(columns[:, ~alive]).any()
+    assert sum(report["layers"][n]["nodes"][1] for n in ("conv1", "conv2", "conv3")) < 32 + 32 + 64
+    assert report["layers"]["fc1"]["nodes"] == [10, 10]  # the output layer keeps its classes
+    test = datasets.load("fashion-mnist", limit=1)
+    predicted = run_ort(onnx.load(str(out)), test.test_x).argmax(axis=1)
+    assert abs((predicted == test.test_y).mean() - report["test_accuracy"]["pruned"]) < 1e-9
