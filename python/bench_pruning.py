@@ -1,6 +1,6 @@
 """Scalpel against the baselines, on one trained network for one target, side by side in one run.
 
-    python python/bench_pruning.py --net lenet_300_100 --target cortex-m4 --out out   # ~5 min
+    python python/bench_pruning.py --net lenet_300_100 --target cortex-m4 --out out   # ~2.5 min
     python python/bench_pruning.py --net lenet5 --target cuda --out out              # predicted only
     python python/bench_pruning.py --net convnet --target cortex-m4 --out out
 
