@@ -195,9 +195,12 @@ class LayerCost:
             self.model, self.unit = default_cost(spec), "s"
 
     def __call__(self, name: str, w_nk: np.ndarray, form: str | None = None) -> tuple[float, str]:
-        """(time, form): in `form` where the target has it (a baseline's CSR), else the cheapest."""
+        """(time, form): in `form` where the target has it (a baseline's CSR), else the cheapest
+        form the compiler would pick. On a GPU that excludes CSR: `Pass(cuda)` compiles a pruned
+        layer dense (node-shrunk) or warp-grouped, and CSR is priced there only for the baselines."""
         costs = self.times(name, w_nk)
-        best = form if form in costs else min(costs, key=costs.get)
+        choices = {f: t for f, t in costs.items() if not (f == "csr" and self.spec.parallelism == "high")}
+        best = form if form in costs else min(choices, key=choices.get)
         return costs[best], best
 
     def times(self, name: str, w_nk: np.ndarray) -> dict[str, float]:
