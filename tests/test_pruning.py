@@ -326,3 +326,15 @@ def test_the_convnet_on_fashion_mnist_loses_whole_filters_for_a_gpu_and_keeps_it
     test = datasets.load("fashion-mnist", limit=1)
     predicted = run_ort(onnx.load(str(out)), test.test_x).argmax(axis=1)
     assert abs((predicted == test.test_y).mean() - report["test_accuracy"]["pruned"]) < 1e-9
+
+
+def test_on_a_gpu_scalpels_layers_are_priced_in_the_forms_pass_compiles_and_csr_only_for_a_baseline():
+    """Pass(cuda) compiles a pruned layer dense (node-shrunk) or warp-grouped; pricing Scalpel's
+    layers in CSR where the GPU model finds it cheaper would credit it a kernel it never gets."""
+    _, layers = read_chain(paper_nets.network("lenet5"))
+    fc2 = next(lay["w_nk"] for lay in layers if lay["name"] == "fc2")
+    cost = pruning.LayerCost(TargetSpec.preset("cuda"), layers)
+    times = cost.times("fc2", fc2)
+    assert times["csr"] < times["dense"]  # the GPU model's CSR is cheaper for this small layer...
+    assert cost("fc2", fc2) == (times["dense"], "dense")  # ...but Scalpel's layer is compiled dense
+    assert cost("fc2", fc2, "csr") == (times["csr"], "csr")  # a baseline asks for its CSR
