@@ -106,7 +106,7 @@ def main():
 
 def print_report(report: dict) -> None:
     measured = "dense_cycles" in report
-    print(f"{report['net']} on {report.get('data', 'mnist')} for {report['target']} ({report['date']}); dense test accuracy "
+    print(f"{report['net']} on {report['data']} for {report['target']} ({report['date']}); dense test accuracy "
           f"{report['dense_test_accuracy']:.2%}" + (f", {report['dense_cycles']:,} cycles (estimate)" if measured else ""))
     print(f"{'method':<13}{'test acc':>10}{'removed':>10}{'predicted x':>13}" + (f"{'cycles':>12}{'cycles x':>10}{'size':>8}" if measured else ""))
     for method, run in report["methods"].items():

@@ -220,9 +220,7 @@ def _net(args) -> None:
             shape = ()
         if len(shape) != 3 or min(shape) < 1:
             raise ScalpelError(f"--input-shape {args.input_shape!r} is not CxHxW, e.g. 1x28x28")
-        if len(paper_nets.ARCHITECTURES.get(args.name, ([1, 1, 1, 1],))[0]) != 4:
-            raise ScalpelError(f"{args.name} takes a flat input; --input-shape is for the convolutional networks")
-    try:
+    try:  # an unknown name, or an input shape on a flat-input network
         model = paper_nets.network(args.name, seed=args.seed, input_shape=shape)
     except ValueError as err:
         raise ScalpelError(str(err)) from None

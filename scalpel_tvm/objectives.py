@@ -59,8 +59,9 @@ class ObjectiveCost:
         self.weight_pj = PJ["sram_word"] if low else PJ["dram_word"]
         self.unit = {"latency": latency.unit, "energy": "pJ", "size": "bytes"}[objective]
 
-    def measures(self, name: str, w_nk: np.ndarray, form: str) -> dict:
-        """Latency, energy and size of layer `name` in `form`."""
+    def measures(self, name: str, w_nk: np.ndarray, form: str, times: dict | None = None) -> dict:
+        """Latency, energy and size of layer `name` in `form` (`times`: its `LayerCost.times`, when
+        the caller has them)."""
         layer = self.latency.layers[name]
         window = layer["window"]
         pixels = 1 if window is None else window.oh * window.ow
@@ -71,12 +72,13 @@ class ObjectiveCost:
         activations = (k if window is None else window.in_size) + n * pixels
         energy = (counts["macs"] * self.mac_pj + counts["bytes"] / 4 * self.weight_pj
                   + activations * self.value_bytes / 4 * PJ["sram_word"])
-        return {"latency": self.latency.times(name, w_nk)[form], "energy": energy, "size": counts["bytes"]}
+        latency = (times or self.latency.times(name, w_nk))[form]
+        return {"latency": latency, "energy": energy, "size": counts["bytes"]}
 
     def __call__(self, name: str, w_nk: np.ndarray, form: str | None = None) -> tuple[float, str]:
         if self.objective == "latency":
             return self.latency(name, w_nk, form)
-        forms = self.latency.times(name, w_nk)
-        if form not in forms:
-            form = min(forms, key=lambda f: self.measures(name, w_nk, f)[self.objective])
-        return self.measures(name, w_nk, form)[self.objective], form
+        times = self.latency.times(name, w_nk)
+        if form not in times:
+            form = min(self.latency.compiled_forms(times), key=lambda f: self.measures(name, w_nk, f, times)[self.objective])
+        return self.measures(name, w_nk, form, times)[self.objective], form

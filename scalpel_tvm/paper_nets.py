@@ -77,6 +77,9 @@ def network(name: str, *, seed: int = 0, input_shape: tuple | None = None) -> on
         raise ValueError(f"unknown network {name!r}; known: {', '.join(ARCHITECTURES)}")
     in_shape, layers = ARCHITECTURES[name]
     if input_shape is not None:
+        if len(in_shape) != 4 or len(input_shape) != 3:
+            raise ValueError(f"{name} takes {'a flat input' if len(in_shape) != 4 else 'a C, H, W input'}; "
+                             f"input_shape {tuple(input_shape)} does not fit it")
         in_shape = [1, *input_shape]
     rng = np.random.default_rng(seed)
     nodes, inits, prev, shape = [], [], "input", list(in_shape)

@@ -199,9 +199,12 @@ class LayerCost:
         form the compiler would pick. On a GPU that excludes CSR: `Pass(cuda)` compiles a pruned
         layer dense (node-shrunk) or warp-grouped, and CSR is priced there only for the baselines."""
         costs = self.times(name, w_nk)
-        choices = {f: t for f, t in costs.items() if not (f == "csr" and self.spec.parallelism == "high")}
-        best = form if form in costs else min(choices, key=choices.get)
+        best = form if form in costs else min(self.compiled_forms(costs), key=costs.get)
         return costs[best], best
+
+    def compiled_forms(self, forms) -> list[str]:
+        """Of `forms`, those the compiler gives a pruned layer: on a GPU not CSR (the baselines' form)."""
+        return [f for f in forms if not (f == "csr" and self.spec.parallelism == "high")]
 
     def times(self, name: str, w_nk: np.ndarray) -> dict[str, float]:
         """Predicted time of layer `name` with weight `w_nk` in every form the target has."""

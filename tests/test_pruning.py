@@ -338,3 +338,6 @@ def test_on_a_gpu_scalpels_layers_are_priced_in_the_forms_pass_compiles_and_csr_
     assert times["csr"] < times["dense"]  # the GPU model's CSR is cheaper for this small layer...
     assert cost("fc2", fc2) == (times["dense"], "dense")  # ...but Scalpel's layer is compiled dense
     assert cost("fc2", fc2, "csr") == (times["csr"], "csr")  # a baseline asks for its CSR
+    from scalpel_tvm.objectives import ObjectiveCost
+
+    assert ObjectiveCost(cost, "energy")("fc2", fc2)[1] == "dense"  # every objective chooses among the same forms
