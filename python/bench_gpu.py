@@ -1,6 +1,8 @@
 """GPU benchmark: the Scalpel paper's networks at batch 50, dense vs node-shrunk vs CSR, on CUDA.
 
     python python/bench_gpu.py nets  --out out     # on a machine with an NVIDIA GPU
+    python python/bench_gpu.py build --arch sm_90 --out gpu_build [--model NAME=DENSE.onnx,PRUNED.onnx]
+    python python/bench_gpu.py time gpu_build --out out   # on the GPU machine: TVM's runtime alone
     python python/bench_gpu.py sweep --out out     # FC kernel sweep: dense / shrunk / warp-grouped / CSR
     python python/bench_gpu.py calibrate out/bench_gpu_sweep.json   # fit data/cost_cuda.json
     python python/bench_gpu.py report out/bench_gpu.json            # print a nets run again
@@ -15,6 +17,12 @@ times the whole model (median of interleaved rounds) and every layer's kernel on
 writes `bench_gpu.json` and `bench_gpu.png`. Shrunk layers are compared with their ideal speedup,
 the ratio of MACs, where the dense layer is large enough to fill the GPU (>= 0.5 GMAC at the
 batch, i.e. well over one wave of thread blocks on every multiprocessor).
+
+`nets` is `build` and `time` in one go. Split, the compiling runs on any machine (nvcc builds for
+the named arch without a GPU) and the GPU machine needs only TVM's runtime: the modules are
+exported libraries, loaded with `tvm.runtime.load_module`, as a deployment would. `build --model`
+adds pairs of ONNX files (the pruning frontend's output and its dense model), each compiled by
+`Pass(cuda)` as it is, and timed whole.
 
 `sweep` times the FC kernels the pass emits over shapes, batch 1 and 50, node-shrunk widths,
 group sparsities and CSR densities, plus the warp-grouped kernel's knobs at 90% group sparsity,
@@ -97,24 +105,6 @@ def layer_kernels(lowered):
     return calls
 
 
-def time_kernels(calls, target, dev, rounds):
-    """Median µs of each layer's kernel alone, with its real constant arguments."""
-    import tvm
-    from scalpel_tvm.cuda import compile_cuda_module
-    from scalpel_tvm.timing import median_us
-
-    module = compile_cuda_module(tvm.IRModule({name: prim for name, prim, _ in calls}), target)
-    module = module.mod
-    rng = np.random.default_rng(0)
-    timers = {}
-    for name, _, specs in calls:
-        args = [tvm.runtime.tensor(spec if isinstance(spec, np.ndarray)
-                                   else rng.standard_normal(spec).astype("float32"), dev)
-                for spec in specs]
-        timers[name] = timer_of(module, name, dev, *args)
-    return median_us(timers, budget_s=0.5, rounds=rounds)
-
-
 def layer_macs(plan):
     """MACs (whole batch) per layer at its shape in the plan (shrunk, if nodes were removed)."""
     macs = {}
@@ -127,88 +117,212 @@ def layer_macs(plan):
     return macs
 
 
-def run_nets(args):
-    import tvm
-    from tvm import relax
+def nets_variants(name):
+    """The variants of one of the paper's networks: {variant: (ONNX model, every layer in CSR?)}."""
     from scalpel_tvm import paper_nets
-    from scalpel_tvm.timing import median_us, ort_session
 
-    dev = gpu_device()
-    target = gpu_target(dev)
-    names = args.networks or list(paper_nets.ARCHITECTURES)
-    results = []
-    for name in names:
-        started = time.time()
-        dense = paper_nets.network(name)
-        variants = {
-            "dense": dense,
-            "node": paper_nets.node_pruned(dense, paper_nets.NODES_KEPT[name]),
-            "csr": paper_nets.magnitude_pruned(dense, paper_nets.han_density(name)),
+    dense = paper_nets.network(name)
+    variants = {
+        "dense": (dense, False),
+        "node": (paper_nets.node_pruned(dense, paper_nets.NODES_KEPT[name]), False),
+        "csr": (paper_nets.magnitude_pruned(dense, paper_nets.han_density(name)), True),
+    }
+    fc = {layer: d for layer, d in paper_nets.han_density(name).items()
+          if paper_nets.layer_kinds(name)[layer] == "fc"}
+    if any(d <= 0.1 for d in fc.values()):
+        # Conv nodes pruned as above, FC layers warp-group pruned to Han's densities instead;
+        # the planner picks each FC layer's form (dense or warp-grouped) from its GPU model.
+        conv_nodes = {layer: kept for layer, kept in paper_nets.NODES_KEPT[name].items()
+                      if paper_nets.layer_kinds(name)[layer] == "conv"}
+        variants["warp"] = (paper_nets.group_pruned(paper_nets.node_pruned(dense, conv_nodes), fc, 32), False)
+    return variants
+
+
+def model_layer_names(model):
+    """Names of a model's Conv/Gemm/MatMul weights' nodes, in order (the plan names layers by
+    kind and position)."""
+    return [node.name or node.output[0] for node in model.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+
+
+def build_network(name, variants, target, out: Path, kind: str):
+    """Compile every variant of one network for `target` and write what timing it needs into
+    `out`: the whole model (`NAME.VARIANT.so`), its layers' kernels alone (`.kernels.so`, their
+    constant arguments in `.kernels.npz`), an input and onnxruntime's output for each variant on
+    this CPU (`NAME.io.npz`); returns the network's manifest entry."""
+    import tvm
+    from scalpel_tvm.cuda import compile_cuda_module
+    from scalpel_tvm.timing import ort_session
+
+    started = time.time()
+    first = next(iter(variants.values()))[0]
+    input_dims = [d.dim_value for d in first.graph.input[0].type.tensor_type.shape.dim][1:]
+    x = np.random.default_rng(1).standard_normal((BATCH, *input_dims)).astype("float32")
+    io = {"x": x}
+    entry = {"network": name, "kind": kind, "layer_names": model_layer_names(first), "variants": {}}
+    for variant, (model, csr) in variants.items():
+        ex, lowered, plan = build_variant(model, target, csr=csr)
+        stem = f"{name}.{variant}"
+        ex.export_library(str(out / f"{stem}.so"))
+        io[f"want_{variant}"] = ort_session(model.SerializeToString()).run(
+            None, {first.graph.input[0].name: x})[0]
+        calls = layer_kernels(lowered)
+        kernels_ex = compile_cuda_module(tvm.IRModule({kernel: prim for kernel, prim, _ in calls}), target)
+        kernels_ex.export_library(str(out / f"{stem}.kernels.so"))
+        constants, kernels = {}, []
+        for kernel, _, specs in calls:
+            args = []
+            for i, spec in enumerate(specs):
+                if isinstance(spec, np.ndarray):
+                    constants[f"{kernel}__{i}"] = spec
+                    args.append({"constant": f"{kernel}__{i}"})
+                else:
+                    args.append({"shape": list(spec)})
+            kernels.append({"name": kernel, "args": args})
+        np.savez(out / f"{stem}.kernels.npz", **constants)
+        entry["variants"][variant] = {
+            "library": f"{stem}.so", "kernels_library": f"{stem}.kernels.so",
+            "kernels_constants": f"{stem}.kernels.npz", "kernels": kernels,
+            "layers": [{"name": lp.name, "kind": lp.kind, "shape": list(lp.shape),
+                        "shrunk_shape": list(lp.shrunk_shape), "chosen": lp.chosen,
+                        "kernel": lp.kernel, "density": lp.density} for lp in plan.layers],
+            "macs": layer_macs(plan),
         }
-        fc = {layer: d for layer, d in paper_nets.han_density(name).items()
-              if paper_nets.layer_kinds(name)[layer] == "fc"}
-        if any(d <= 0.1 for d in fc.values()):
-            # Conv nodes pruned as above, FC layers warp-group pruned to Han's densities instead;
-            # the planner picks each FC layer's form (dense or warp-grouped) from its GPU model.
-            conv_nodes = {layer: kept for layer, kept in paper_nets.NODES_KEPT[name].items()
-                          if paper_nets.layer_kinds(name)[layer] == "conv"}
-            variants["warp"] = paper_nets.group_pruned(
-                paper_nets.node_pruned(dense, conv_nodes), fc, 32)
-        x = np.random.default_rng(1).standard_normal(
-            (BATCH, *paper_nets.ARCHITECTURES[name][0][1:])).astype("float32")
-        x_dev = tvm.runtime.tensor(x, dev)
-        timers, row = {}, {"network": name, "batch": BATCH, "variants": {}}
-        for variant, model in variants.items():
-            ex, lowered, plan = build_variant(model, target, csr=variant == "csr")
-            vm = relax.VirtualMachine(ex, dev)
-            got = vm["main"](x_dev).numpy()
-            session = ort_session(model.SerializeToString())
-            want = session.run(None, {"input": x})[0]
-            error = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
-            if not error < 1e-3:
-                sys.exit(f"{name}/{variant}: GPU output differs from onnxruntime (max rel. error {error:.2e})")
-            timers[variant] = timer_of(vm, "main", dev, x_dev)
-            kernels = time_kernels(layer_kernels(lowered), target, dev, args.rounds)
-            row["variants"][variant] = {
-                "max_rel_error_vs_onnxruntime": error,
-                "kernels_us": kernels,
-                "layers": [{"name": lp.name, "kind": lp.kind, "shape": list(lp.shape),
-                            "shrunk_shape": list(lp.shrunk_shape), "chosen": lp.chosen,
-                            "kernel": lp.kernel, "density": lp.density} for lp in plan.layers],
-                "macs": layer_macs(plan),
-            }
-        whole = median_us(timers, budget_s=2.0, rounds=args.rounds)
-        for variant, us in whole.items():
-            row["variants"][variant]["model_us"] = us
-        row["speedup_node"] = whole["dense"] / whole["node"]
-        row["speedup_csr"] = whole["dense"] / whole["csr"]
-        if "warp" in whole:
-            row["speedup_warp"] = whole["dense"] / whole["warp"]
-        row["layer_efficiency"] = shrunk_layer_efficiency(row)
-        results.append(row)
-        print(f"{name:<14} dense {whole['dense']:9.1f} us  node-shrunk {whole['node']:9.1f} us "
-              f"({row['speedup_node']:.2f}x)  CSR {whole['csr']:9.1f} us ({row['speedup_csr']:.2f}x)"
-              + (f"  warp-grouped FC {whole['warp']:9.1f} us ({row['speedup_warp']:.2f}x)" if "warp" in whole else "")
-              + f"  [{time.time() - started:.0f} s]", flush=True)
-    report = {"gpu": dev.device_name, "date": datetime.date.today().isoformat(),
-              "target": str(target.attrs["arch"]), "batch": BATCH, "results": results,
-              "mean_speedup_node": float(np.exp(np.mean([np.log(r["speedup_node"]) for r in results]))),
-              "mean_speedup_csr": float(np.exp(np.mean([np.log(r["speedup_csr"]) for r in results])))}
+    np.savez(out / f"{name}.io.npz", **io)
+    entry["io"] = f"{name}.io.npz"
+    print(f"built {name}: {', '.join(variants)}  [{time.time() - started:.0f} s]", flush=True)
+    return entry
+
+
+def run_build(args):
+    """Compile the benchmark's modules (any machine: nvcc builds them without a GPU)."""
+    import tvm
+    from scalpel_tvm import paper_nets
+
+    if args.arch:
+        target = tvm.target.Target({"kind": "cuda", "arch": args.arch})
+    else:
+        target = gpu_target(gpu_device())
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name in (args.networks if args.networks is not None else list(paper_nets.ARCHITECTURES)):
+        entries.append(build_network(name, nets_variants(name), target, out, "paper"))
+    for spec in args.model or []:
+        name, _, files = spec.partition("=")
+        dense_file, _, pruned_file = files.partition(",")
+        if not (name and dense_file and pruned_file):
+            sys.exit(f"--model {spec!r}: expected NAME=DENSE.onnx,PRUNED.onnx")
+        variants = {"dense": (onnx_model(dense_file), False), "pruned": (onnx_model(pruned_file), False)}
+        entries.append(build_network(name, variants, target, out, "frontend"))
+    manifest = {"target": str(target.attrs["arch"]), "batch": BATCH, "networks": entries}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"wrote {out}/manifest.json; time it on the GPU with: python python/bench_gpu.py time {out}")
+
+
+def onnx_model(path):
+    import onnx
+
+    if not Path(path).is_file():
+        sys.exit(f"{path}: no such ONNX file")
+    return onnx.load(path)
+
+
+def time_network(entry, build: Path, dev, rounds):
+    """Check one network's variants against onnxruntime's outputs and time them on the GPU
+    (whole model and each layer's kernel alone): its report row."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+    from scalpel_tvm.timing import median_us
+
+    io = np.load(build / entry["io"])
+    x_dev = tvm.runtime.tensor(io["x"], dev)
+    rng = np.random.default_rng(0)
+    timers = {}
+    row = {key: entry[key] for key in ("network", "kind", "layer_names")}
+    row.update(batch=BATCH, variants={})
+    for variant, built in entry["variants"].items():
+        vm = VirtualMachine(tvm.runtime.load_module(str(build / built["library"])), dev)
+        got, want = vm["main"](x_dev).numpy(), io[f"want_{variant}"]
+        error = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+        if not error < 1e-3:
+            sys.exit(f"{entry['network']}/{variant}: GPU output differs from onnxruntime (max rel. error {error:.2e})")
+        timers[variant] = timer_of(vm, "main", dev, x_dev)
+        kernels_module = tvm.runtime.load_module(str(build / built["kernels_library"]))
+        constants = np.load(build / built["kernels_constants"])
+        kernel_timers = {}
+        for kernel in built["kernels"]:
+            kernel_args = [tvm.runtime.tensor(constants[a["constant"]] if "constant" in a
+                                              else rng.standard_normal(a["shape"]).astype("float32"), dev)
+                           for a in kernel["args"]]
+            kernel_timers[kernel["name"]] = timer_of(kernels_module, kernel["name"], dev, *kernel_args)
+        row["variants"][variant] = {
+            "max_rel_error_vs_onnxruntime": error,
+            "kernels_us": median_us(kernel_timers, budget_s=0.5, rounds=rounds),
+            **{key: built[key] for key in ("layers", "macs")},
+        }
+    whole = median_us(timers, budget_s=2.0, rounds=rounds)
+    for variant, us in whole.items():
+        row["variants"][variant]["model_us"] = us
+        if variant != "dense":
+            row[f"speedup_{variant}"] = whole["dense"] / us
+    if "node" in whole:
+        row["layer_efficiency"] = shrunk_layer_efficiency(row)
+    print(f"{entry['network']:<14} dense {whole['dense']:9.1f} us  " + "  ".join(
+        f"{variant} {us:9.1f} us ({whole['dense'] / us:.2f}x)" for variant, us in whole.items() if variant != "dense"),
+        flush=True)
+    return row
+
+
+def run_time(args):
+    """Time a build on this machine's GPU; needs only TVM's runtime (no compiler, no nvcc)."""
+    from scalpel_tvm.cuda import load_cuda_runtime
+
+    load_cuda_runtime()
+    dev = gpu_device()
+    build = Path(args.build)
+    manifest = json.loads((build / "manifest.json").read_text())
+    arch = "sm_" + dev.compute_version.replace(".", "")
+    if manifest["target"] != arch:
+        sys.exit(f"{build} was built for {manifest['target']}, this GPU is {arch}: build it with --arch {arch}")
+    rows = [time_network(entry, build, dev, args.rounds) for entry in manifest["networks"]]
+    write_report(rows, dev, manifest["target"], Path(args.out))
+
+
+def run_nets(args):
+    """Build and time in one go, on a GPU machine with the whole of TVM."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as build:
+        args.build, args.arch, args.model = build, None, None
+        build_args = argparse.Namespace(**{**vars(args), "out": build})
+        run_build(build_args)
+        run_time(args)
+
+
+def geomean(values):
+    return float(np.exp(np.mean(np.log(values)))) if values else None
+
+
+def write_report(rows, dev, arch, out: Path):
+    paper = [r for r in rows if r["kind"] == "paper"]
+    report = {"gpu": dev.device_name, "date": datetime.date.today().isoformat(), "target": arch,
+              "batch": BATCH, "results": paper, "frontend": [r for r in rows if r["kind"] == "frontend"],
+              "other": [r for r in rows if r["kind"] not in ("paper", "frontend")],
+              "mean_speedup_node": geomean([r["speedup_node"] for r in paper]),
+              "mean_speedup_csr": geomean([r["speedup_csr"] for r in paper])}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
     print_nets(report)
-    plot_nets(report, out / "bench_gpu.png")
+    if paper:
+        plot_nets(report, out / "bench_gpu.png")
 
 
 def shrunk_layer_efficiency(row):
     """Per shrunk layer: MAC ratio (ideal speedup), measured kernel speedup, their quotient.
     Layers are named as in the ONNX model (the plan names them by kind and position)."""
-    from scalpel_tvm.paper_nets import layer_kinds
-
     dense, node = row["variants"]["dense"], row["variants"]["node"]
     dense_kernels = {k.split("_")[0]: v for k, v in dense["kernels_us"].items()}
-    model_names = list(layer_kinds(row["network"]))
+    model_names = row["layer_names"]
     out = []
     for index, layer in enumerate(node["layers"]):
         if list(layer["shrunk_shape"]) == list(layer["shape"]):
@@ -224,6 +338,14 @@ def shrunk_layer_efficiency(row):
 
 def print_nets(report):
     print(f"\n{report['gpu']} ({report['target']}), batch {report['batch']}, {report['date']}")
+    for r in report.get("frontend", []):
+        v = r["variants"]
+        print(f"{r['network']:<14}dense {v['dense']['model_us']:9.1f} us, pruned {v['pruned']['model_us']:9.1f} us: "
+              f"{r['speedup_pruned']:.2f}x  (pruned layers: " + ", ".join(
+                  f"{name} {'x'.join(map(str, layer['shrunk_shape']))} {layer['chosen']}"
+                  for name, layer in zip(r["layer_names"], v["pruned"]["layers"])) + ")")
+    if not report["results"]:
+        return
     print(f"{'network':<14}{'dense us':>10}{'node us':>10}{'node x':>8}{'CSR us':>10}{'CSR x':>8}")
     for r in report["results"]:
         v = r["variants"]
@@ -484,13 +606,28 @@ def main():
     report = sub.add_parser("report", help="print the tables of a nets run again and redraw its "
                                            "plot next to it (no GPU needed)")
     report.add_argument("nets_json")
+    build = sub.add_parser("build", help="compile the nets benchmark's modules for a GPU arch, on any "
+                                         "machine (then `time` them on the GPU machine)")
+    build.add_argument("--arch", help="the GPU's arch, e.g. sm_90 (default: this machine's GPU)")
+    build.add_argument("--out", default="gpu_build")
+    build.add_argument("--networks", nargs="*", help="a subset of the paper's networks (none: only --model)")
+    build.add_argument("--model", action="append", metavar="NAME=DENSE.onnx,PRUNED.onnx",
+                       help="also a pair of ONNX files, e.g. the frontend's pruned model and its dense one")
+    timing = sub.add_parser("time", help="time a build on this machine's GPU (TVM's runtime alone)")
+    timing.add_argument("build")
+    timing.add_argument("--out", default="out")
+    timing.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    {"nets": run_nets, "sweep": run_sweep, "calibrate": run_calibrate, "report": run_report}[args.command](args)
+    {"nets": run_nets, "sweep": run_sweep, "calibrate": run_calibrate, "report": run_report,
+     "build": run_build, "time": run_time}[args.command](args)
 
 
 def run_report(args):
+    from scalpel_tvm.paper_nets import layer_kinds
+
     report = json.loads(Path(args.nets_json).read_text())
     for row in report["results"]:
+        row.setdefault("layer_names", list(layer_kinds(row["network"])))  # reports before "build"
         row["layer_efficiency"] = shrunk_layer_efficiency(row)
     print_nets(report)
     plot_nets(report, Path(args.nets_json).with_suffix(".png"))

@@ -3,13 +3,25 @@
 `Pass(target)` rewrites pruned layers of a Relax module into node-shrunk dense and grouped-sparse
 kernels; `plan(mod, target)` shows what it will do per layer and why; `prune(model, target, ...)`
 prunes a model for the target with retraining.
-"""
-from .errors import ScalpelError
-from .onnx_import import bind_weights, import_onnx
-from .pipeline import Pass
-from .planner import LayerPlan, Plan, plan
-from .target import TargetSpec
 
+The public names load on first use (PEP 562), so the submodules that need only TVM's runtime
+(`scalpel_tvm.timing`, used to time a model built elsewhere on a GPU machine that has TVM's
+runtime alone) import without TVM's compiler.
+"""
+from importlib import import_module
+
+from .errors import ScalpelError
+
+_LAZY = {
+    "bind_weights": ".onnx_import", "import_onnx": ".onnx_import", "Pass": ".pipeline",
+    "LayerPlan": ".planner", "Plan": ".planner", "plan": ".planner", "TargetSpec": ".target",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prune(model, target, *args, **kwargs):

@@ -66,8 +66,9 @@ def _driver_stub() -> Path:
     return stub
 
 
-def _load_cuda_runtime() -> None:
-    """Load libtvm_runtime_cuda.so, with the driver stub where no driver is installed."""
+def load_cuda_runtime() -> None:
+    """Load TVM's CUDA runtime (libtvm_runtime_cuda.so, which `import tvm` does not load), with the
+    driver stub where no driver is installed: building needs it, and so does loading a built module."""
     if tvm.runtime.enabled("cuda"):
         return
     library = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
@@ -85,7 +86,7 @@ def enable_cuda_codegen(target: tvm.target.Target) -> None:
     """Make ``tvm.compile(..., target)`` produce a loadable CUDA binary for `target`'s arch."""
     from tvm.support import nvcc  # late: only CUDA builds need it
 
-    _load_cuda_runtime()
+    load_cuda_runtime()
     _state["target"] = target  # its arch: TVM fills one in, TargetSpec refuses a missing one
     # TVM runs "nvcc" from PATH: put the chosen one first.
     nvcc_dir = os.path.dirname(nvcc_path())

@@ -4,7 +4,12 @@ CI has no GPU, so these tests build and inspect; the kernels' results are checke
 `gpu`-marked tests at the end (run them with `pytest -m gpu` where a GPU is present) and by
 `python/bench_gpu.py`, which compares every model with onnxruntime.
 """
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,6 +74,52 @@ def test_user_path_compiles_a_node_pruned_net_to_a_loadable_cuda_module(tmp_path
     names = kernels(source)
     assert {"conv1_shrunk_28of32_kernel", "conv3_shrunk_40of64_kernel", "fc1_dense_kernel"} <= set(names)
     assert cubin(source, ARCH, tmp_path).stat().st_size > 0
+
+
+RUNTIME_ONLY_LOAD = """
+import json, sys
+from pathlib import Path
+import tvm
+from tvm.runtime.vm import VirtualMachine
+from scalpel_tvm.cuda import load_cuda_runtime
+assert tvm.base._RUNTIME_ONLY and "tvm.relax" not in sys.modules
+load_cuda_runtime()
+build = Path(sys.argv[1])
+for network in json.loads((build / "manifest.json").read_text())["networks"]:
+    for variant in network["variants"].values():
+        VirtualMachine(tvm.runtime.load_module(str(build / variant["library"])), tvm.cpu())
+        kernels = tvm.runtime.load_module(str(build / variant["kernels_library"]))
+        for kernel in variant["kernels"]:
+            assert kernels.implements_function(kernel["name"]), kernel["name"]
+print("loaded", sys.argv[1])
+"""
+
+
+def test_the_gpu_benchmark_builds_here_and_its_modules_load_with_tvms_runtime_alone(tmp_path):
+    """`bench_gpu.py build` compiles on a machine without a GPU; what it writes loads where only
+    TVM's runtime is (no compiler library), which is all the GPU machine has to carry."""
+    dense = paper_nets.network("lenet_300_100")
+    pruned = paper_nets.node_pruned(dense, paper_nets.NODES_KEPT["lenet_300_100"])
+    for name, model in {"dense.onnx": dense, "pruned.onnx": pruned}.items():
+        (tmp_path / name).write_bytes(model.SerializeToString())
+    root = Path(__file__).resolve().parents[1]
+    build = tmp_path / "build"
+    subprocess.run([sys.executable, str(root / "python" / "bench_gpu.py"), "build", "--arch", ARCH, "--out",
+                    str(build), "--networks", "--model", f"mlp={tmp_path / 'dense.onnx'},{tmp_path / 'pruned.onnx'}"],
+                   check=True, capture_output=True, text=True)
+    manifest = json.loads((build / "manifest.json").read_text())
+    (network,) = manifest["networks"]
+    assert manifest["target"] == ARCH and network["kind"] == "frontend" and set(network["variants"]) == {"dense", "pruned"}
+    shrunk = [layer["shrunk_shape"] for layer in network["variants"]["pruned"]["layers"]]
+    assert shrunk[0] == [784, paper_nets.NODES_KEPT["lenet_300_100"]["fc1"]]
+    io = np.load(build / network["io"])
+    assert io["x"].shape == (50, 784) and io["want_pruned"].shape == (50, 10)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(root)}
+    loaded = subprocess.run([sys.executable, "-c", RUNTIME_ONLY_LOAD, str(build)], env=env, capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    timed = subprocess.run([sys.executable, str(root / "python" / "bench_gpu.py"), "time", str(build)], env=env,
+                           capture_output=True, text=True)
+    assert timed.returncode != 0 and "no CUDA GPU visible" in timed.stderr
 
 
 def test_very_sparse_fc_layers_become_warp_grouped_kernels(tmp_path):
