@@ -340,7 +340,7 @@ def print_nets(report):
     print(f"\n{report['gpu']} ({report['target']}), batch {report['batch']}, {report['date']}")
     for r in report.get("frontend", []):
         v = r["variants"]
-        print(f"{r['network']:<14}dense {v['dense']['model_us']:9.1f} us, pruned {v['pruned']['model_us']:9.1f} us: "
+        print(f"{r['network']:<16}dense {v['dense']['model_us']:9.1f} us, pruned {v['pruned']['model_us']:9.1f} us: "
               f"{r['speedup_pruned']:.2f}x  (pruned layers: " + ", ".join(
                   f"{name} {'x'.join(map(str, layer['shrunk_shape']))} {layer['chosen']}"
                   for name, layer in zip(r["layer_names"], v["pruned"]["layers"])) + ")")

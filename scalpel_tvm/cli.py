@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--node-penalty", choices=["cost", "uniform"], default="cost",
                        help="node pruning: weigh each layer's λ by what its nodes cost on the target (default) "
                             "or the same for all, as the paper")
+    prune.add_argument("--recover", action="store_true",
+                       help="node pruning: give a round that loses accuracy one recovery round at the last kept λ "
+                            "with its switched-off nodes held off before undoing it (more nodes removed on the "
+                            "ConvNet, fewer on LeNet-5: see the README)")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prune.add_argument("--checkpoint", help="where the run's state is kept after every round (default: OUT.checkpoint); "
@@ -186,7 +190,7 @@ def _prune(args) -> None:
                                           epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
                                           how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
                                           node_penalty=args.node_penalty, method=args.method, grouping=args.groups,
-                                          objective=args.objective, dropout=args.dropout,
+                                          objective=args.objective, dropout=args.dropout, recover=args.recover,
                                           checkpoint=checkpoint, restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
@@ -194,7 +198,7 @@ def _prune(args) -> None:
     report = prune_report.as_dict(result, test, args.target, {
         "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "groups": args.groups,
-        "objective": args.objective, "dropout": args.dropout, "train_epochs": args.train_epochs,
+        "objective": args.objective, "dropout": args.dropout, "recover": args.recover, "train_epochs": args.train_epochs,
         "limit": args.limit})
     if args.report:
         prune_report.write(report, Path(args.report))

@@ -51,7 +51,9 @@ def table(report: dict) -> str:
         lines.append(f"node pruning: {len(nodes['rounds'])} rounds, λ up to "
                      f"{max((r['penalty'] for r in nodes['rounds'] if r['kept']), default=0):.2g}; after removing the "
                      f"masked nodes and retraining, validation {nodes['baseline']:.2%} -> {nodes['final']:.2%}"
-                     + (f", {nodes['walked_back']} rounds walked back" if nodes["walked_back"] else ""))
+                     + (f", {nodes['walked_back']} rounds walked back" if nodes["walked_back"] else "")
+                     + (f"; {sum(r.get('recovered', False) for r in nodes['rounds'])} rounds kept after a recovery round"
+                        if any(r.get("recovered") for r in nodes["rounds"]) else ""))
     if report.get("reverted"):
         lines.append(f"given their unpruned weights back and retrained: {', '.join(report['reverted'])} "
                      + ("(kept more than half their weights: dense)" if report["settings"].get("method") == "optimized"

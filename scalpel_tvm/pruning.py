@@ -375,7 +375,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
-               checkpoint=None, restart: bool = False):
+               recover: bool = False, checkpoint=None, restart: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -396,7 +396,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     layers, weighs the node penalty and picks each layer's form by that measure instead of the
     predicted latency (`objectives`); the result reports all three. `dropout` trains with that
     ratio on the input of every FC layer but the first, scaled to the connections each keeps
-    (`torch_chain.set_dropout`)."""
+    (`torch_chain.set_dropout`). `recover` gives a node-pruning round that loses accuracy one
+    recovery round before it is undone (`node_pruning`)."""
     from . import torch_chain
     from .int16_net import read_chain
 
@@ -422,7 +423,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
                 "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
                 "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping, "objective": objective,
-                "dropout": dropout, "data": (data.name, len(data.train_x)),
+                "dropout": dropout, "recover": recover, "data": (data.name, len(data.train_x)),
                 "model": model_digest(model)}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
@@ -443,7 +444,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                             test=lambda: torch_chain.accuracy(net, data.test_x, data.test_y))
     result, test = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                           objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
-                          tolerance=tolerance, max_rounds=max_rounds, seed=seed)
+                          tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover)
     if test["dense"] < 2.0 / data.classes:
         print(f"scalpel prune: the model scored {test['dense']:.1%} on {data.name}'s test set, near chance: was it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
@@ -455,7 +456,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
 def prune_module(module, target, train, evaluate, example, *, confirm=None, test=None, tolerance: float = 0.001,
                  epochs: float = 1.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80, seed: int = 0,
                  penalty: float = 1e-4, node_penalty: str = "cost", method: str = "scalpel",
-                 grouping: str = "aligned", objective: str = "latency", checkpoint=None, restart: bool = False):
+                 grouping: str = "aligned", objective: str = "latency", recover: bool = False, checkpoint=None,
+                 restart: bool = False):
     """Prune a user's own `torch.nn.Module` for `target` (`torch_module`): `train(module, epochs)`
     is the user's training loop (it builds its optimizer from `module.parameters()` each call),
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
@@ -471,7 +473,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     net, layers, skipped = torch_module.module_net(module, example)
     settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "step": step,
                 "how": how, "max_rounds": max_rounds, "seed": seed, "penalty": penalty, "node_penalty": node_penalty,
-                "grouping": grouping, "objective": objective, "module": type(module).__name__,
+                "grouping": grouping, "objective": objective, "recover": recover, "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
 
@@ -486,14 +488,14 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                             test=(lambda: test(net)) if test else (lambda: None))
     result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                               objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
-                              tolerance=tolerance, max_rounds=max_rounds, seed=seed)
+                              tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover)
     result.skipped = skipped
     ck.finish()
     return torch_module.unwrap(net), result, accuracy if test else None
 
 
 def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, objective, node_penalty, penalty, step,
-           how, tolerance, max_rounds, seed):
+           how, tolerance, max_rounds, seed, recover=False):
     """The frontend on a model reached through `net` (a `torch_chain` chain or a
     `torch_module` wrapper) and `hooks` (train_first, retrain(seed, masks, ...), evaluate,
     confirm or None, test): node pruning, then group pruning, then the layers restored that did
@@ -528,7 +530,7 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
                           evaluate=hooks.evaluate, confirm=hooks.confirm)
     node_result = ck.get("node_result")
     if node_layers and node_result is None:
-        node_result = _prune_nodes(run, penalty)
+        node_result = _prune_nodes(run, penalty, recover)
         ck.save(node_result=node_result, node_state=None, net=torch_chain.snapshot(net), seed=seeds[0])
     if any(s.method in GROUP_METHODS for s in strategy.values()):
         reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
@@ -598,7 +600,7 @@ def _revert(net, names, original, retrain) -> None:
     retrain({name: (w != 0).astype(np.float32) for name, w in weights.items() if name not in names})
 
 
-def _prune_nodes(run, penalty):
+def _prune_nodes(run, penalty, recover):
     """`node_pruning.prune_nodes` on the torch chain `run.net`, whose masks are in place."""
     from tqdm import tqdm
 
@@ -627,13 +629,14 @@ def _prune_nodes(run, penalty):
 
     def report(round_):
         bar.update(1)
-        bar.set_postfix_str(f"λ {round_.penalty:.2g} {'kept' if round_.kept else 'undone'}, val {round_.accuracy:.2%}, "
+        verdict = ("kept after recovery" if round_.recovered else "kept") if round_.kept else "undone"
+        bar.set_postfix_str(f"λ {round_.penalty:.2g} {verdict}, val {round_.accuracy:.2%}, "
                             + " ".join(f"{n} {c}" for n, c in round_.alive.items()))
 
     result = prune_nodes(lambda lam: run.retrain(penalty=lam, after_step=update), alive, run.evaluate,
                          lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s), remove_and_retrain,
                          tolerance=run.tolerance, penalty=penalty, max_rounds=run.max_rounds, confirm=run.confirm,
-                         progress=report, resume=resume,
+                         progress=report, resume=resume, recover=(lambda lam: run.retrain(penalty=lam)) if recover else None,
                          checkpoint=lambda state: run.ck.save(node_state=state, seed=run.seeds[0]))
     bar.close()
     return result
