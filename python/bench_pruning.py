@@ -72,16 +72,22 @@ def main():
     validation = min(10000, len(data.train_x) // 10)
     model = trained(args.net, data, args.train_epochs, validation)
     runs = {}
-    for method in methods:
-        print(f"--- {method} ---", file=sys.stderr)
-        pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
-                                                  max_rounds=args.rounds, method=method, validation=validation)
-        layers = result.layers
-        runs[method] = {"model": pruned, "test": test, "weights_removed": result.weights_removed,
-                        "predicted_speedup": sum(v["predicted_dense"] for v in layers.values())
-                        / sum(v["predicted"] for v in layers.values()),
-                        "forms": {name: v["form"] for name, v in layers.items()},
-                        "nodes": {name: v["nodes"] for name, v in layers.items()}, "reverted": result.reverted}
+    # traditional and optimized share their loop: the optimized run resumes the traditional run's
+    # finished checkpoint and only reverts and retrains (same seeds: the same result as from scratch)
+    with tempfile.TemporaryDirectory() as tmp:
+        shared = Path(tmp) / "magnitude_loop.pt"
+        for method in methods:
+            print(f"--- {method} ---", file=sys.stderr)
+            pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
+                                                      max_rounds=args.rounds, method=method, validation=validation,
+                                                      checkpoint=shared if method != "scalpel" else None,
+                                                      keep_checkpoint=method == "traditional")
+            layers = result.layers
+            runs[method] = {"model": pruned, "test": test, "weights_removed": result.weights_removed,
+                            "predicted_speedup": sum(v["predicted_dense"] for v in layers.values())
+                            / sum(v["predicted"] for v in layers.values()),
+                            "forms": {name: v["form"] for name, v in layers.items()},
+                            "nodes": {name: v["nodes"] for name, v in layers.items()}, "reverted": result.reverted}
     report = {"date": datetime.date.today().isoformat(), "net": args.net, "target": args.target,
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "data": data.name, "dense_test_accuracy": runs[methods[0]]["test"]["dense"], "methods": {}}

@@ -41,6 +41,8 @@ from .unaligned_groups import cover_count, unaligned_mask
 
 IMPORTANCE = ("rms", "max", "mean")
 METHODS = ("scalpel", "traditional", "optimized")
+# The loop each method runs: optimized is traditional's loop with another ending (its dense reverts)
+LOOP_OF = {"scalpel": "scalpel", "traditional": "magnitude", "optimized": "magnitude"}
 GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: groups, or single weights (traditional)
 GROUPINGS = ("aligned", "dp", "greedy")  # aligned groups, or unaligned ones (Lee et al.)
 
@@ -375,7 +377,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
-               recover: bool = False, checkpoint=None, restart: bool = False):
+               recover: bool = False, checkpoint=None, restart: bool = False, keep_checkpoint: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -391,7 +393,10 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
 
     With `checkpoint` (a file), the run's state is saved after training and after every round,
     and an interrupted run called again with the same arguments resumes from its last finished
-    round (`prune_checkpoint`); `restart` starts over instead. `grouping` "dp" / "greedy" prunes
+    round (`prune_checkpoint`); `restart` starts over instead. The traditional and optimized methods
+    share their loop (they differ only in how it ends), so either resumes the other's checkpoint;
+    with `keep_checkpoint` a completed run leaves its checkpoint in place, which is how
+    `bench_pruning.py` gets the optimized result from the traditional run's loop. `grouping` "dp" / "greedy" prunes
     unaligned groups on Cortex-M (`layer_strategy`). `objective` "energy" or "size" orders the
     layers, weighs the node penalty and picks each layer's form by that measure instead of the
     predicted latency (`objectives`); the result reports all three. `dropout` trains with that
@@ -420,7 +425,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     half = validation // 2  # one half decides each round, the other confirms the end result
     val_x, val_y = data.train_x[-validation:-half], data.train_y[-validation:-half]
     fresh_x, fresh_y = data.train_x[-half:], data.train_y[-half:]
-    settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
+    settings = {"target": spec.name, "loop": LOOP_OF[method], "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
                 "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
                 "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping, "objective": objective,
                 "dropout": dropout, "recover": recover, "data": (data.name, len(data.train_x)),
@@ -449,7 +454,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
         print(f"scalpel prune: the model scored {test['dense']:.1%} on {data.name}'s test set, near chance: was it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
     pruned = torch_chain.write_weights(model, net)
-    ck.finish()
+    if not keep_checkpoint:
+        ck.finish()
     return pruned, result, test
 
 
@@ -471,7 +477,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     torch_module._torch().manual_seed(seed)
     spec = TargetSpec.preset(target) if isinstance(target, str) else target
     net, layers, skipped = torch_module.module_net(module, example)
-    settings = {"target": spec.name, "method": method, "tolerance": tolerance, "epochs": epochs, "step": step,
+    settings = {"target": spec.name, "loop": LOOP_OF[method], "tolerance": tolerance, "epochs": epochs, "step": step,
                 "how": how, "max_rounds": max_rounds, "seed": seed, "penalty": penalty, "node_penalty": node_penalty,
                 "grouping": grouping, "objective": objective, "recover": recover, "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}

@@ -236,6 +236,27 @@ def test_an_interrupted_run_resumes_from_its_last_finished_round_and_ends_where_
         np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
 
 
+@pytest.mark.slow
+def test_optimized_pruning_resumes_the_traditional_runs_loop_and_ends_as_it_would_alone(tmp_path, capsys):
+    """Traditional and optimized pruning share their loop: an optimized run started from a
+    finished traditional run's checkpoint (kept with keep_checkpoint) only reverts and retrains,
+    and its result equals an optimized run from scratch."""
+    data = datasets.load("mnist", limit=3000)
+    model = paper_nets.network("lenet_300_100")
+    options = dict(tolerance=0.05, epochs=0.2, train_epochs=0.5, max_rounds=4)
+    alone, alone_result, _ = pruning.prune_onnx(model, "cortex-m4", data, method="optimized", **options)
+    shared = tmp_path / "loop.checkpoint"
+    pruning.prune_onnx(model, "cortex-m4", data, method="traditional", checkpoint=shared, keep_checkpoint=True, **options)
+    assert shared.exists()
+    capsys.readouterr()
+    resumed, resumed_result, _ = pruning.prune_onnx(model, "cortex-m4", data, method="optimized", checkpoint=shared,
+                                                    **options)
+    assert "resuming from" in capsys.readouterr().err and not shared.exists()
+    assert resumed_result.reverted == alone_result.reverted and resumed_result.reverted  # a layer went back to dense
+    for a, b in zip(alone.graph.initializer, resumed.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+
+
 def test_a_checkpoint_of_another_run_or_a_broken_one_is_refused_with_the_way_out(tmp_path):
     from scalpel_tvm.prune_checkpoint import Checkpoint
 
