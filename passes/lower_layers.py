@@ -108,8 +108,9 @@ def gpu_fc_kernel(form: str, w_kn: np.ndarray, batch: int, target, *, bias: bool
 
 
 def gpu_conv_kernel(form: str, w_oihw: np.ndarray, x_shape, attrs, target, *, bias: bool,
-                    activation: str | None, name: str):
-    """The CUDA PrimFunc for a conv layer (dense or shrunk; CSR for traditional pruning)."""
+                    activation: str | None, name: str, log=None, lanes: int = 32):
+    """The CUDA PrimFunc for a conv layer (dense or shrunk; CSR for traditional pruning), with
+    the fastest tile settings a tuning `log` holds for its shape (`python/tune_cuda.py`)."""
     geometry = dict(strides=tuple(int(s) for s in attrs.strides),
                     padding=tuple(int(p) for p in attrs.padding),
                     dilation=tuple(int(d) for d in attrs.dilation))
@@ -119,8 +120,14 @@ def gpu_conv_kernel(form: str, w_oihw: np.ndarray, x_shape, attrs, target, *, bi
         return prim, [indptr, _nonempty(indices), _nonempty(values)]
     if form != "dense":
         raise ValueError(f"conv form {form!r} has no CUDA kernel (dense, csr)")
+    config = None
+    if log is not None:
+        from scalpel_tvm.workloads import ConvWorkload  # late: workloads pull in the cost models
+
+        config = log.best_knobs(ConvWorkload(*x_shape, w_oihw.shape[0], tuple(w_oihw.shape[2:]), **geometry,
+                                             lanes=lanes, bias=bias, activation=activation))
     prim = gpu.gpu_conv2d(*x_shape, w_oihw.shape[0], tuple(w_oihw.shape[2:]), target, **geometry,
-                          bias=bias, activation=activation, name=name)
+                          bias=bias, activation=activation, name=name, config=config)
     return prim, [np.ascontiguousarray(w_oihw, dtype="float32")]
 
 
@@ -269,7 +276,8 @@ class _Lowerer(relax.PyExprMutator):
                                          activation=activation, name=name)
         elif gpu_target is not None:
             prim, consts = gpu_conv_kernel(form, weight, x_shape, layer.call.attrs, gpu_target,
-                                           bias=bias is not None, activation=activation, name=name)
+                                           bias=bias is not None, activation=activation, name=name,
+                                           log=self.options.log, lanes=self.options.lanes)
         elif layer.kind == "fc":
             prim, consts = fc_kernel(form, weight, x_shape[0], self.options.group,
                                      bias=bias is not None, activation=activation, name=name,

@@ -70,8 +70,9 @@ def timer_of(module, func, dev, *args):
 
 # --- networks -------------------------------------------------------------------------------
 
-def build_variant(model, target, *, csr: bool):
-    """(compiled module, Relax module after the pass, plan) of one network variant."""
+def build_variant(model, target, *, csr: bool, logs=None):
+    """(compiled module, Relax module after the pass, plan) of one network variant; `logs` as
+    `Pass` takes it (None: the log shipped for the target's arch, if any)."""
     import tvm
     import scalpel_tvm
     from scalpel_tvm.cuda import compile_cuda_module
@@ -81,7 +82,7 @@ def build_variant(model, target, *, csr: bool):
     if csr:
         for layer in plan.layers:
             layer.chosen, layer.kernel = "csr", f"{layer.name}_csr"
-    lowered = tvm.transform.Sequential([scalpel_tvm.Pass(target, plan=plan)])(mod)
+    lowered = tvm.transform.Sequential([scalpel_tvm.Pass(target, plan=plan, logs=logs)])(mod)
     return compile_cuda_module(lowered, target), lowered, plan
 
 
@@ -144,7 +145,7 @@ def model_layer_names(model):
     return [node.name or node.output[0] for node in model.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
 
 
-def build_network(name, variants, target, out: Path, kind: str):
+def build_network(name, variants, target, out: Path, kind: str, logs=None):
     """Compile every variant of one network for `target` and write what timing it needs into
     `out`: the whole model (`NAME.VARIANT.so`), its layers' kernels alone (`.kernels.so`, their
     constant arguments in `.kernels.npz`), an input and onnxruntime's output for each variant on
@@ -160,7 +161,7 @@ def build_network(name, variants, target, out: Path, kind: str):
     io = {"x": x}
     entry = {"network": name, "kind": kind, "layer_names": model_layer_names(first), "variants": {}}
     for variant, (model, csr) in variants.items():
-        ex, lowered, plan = build_variant(model, target, csr=csr)
+        ex, lowered, plan = build_variant(model, target, csr=csr, logs=logs)
         stem = f"{name}.{variant}"
         ex.export_library(str(out / f"{stem}.so"))
         io[f"want_{variant}"] = ort_session(model.SerializeToString()).run(
@@ -204,19 +205,35 @@ def run_build(args):
         target = gpu_target(gpu_device())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    logs, log_name = logs_choice(args.logs, target)
     entries = []
     for name in (args.networks if args.networks is not None else list(paper_nets.ARCHITECTURES)):
-        entries.append(build_network(name, nets_variants(name), target, out, "paper"))
+        variants = {v: built for v, built in nets_variants(name).items() if not args.variants or v in args.variants}
+        entries.append(build_network(name, variants, target, out, "paper", logs))
     for spec in args.model or []:
         name, _, files = spec.partition("=")
         dense_file, _, pruned_file = files.partition(",")
         if not (name and dense_file and pruned_file):
             sys.exit(f"--model {spec!r}: expected NAME=DENSE.onnx,PRUNED.onnx")
         variants = {"dense": (onnx_model(dense_file), False), "pruned": (onnx_model(pruned_file), False)}
-        entries.append(build_network(name, variants, target, out, "frontend"))
-    manifest = {"target": str(target.attrs["arch"]), "batch": BATCH, "networks": entries}
+        entries.append(build_network(name, variants, target, out, "frontend", logs))
+    manifest = {"target": str(target.attrs["arch"]), "batch": BATCH, "tuning_log": log_name, "networks": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     print(f"wrote {out}/manifest.json; time it on the GPU with: python python/bench_gpu.py time {out}")
+
+
+def logs_choice(choice, target):
+    """(`logs` for Pass, its name for the report) from --logs: "shipped" (the default: the log
+    shipped for the arch, tuned conv tiles), "none" (dlight's default tiles), or a directory."""
+    from scalpel_tvm.logs import TuningLog
+    from scalpel_tvm.target import TargetSpec
+
+    if choice == "none":
+        return False, "none"
+    if choice == "shipped":
+        shipped = TuningLog.shipped(TargetSpec.from_target(target))
+        return None, f"shipped ({shipped.path.name})" if shipped is not None else "none (none shipped for this arch)"
+    return choice, choice
 
 
 def onnx_model(path):
@@ -285,7 +302,7 @@ def run_time(args):
     if manifest["target"] != arch:
         sys.exit(f"{build} was built for {manifest['target']}, this GPU is {arch}: build it with --arch {arch}")
     rows = [time_network(entry, build, dev, args.rounds) for entry in manifest["networks"]]
-    write_report(rows, dev, manifest["target"], Path(args.out))
+    write_report(rows, dev, manifest["target"], Path(args.out), manifest.get("tuning_log", "none"))
 
 
 def run_nets(args):
@@ -293,7 +310,7 @@ def run_nets(args):
     import tempfile
 
     with tempfile.TemporaryDirectory() as build:
-        args.build, args.arch, args.model = build, None, None
+        args.build, args.arch, args.model, args.logs, args.variants = build, None, None, "shipped", None
         build_args = argparse.Namespace(**{**vars(args), "out": build})
         run_build(build_args)
         run_time(args)
@@ -303,13 +320,13 @@ def geomean(values):
     return float(np.exp(np.mean(np.log(values)))) if values else None
 
 
-def write_report(rows, dev, arch, out: Path):
+def write_report(rows, dev, arch, out: Path, tuning_log: str):
     paper = [r for r in rows if r["kind"] == "paper"]
     report = {"gpu": dev.device_name, "date": datetime.date.today().isoformat(), "target": arch,
-              "batch": BATCH, "results": paper, "frontend": [r for r in rows if r["kind"] == "frontend"],
+              "tuning_log": tuning_log, "batch": BATCH, "results": paper, "frontend": [r for r in rows if r["kind"] == "frontend"],
               "other": [r for r in rows if r["kind"] not in ("paper", "frontend")],
               "mean_speedup_node": geomean([r["speedup_node"] for r in paper]),
-              "mean_speedup_csr": geomean([r["speedup_csr"] for r in paper])}
+              "mean_speedup_csr": geomean([r["speedup_csr"] for r in paper if "speedup_csr" in r])}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
     print_nets(report)
@@ -337,7 +354,8 @@ def shrunk_layer_efficiency(row):
 
 
 def print_nets(report):
-    print(f"\n{report['gpu']} ({report['target']}), batch {report['batch']}, {report['date']}")
+    print(f"\n{report['gpu']} ({report['target']}), batch {report['batch']}, {report['date']}, "
+          f"conv tiles from tuning log: {report.get('tuning_log', 'none')}")
     for r in report.get("frontend", []):
         v = r["variants"]
         print(f"{r['network']:<16}dense {v['dense']['model_us']:9.1f} us, pruned {v['pruned']['model_us']:9.1f} us: "
@@ -349,9 +367,12 @@ def print_nets(report):
     print(f"{'network':<14}{'dense us':>10}{'node us':>10}{'node x':>8}{'CSR us':>10}{'CSR x':>8}")
     for r in report["results"]:
         v = r["variants"]
+        csr = f"{v['csr']['model_us']:>10.1f}{r['speedup_csr']:>8.2f}" if "csr" in v else f"{'-':>10}{'-':>8}"
         print(f"{r['network']:<14}{v['dense']['model_us']:>10.1f}{v['node']['model_us']:>10.1f}"
-              f"{r['speedup_node']:>8.2f}{v['csr']['model_us']:>10.1f}{r['speedup_csr']:>8.2f}")
-    print(f"{'geomean':<14}{'':>20}{report['mean_speedup_node']:>8.2f}{'':>10}{report['mean_speedup_csr']:>8.2f}")
+              f"{r['speedup_node']:>8.2f}" + csr)
+    csr_mean = report["mean_speedup_csr"]
+    print(f"{'geomean':<14}{'':>20}{report['mean_speedup_node']:>8.2f}{'':>10}"
+          + (f"{csr_mean:>8.2f}" if csr_mean is not None else f"{'-':>8}"))
     warp = [r for r in report["results"] if "speedup_warp" in r]
     if warp:
         print("\nconv nodes pruned + FC layers warp-group pruned (G = 32) to Han et al.'s densities:")
@@ -613,6 +634,10 @@ def main():
     build.add_argument("--networks", nargs="*", help="a subset of the paper's networks (none: only --model)")
     build.add_argument("--model", action="append", metavar="NAME=DENSE.onnx,PRUNED.onnx",
                        help="also a pair of ONNX files, e.g. the frontend's pruned model and its dense one")
+    build.add_argument("--variants", nargs="*", help="a subset of the paper networks' variants "
+                                                     "(dense node csr warp; default all)")
+    build.add_argument("--logs", default="shipped",
+                       help="CUDA tuning log: shipped (default, the arch's shipped log), none, or a directory")
     timing = sub.add_parser("time", help="time a build on this machine's GPU (TVM's runtime alone)")
     timing.add_argument("build")
     timing.add_argument("--out", default="out")

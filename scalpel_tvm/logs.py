@@ -70,8 +70,11 @@ class TuningLog:
     @classmethod
     def shipped(cls, spec) -> TuningLog | None:
         """The log shipped in the package for `spec`'s preset, if there is one. `host` uses
-        the log of its vector class (x86-avx2 for 8 fp32 lanes), measured on this machine kind."""
+        the log of its vector class (x86-avx2 for 8 fp32 lanes), measured on this machine kind;
+        a CUDA target the log of its arch (`cuda-sm_90`, measured on an H100)."""
         name = spec.name
+        if spec.parallelism == "high":
+            name = f"cuda-{spec.target.attrs.get('arch', '')}"
         if name == "host":
             name = {8: "x86-avx2", 16: "x86-avx512"}.get(spec.lanes("float32"), name)
         path = SHIPPED / name

@@ -81,14 +81,15 @@ def parse_shapes(spec: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def conv_workloads(layer, weight, lanes: int, *, bias: bool, activation: str | None) -> list[ConvWorkload]:
+def conv_workloads(layer, weight, lanes: int, *, bias: bool, activation: str | None,
+                   fractions=(1.0, *KEEP_FRACTIONS)) -> list[ConvWorkload]:
     """A conv layer at its shrunk shape and with its filters node-pruned to the usual fractions
     (inputs as shrinking leaves them: the producer's dead filters are gone)."""
     from .passes.layer_graph import static_shape
 
     batch, _, height, width = static_shape(layer.call.args[0])
     attrs = layer.call.attrs
-    widths = {weight.shape[0], *(max(1, round(layer.out_channels * f)) for f in (1.0, *KEEP_FRACTIONS))}
+    widths = {weight.shape[0], *(max(1, round(layer.out_channels * f)) for f in fractions)}
     return [ConvWorkload(batch, weight.shape[1], height, width, o, tuple(weight.shape[2:]),
                          tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.padding),
                          tuple(int(v) for v in attrs.dilation), lanes, bias, activation)

@@ -28,6 +28,8 @@ with coalesced index/value reads; for conv, a thread per output pixel gathering 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tvm
 from tvm import te, tirx, topi
 from tvm.script import tirx as T
@@ -41,13 +43,45 @@ WARP = 32
 OPAQUE = 8  # relax.OpPatternKind.kOpaque
 
 
-def dlight_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
-    """`func` scheduled by TVM's default GPU rules for `target` (as its CUDA pipeline does)."""
+# The tile settings of dlight's Matmul rule that CUDA tuning measures for a conv layer
+# (`python/tune_cuda.py`), overrides of dlight's CUDA default (the first, empty). The default's
+# tile is 32 output pixels x 64 output channels (block 8 x 16 threads, 4 x 4 each); these vary
+# the channel tile from 32 to 128. Odd micro tiles are left out: with dlight's 2-wide vector
+# loads, a 3-wide one computed wrong results on 44 of 50 conv shapes (H100, 2026-11-23; the
+# tuning step checks every setting against the default's output, which is how it was caught).
+CONV_TILE_SPACE = (
+    {},
+    {"block_size_y": 8},
+    {"micro_size_y": 2},
+    {"micro_size_y": 6},
+    {"block_size_y": 32},
+)
+
+
+def _matmul_rule(config: dict | None):
+    """dlight's Matmul rule, with `config` overriding fields of its CUDA default config."""
+    from tvm.s_tir import dlight as dl
+
+    if not config:
+        return dl.gpu.Matmul()
+
+    class TunedMatmul(dl.gpu.Matmul):
+        def get_configs(self, target):
+            return dataclasses.replace(super().get_configs(target), **config)
+
+    return TunedMatmul()
+
+
+def dlight_schedule(func: tirx.PrimFunc, target: tvm.target.Target,
+                    matmul_config: dict | None = None) -> tirx.PrimFunc:
+    """`func` scheduled by TVM's default GPU rules for `target` (as its CUDA pipeline does);
+    `matmul_config` overrides the Matmul rule's tile settings (a tuned conv's, see
+    `CONV_TILE_SPACE`)."""
     from tvm.s_tir import dlight as dl  # late: dlight pulls in the schedule machinery
 
     mod = tvm.IRModule({"main": func})
     with target:
-        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+        mod = dl.ApplyDefaultSchedule(_matmul_rule(matmul_config), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
     # Opaque to Relax's FuseOps: the kernel is final (its epilogue already fused), and a
     # degenerate one (a K = 1 matmul looks elementwise) would otherwise be fused with its
@@ -84,10 +118,11 @@ def gpu_dense_fc(batch: int, k: int, n: int, target, *, bias: bool, activation: 
 
 def gpu_conv2d(batch: int, channels: int, height: int, width: int, out_channels: int,
                kernel: tuple[int, int], target, *, strides, padding, dilation, bias: bool,
-               activation: str | None, name: str) -> tirx.PrimFunc:
+               activation: str | None, name: str, config: dict | None = None) -> tirx.PrimFunc:
     """NCHW conv2d with an OIHW weight, bias and ReLU fused; dlight's Matmul rule tiles it as an
-    implicit GEMM (no im2col buffer in global memory). ``padding`` is (top, left, bottom, right).
-    Arguments: x, W (O, C, KH, KW), [b (O,)], y."""
+    implicit GEMM (no im2col buffer in global memory), with its tile settings overridden by
+    `config` (one of `CONV_TILE_SPACE`, from a tuning log). ``padding`` is (top, left, bottom,
+    right). Arguments: x, W (O, C, KH, KW), [b (O,)], y."""
     check_activation(activation)
     x = te.placeholder((batch, channels, height, width), "float32", name="x")
     w = te.placeholder((out_channels, channels, *kernel), "float32", name="w")
@@ -96,7 +131,7 @@ def gpu_conv2d(batch: int, channels: int, height: int, width: int, out_channels:
     if bias or activation:
         y = _apply_epilogue(y, b, activation, 1)
     args = [x, w] + ([b] if bias else []) + [y]
-    return dlight_schedule(te.create_prim_func(args), target).with_attr("global_symbol", name)
+    return dlight_schedule(te.create_prim_func(args), target, config).with_attr("global_symbol", name)
 
 
 def pack_warp_dense_weight(w_kn, outputs_per_lane: int = 4):

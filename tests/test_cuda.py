@@ -224,9 +224,36 @@ def test_cuda_target_without_arch_is_a_clear_error():
         scalpel_tvm.Pass({"kind": "cuda"})
 
 
-def test_cuda_pass_refuses_tuning_logs(tmp_path):
-    with pytest.raises(ScalpelError, match="tuning logs are not supported for CUDA"):
-        scalpel_tvm.Pass(TARGET, logs=tmp_path)
+def test_a_cuda_tuning_log_gives_each_conv_layer_its_fastest_tile_setting(tmp_path):
+    """Times recorded for the candidates of LeNet-5's conv layers make a meta_schedule log;
+    Pass(cuda, logs=) then schedules each conv with its fastest setting (here the 32 x 4-channel
+    tile: 8 x 32 = 256 threads a block instead of the default 128), and without the log keeps
+    dlight's default."""
+    from scalpel_tvm.cuda_tuning import candidates, model_conv_workloads, record_times, write_manifest
+    from scalpel_tvm.logs import TuningLog
+    from scalpel_tvm.target import TargetSpec
+
+    spec = TargetSpec.from_target(TARGET)
+    model = paper_nets.network("lenet5")
+    workloads = model_conv_workloads([model], spec, 50)
+    assert [(wl.channels, wl.out_channels) for wl in workloads] == [(1, 20), (20, 50)]
+    manifest = candidates(workloads)
+    assert len(manifest) == 2 * len(gpu.CONV_TILE_SPACE)
+    write_manifest(tmp_path, spec, manifest)
+    fastest = {"block_size_y": 32}
+    times = {e["kernel"]: [1e-5 if e["knobs"] == fastest else 2e-5] * 3 for e in manifest}
+    assert record_times(tmp_path, times, tmp_path / "log", spec) == len(manifest)
+    assert record_times(tmp_path, times, tmp_path / "log", spec) == 0  # measured settings are kept, not doubled
+    assert all(TuningLog(tmp_path / "log").best_knobs(wl) == fastest for wl in workloads)
+
+    def conv_threads(logs):
+        mod = scalpel_tvm.import_onnx(model, batch=50)
+        out = tvm.transform.Sequential([scalpel_tvm.Pass(TARGET, logs=logs)])(mod)
+        source = cuda_source(compile_cuda_module(out, TARGET))
+        return {name: bound for name, bound in kernels(source).items() if name.startswith("conv")}
+
+    assert conv_threads(tmp_path / "log") == {"conv1_dense_kernel": 256, "conv2_dense_kernel": 256}
+    assert conv_threads(False) == {"conv1_dense_kernel": 128, "conv2_dense_kernel": 128}
 
 
 def test_gpu_cost_model_prefers_the_warp_kernel_only_where_it_pays():
