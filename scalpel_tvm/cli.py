@@ -269,6 +269,10 @@ def _tune(args) -> None:
     from .tuning import layer_workloads, model_workloads, parse_shapes, tune
 
     spec = as_spec(args.target)
+    if spec.parallelism == "high":
+        raise ScalpelError("CUDA kernels are tuned in three steps, building here and timing on the GPU "
+                           "machine with TVM's runtime alone: python python/tune_cuda.py build --arch sm_XX "
+                           "--out DIR MODEL.onnx, then `time DIR` on the GPU machine, then `record DIR --logs LOGS`")
     batches = tuple(args.batch or (1,))
     if args.model:
         workloads = [wl for batch in batches

@@ -122,6 +122,13 @@ def test_the_gpu_benchmark_builds_here_and_its_modules_load_with_tvms_runtime_al
     assert timed.returncode != 0 and "no CUDA GPU visible" in timed.stderr
 
 
+def test_scalpel_tune_for_cuda_names_the_three_step_route(capsys):
+    from scalpel_tvm.cli import main
+
+    assert main(["tune", "--target", "cuda", "--shapes", "784x300"]) == 2
+    assert "python/tune_cuda.py build" in capsys.readouterr().err
+
+
 def test_very_sparse_fc_layers_become_warp_grouped_kernels(tmp_path):
     """LeNet-300-100 pruned in aligned groups of 32 at batch 50: the planner picks the
     warp-grouped kernel for the 92%-group-sparse first layer; it compiles and reads its values
