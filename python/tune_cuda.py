@@ -6,7 +6,8 @@
 
 `build` compiles each conv layer of the models (at batch 50, the GPU benchmark's, or `--batch`; as
 `Pass(cuda)` shrinks them) with each of dlight's tile settings in `gpu.CONV_TILE_SPACE`; `--networks`
-adds the paper's networks, dense and node-pruned with the authors' node counts. `time` writes
+adds the paper's networks, dense and node-pruned with the authors' node counts; `--logs LOG`
+leaves out the settings LOG already holds (after `CONV_TILE_SPACE` grew). `time` writes
 `times.json` next to the build; `record` commits it to LOGDIR, which `Pass(cuda, logs=LOGDIR)`
 applies. The log shipped for sm_90 (`scalpel_tvm/data/logs/cuda-sm_90`) was made this way on an
 H100 for the paper's networks (see the README). See `scalpel_tvm/cuda_tuning.py` for why it is
@@ -38,7 +39,12 @@ def run_build(args):
         sys.exit("nothing to tune: name ONNX files or --networks")
     started = time.time()
     workloads = model_conv_workloads(models, spec, args.batch)
-    count = build_candidates(workloads, spec, args.out)
+    done = None
+    if args.logs:
+        from scalpel_tvm.logs import TuningLog, resolve_log
+
+        done = resolve_log(spec, None) if args.logs == "shipped" else TuningLog(args.logs)
+    count = build_candidates(workloads, spec, args.out, done)
     print(f"built {count} kernels ({len(workloads)} conv shapes) in {time.time() - started:.0f} s; "
           f"time them on the GPU with: python python/tune_cuda.py time {args.out}")
 
@@ -75,6 +81,7 @@ def main():
     build.add_argument("--networks", nargs="*", help="the paper's networks, dense and node-pruned")
     build.add_argument("--arch", required=True, help="the GPU's arch, e.g. sm_90")
     build.add_argument("--batch", type=int, default=50)
+    build.add_argument("--logs", help="skip the settings this log (a directory, or `shipped`) already holds")
     build.add_argument("--out", default="cuda_tune")
     timing = sub.add_parser("time", help="time the candidates on this machine's GPU")
     timing.add_argument("build")

@@ -46,9 +46,11 @@ def model_conv_workloads(models, spec, batch: int) -> list:
     return list(dict.fromkeys(found))
 
 
-def candidates(workloads) -> list[dict]:
-    """Every (workload, tile setting) as the manifest lists it: kernel name, workload key, the
-    setting, and the kernel's argument shapes (x, W, [b], y)."""
+def candidates(workloads, done=None) -> list[dict]:
+    """Every (workload, tile setting) as the manifest lists it — kernel name, workload key, the
+    setting, and the kernel's argument shapes (x, W, [b], y) — less those the log `done` holds
+    (a search space grown since the log was made: only the new settings are measured). Every
+    workload keeps its default setting, which the others are checked against."""
     from .schedules import gpu
 
     found = []
@@ -56,14 +58,16 @@ def candidates(workloads) -> list[dict]:
         shapes = [[wl.batch, wl.channels, wl.height, wl.width], [wl.out_channels, wl.channels, *wl.kernel]]
         shapes += [[wl.out_channels]] if wl.bias else []
         for c, config in enumerate(gpu.CONV_TILE_SPACE):
+            if config and done is not None and done.has_candidate(wl, config):
+                continue
             found.append({"kernel": f"w{w}_c{c}", "workload": wl.key, "knobs": config,
                           "args": shapes + [list(wl.output_shape)]})
     return found
 
 
-def build_candidates(workloads, spec, out_dir) -> int:
-    """Compile every workload at every tile setting into `out_dir` (a library and its manifest);
-    returns the number of kernels."""
+def build_candidates(workloads, spec, out_dir, done=None) -> int:
+    """Compile every workload at every tile setting (but those the log `done` holds) into
+    `out_dir` (a library and its manifest); returns the number of kernels."""
     import tvm
 
     from .cuda import compile_cuda_module
@@ -72,7 +76,7 @@ def build_candidates(workloads, spec, out_dir) -> int:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = candidates(workloads)
+    manifest = candidates(workloads, done)
     prims = {}
     for entry in manifest:
         wl = ConvWorkload.from_key(entry["workload"])

@@ -55,6 +55,10 @@ CONV_TILE_SPACE = (
     {"micro_size_y": 2},
     {"micro_size_y": 6},
     {"block_size_y": 32},
+    # 16-pixel tiles: more thread blocks for layers with few output pixels, whose few blocks
+    # fill the GPU's multiprocessors in uneven waves
+    {"micro_size_x": 2},
+    {"micro_size_x": 2, "block_size_y": 8},
 )
 
 
