@@ -252,6 +252,8 @@ def test_a_cuda_tuning_log_gives_each_conv_layer_its_fastest_tile_setting(tmp_pa
     assert record_times(tmp_path, times, tmp_path / "log", spec) == len(manifest)
     assert record_times(tmp_path, times, tmp_path / "log", spec) == 0  # measured settings are kept, not doubled
     assert all(TuningLog(tmp_path / "log").best_knobs(wl) == fastest for wl in workloads)
+    # a later run measures only settings the log lacks (and each shape's default, to check them against)
+    assert [e["knobs"] for e in candidates(workloads, TuningLog(tmp_path / "log"))] == [{}, {}]
 
     def conv_threads(logs):
         mod = scalpel_tvm.import_onnx(model, batch=50)
