@@ -61,13 +61,6 @@ def gpu_target(dev):
     return tvm.target.Target({"kind": "cuda", "arch": arch})
 
 
-def timer_of(module, func, dev, *args):
-    def timer(number):
-        return module.time_evaluator(func, dev, number=number, repeat=1)(*args).mean
-
-    return timer
-
-
 # --- networks -------------------------------------------------------------------------------
 
 def build_variant(model, target, *, csr: bool, logs=None):
@@ -249,7 +242,7 @@ def time_network(entry, build: Path, dev, rounds):
     (whole model and each layer's kernel alone): its report row."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
-    from scalpel_tvm.timing import median_us
+    from scalpel_tvm.timing import device_timer, median_us
 
     io = np.load(build / entry["io"])
     x_dev = tvm.runtime.tensor(io["x"], dev)
@@ -263,7 +256,7 @@ def time_network(entry, build: Path, dev, rounds):
         error = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
         if not error < 1e-3:
             sys.exit(f"{entry['network']}/{variant}: GPU output differs from onnxruntime (max rel. error {error:.2e})")
-        timers[variant] = timer_of(vm, "main", dev, x_dev)
+        timers[variant] = device_timer(vm, "main", dev, x_dev)
         kernels_module = tvm.runtime.load_module(str(build / built["kernels_library"]))
         constants = np.load(build / built["kernels_constants"])
         kernel_timers = {}
@@ -271,7 +264,7 @@ def time_network(entry, build: Path, dev, rounds):
             kernel_args = [tvm.runtime.tensor(constants[a["constant"]] if "constant" in a
                                               else rng.standard_normal(a["shape"]).astype("float32"), dev)
                            for a in kernel["args"]]
-            kernel_timers[kernel["name"]] = timer_of(kernels_module, kernel["name"], dev, *kernel_args)
+            kernel_timers[kernel["name"]] = device_timer(kernels_module, kernel["name"], dev, *kernel_args)
         row["variants"][variant] = {
             "max_rel_error_vs_onnxruntime": error,
             "kernels_us": median_us(kernel_timers, budget_s=0.5, rounds=rounds),
@@ -456,7 +449,7 @@ def sweep_kernels(k, n, batch, target, rng):
 def run_sweep(args):
     import tvm
     from scalpel_tvm.cuda import compile_cuda_module
-    from scalpel_tvm.timing import median_us
+    from scalpel_tvm.timing import device_timer, median_us
 
     dev = gpu_device()
     target = gpu_target(dev)
@@ -477,7 +470,7 @@ def run_sweep(args):
                 error = np.max(np.abs(tensors[-1].numpy() - want)) / max(np.max(np.abs(want)), 1e-30)
                 if not error < 1e-4:
                     sys.exit(f"{key} at {k}x{n} batch {batch}: wrong result (max rel. error {error:.1e})")
-                timers[key] = timer_of(module, names[key], dev, *tensors)
+                timers[key] = device_timer(module, names[key], dev, *tensors)
             times = median_us(timers, budget_s=0.2, rounds=args.rounds)
             for (form, parameter, knobs), us in times.items():
                 prim_args = kernels[(form, parameter, knobs)][1]

@@ -29,20 +29,11 @@ def model_conv_workloads(models, spec, batch: int) -> list:
     """The conv layers of ONNX `models` at batch `batch`, at the shapes `Pass(spec)` gives them
     (node-shrunk, inputs as the producer's shrinking leaves them)."""
     from .onnx_import import import_onnx
-    from .passes.layer_graph import build_layer_graph, canonicalize
-    from .passes.lower_layers import fused_epilogue
-    from .passes.shrink_nodes import analyze_shrink, shrunk_weights
-    from .tuning import conv_workloads
+    from .tuning import model_workloads
 
     found = []
     for model in models:
-        graph = build_layer_graph(canonicalize(import_onnx(model, batch=batch))["main"])
-        weights = shrunk_weights(analyze_shrink(graph, allow_dead_layers=True))
-        for layer in graph.layers:
-            if layer.kind == "conv":
-                _scale, bias, activation, _ = fused_epilogue(layer)
-                found += conv_workloads(layer, weights[layer.name], spec.lanes("float32"),
-                                        bias=bias is not None, activation=activation, fractions=())
+        found += model_workloads(import_onnx(model, batch=batch), spec, kinds=("conv",), conv_fractions=())
     return list(dict.fromkeys(found))
 
 
@@ -100,6 +91,7 @@ def time_candidates(build_dir, rounds: int = 5, progress=None) -> dict:
     import tvm
 
     from .cuda import load_cuda_runtime
+    from .timing import device_timer, interleaved_samples
 
     load_cuda_runtime()
     dev = tvm.cuda(0)
@@ -122,31 +114,12 @@ def time_candidates(build_dir, rounds: int = 5, progress=None) -> dict:
         if not np.max(np.abs(out - want)) <= 1e-4 * max(np.max(np.abs(want)), 1e-30):
             failed.add(entry["kernel"])
             continue
-        timers[entry["kernel"]] = _timer(module, entry["kernel"], dev, args)
-    samples = _samples(timers, rounds)
+        timers[entry["kernel"]] = device_timer(module, entry["kernel"], dev, *args)
+    samples = interleaved_samples(timers, budget_s=0.05 * rounds, rounds=rounds)
     if progress:
         progress(len(samples), len(failed))
     return {entry["kernel"]: [1e10] if entry["kernel"] in failed else samples[entry["kernel"]]
             for entry in manifest["kernels"]}
-
-
-def _timer(module, name, dev, args):
-    def timer(number):
-        return module.time_evaluator(name, dev, number=number, repeat=1)(*args).mean
-    return timer
-
-
-def _samples(timers: dict, rounds: int) -> dict:
-    """Seconds per call of each timer in `rounds` interleaved rounds (noise hits all alike)."""
-    number = {}
-    for name, timer in timers.items():
-        timer(1)
-        number[name] = max(1, int(0.05 / max(timer(1), 1e-7)))
-    samples = {name: [] for name in timers}
-    for _ in range(rounds):
-        for name, timer in timers.items():
-            samples[name].append(float(timer(number[name])))
-    return samples
 
 
 def record_times(build_dir, times: dict, log_dir, spec) -> int:

@@ -12,23 +12,34 @@ from pathlib import Path
 import numpy as np
 
 
-def median_us(timers: dict, budget_s: float, rounds: int) -> dict:
-    """Median time per call (µs) of each `timer(number) -> seconds per call`, in interleaved rounds.
-
-    A round of a timer lasts about budget_s / rounds; a timer whose single call is longer than
-    that gets 3 rounds.
-    """
+def interleaved_samples(timers: dict, budget_s: float, rounds: int) -> dict:
+    """Seconds per call of each `timer(number) -> seconds per call`, one sample per interleaved
+    round. A round of a timer lasts about budget_s / rounds; a timer whose single call is longer
+    than that gets 3 rounds."""
     once = {}
     for key, timer in timers.items():
         timer(1)  # warm-up
         once[key] = timer(1)
-    number = {key: max(1, int(budget_s / rounds / t)) for key, t in once.items()}
+    number = {key: max(1, int(budget_s / rounds / max(t, 1e-9))) for key, t in once.items()}
     samples = {key: [] for key in timers}
     for r in range(rounds):
         for key, timer in timers.items():
             if r < 3 or once[key] <= budget_s / rounds:
-                samples[key].append(timer(number[key]))
-    return {key: float(np.median(v) * 1e6) for key, v in samples.items()}
+                samples[key].append(float(timer(number[key])))
+    return samples
+
+
+def median_us(timers: dict, budget_s: float, rounds: int) -> dict:
+    """Median time per call (µs) of each timer, in interleaved rounds (`interleaved_samples`)."""
+    return {key: float(np.median(v) * 1e6) for key, v in interleaved_samples(timers, budget_s, rounds).items()}
+
+
+def device_timer(module, func: str, dev, *args):
+    """Timer of `module[func](*args)` on `dev` by TVM's time_evaluator (a GPU's own clock)."""
+    def timer(number):
+        return module.time_evaluator(func, dev, number=number, repeat=1)(*args).mean
+
+    return timer
 
 
 def vm_timer(vm, *args, func: str = "main"):

@@ -96,9 +96,11 @@ def conv_workloads(layer, weight, lanes: int, *, bias: bool, activation: str | N
             for o in sorted(widths, reverse=True)]
 
 
-def model_workloads(mod: tvm.IRModule, spec: TargetSpec) -> list:
-    """Every candidate kernel of a model's FC and conv layers (after node shrinking), at its
-    batch."""
+def model_workloads(mod: tvm.IRModule, spec: TargetSpec, *, kinds=("fc", "conv"),
+                    conv_fractions=(1.0, *KEEP_FRACTIONS)) -> list:
+    """Every candidate kernel of a model's layers of `kinds` (after node shrinking), at its
+    batch; conv layers also with their filters node-pruned to `conv_fractions` (none: only the
+    shape the pass gives them, as CUDA tuning measures)."""
     from .passes.layer_graph import build_layer_graph, canonicalize, static_shape
     from .passes.lower_layers import fused_epilogue
     from .passes.shrink_nodes import analyze_shrink, shrunk_weights
@@ -110,10 +112,13 @@ def model_workloads(mod: tvm.IRModule, spec: TargetSpec) -> list:
     lanes = spec.lanes("float32")
     found = []
     for layer in graph.layers:
+        if layer.kind not in kinds:
+            continue
         _scale, bias, activation, _ = fused_epilogue(layer)
         weight = weights[layer.name]
         if layer.kind == "conv":
-            found += conv_workloads(layer, weight, lanes, bias=bias is not None, activation=activation)
+            found += conv_workloads(layer, weight, lanes, bias=bias is not None, activation=activation,
+                                    fractions=conv_fractions)
             continue
         groups = {o: GroupedSparseWeight.from_dense(weight, lanes, o).n_groups or None
                   for o in ("gx1", "1xg")}
