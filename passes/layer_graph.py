@@ -1,7 +1,9 @@
 """Find the prunable layers of a Relax function and what lies between each layer and its consumer.
 
 A *layer* is a `matmul(x, W)` (FC) or `conv2d(x, W)` binding whose weight is a bound constant.
-Between a layer and the next layer that reads its output lies a *chain* of channel-wise ops
+An FC layer's input may have any rank: `[..., K] x [K, N]` (a transformer's token-wise Linear)
+is one `[rows, K] x [K, N]` product over the leading dimensions, and its channels are the last
+axis; a conv layer's channels are axis 1 (NCHW). Between a layer and the next layer that reads its output lies a *chain* of channel-wise ops
 (bias add, batch-norm arithmetic, elementwise activations, pooling, the flatten reshape). If every
 op in the chain is understood and used once, a dead output channel of the layer is a constant by
 the time it reaches the consumer, so it can be removed from the layer and folded into the
@@ -9,6 +11,7 @@ consumer. Anything else stops the chain and records why.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +25,8 @@ UNARY_OPS = {
     "relax.sigmoid": lambda v: 1 / (1 + np.exp(-v)),
     "relax.tanh": np.tanh,
     "relax.nn.silu": lambda v: v / (1 + np.exp(-v)),
+    "relax.nn.gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf, otypes=[float])(v / math.sqrt(2))),
+    "relax.nn.gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3))),
 }
 BINARY_OPS = {
     "relax.add": np.add,
@@ -99,6 +104,13 @@ class Layer:
     chain: list[ChainOp] = field(default_factory=list)
     consumer: "Layer | None" = None
     stop_reason: str | None = None  # why the chain does not reach a consumer
+
+    @property
+    def rows(self) -> int:
+        """The rows one kernel call computes: the batch, and for an FC layer every leading
+        dimension of its input (`[B, S, K]` is B*S rows of K features)."""
+        x_shape = static_shape(self.call.args[0])
+        return int(np.prod(x_shape[:-1])) if self.kind == "fc" else x_shape[0]
 
     @property
     def out_channels(self) -> int:
@@ -208,8 +220,8 @@ def _why_not_a_layer(kind: str, var, call) -> str | None:
         return "dynamic input shape"
     if call.args[0].ty.dtype != "float32" or call.args[1].ty.dtype != "float32":
         return f"dtype {call.args[1].ty.dtype}: only float32 layers are rewritten"
-    if kind == "fc" and (len(x_shape) != 2 or len(w_shape) != 2):
-        return f"batched matmul {x_shape} x {w_shape}: only 2-D [batch, features] FC layers"
+    if kind == "fc" and (len(x_shape) < 2 or len(w_shape) != 2):
+        return f"matmul {x_shape} x {w_shape}: FC layers multiply [..., K] by a [K, N] weight"
     if kind == "conv":
         attrs = call.attrs
         if int(attrs.groups) != 1:
@@ -223,7 +235,7 @@ def _why_not_a_layer(kind: str, var, call) -> str | None:
 
 def _trace_chain(layer: Layer, bindings, users, by_var) -> None:
     """Follow `layer`'s output through channel-wise ops to the layer that consumes it."""
-    var, multiplicity = layer.var, 1  # channels are axis 1 of both [B, F] and NCHW
+    var, multiplicity = layer.var, 1  # channels: the last axis of an FC output, axis 1 of NCHW
     while True:
         readers = users.get(var, [])
         if "output" in readers:
@@ -243,7 +255,7 @@ def _trace_chain(layer: Layer, bindings, users, by_var) -> None:
             else:
                 layer.stop_reason = f"{consumer.name} reads it as a weight"
             return
-        step = _chain_step(value, var, multiplicity)
+        step = _chain_step(value, var, multiplicity, layer.kind)
         if isinstance(step, str):
             layer.stop_reason = f"'{reader.name}' ({name}): {step}"
             return
@@ -252,18 +264,26 @@ def _trace_chain(layer: Layer, bindings, users, by_var) -> None:
         var = reader
 
 
-def _chain_step(call, var, multiplicity):
-    """The multiplicity after `call` if it maps channels to channels, else a reason string."""
+def _chain_step(call, var, multiplicity, kind):
+    """The multiplicity after `call` if it maps channels to channels, else a reason string.
+    `kind` is the layer's: an FC output's channels are its last axis, a conv's axis 1 (and
+    axis 1 again after the flatten)."""
     name = op_name(call)
+    shape = static_shape(call)
+    channel_axis = 1 if kind == "conv" or shape is None else len(shape) - 1
     if name in UNARY_OPS:
         return multiplicity
     if name in BINARY_OPS:
         _, k = constant_operand(call)
         if k is None:
             return "the other operand is not a constant (e.g. a residual add)"
-        if not _is_per_channel(k, static_shape(call)):
+        if shape != static_shape(var):
+            return f"the constant broadcasts the shape {static_shape(var)} to {shape}"
+        if not _is_per_channel(k, shape, channel_axis):
             return f"constant of shape {k.shape} is not per-channel"
         return multiplicity
+    if channel_axis != 1:
+        return "only channel-wise ops may follow an FC layer whose input has more than 2 dimensions"
     if name in POOL_OPS:
         attrs = call.attrs
         if attrs.layout != "NCHW":
@@ -280,10 +300,10 @@ def _chain_step(call, var, multiplicity):
     return "op not understood by the node-shrinking analysis"
 
 
-def _is_per_channel(k: np.ndarray, out_shape) -> bool:
+def _is_per_channel(k: np.ndarray, out_shape, channel_axis: int = 1) -> bool:
     if k.ndim == 0:
         return True
     if out_shape is None or k.ndim > len(out_shape):
         return False
     padded = (1,) * (len(out_shape) - k.ndim) + k.shape
-    return all(d == 1 for i, d in enumerate(padded) if i != 1)
+    return all(d == 1 for i, d in enumerate(padded) if i != channel_axis)

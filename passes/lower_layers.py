@@ -7,7 +7,8 @@ add and ReLU fused into the kernel's epilogue. The form per layer comes from the
 function is named after the layer and its form (`fc1_gsparse_g8x1`, `conv2_shrunk_38of50`).
 Consecutive FC layers with nothing but their epilogues between them run as one kernel call
 (`fc1_gsparse_g8x1__fc2_gsparse_g8x1__fc3_dense`), since at batch 1 the VM's per-call cost is
-comparable to a pruned layer's work.
+comparable to a pruned layer's work. An FC layer whose input has more than two dimensions
+(`[B, S, K]`) runs as the kernel of its `[B*S, K]` rows between two reshapes, which are free.
 """
 from __future__ import annotations
 
@@ -132,12 +133,13 @@ def gpu_conv_kernel(form: str, w_oihw: np.ndarray, x_shape, attrs, target, *, bi
 
 
 def fused_epilogue(layer: Layer):
-    """The per-channel affine ops and ReLU that directly follow `layer`, as one epilogue.
+    """The per-channel affine ops and ReLU (an FC layer's GELU too) that directly follow `layer`,
+    as one epilogue.
 
     Bias adds and inference batch-norm (decomposed into subtract/divide/multiply/add by
     constants) compose into `scale * z + shift`; the scale is folded into the layer's weight (the
     layer is linear in it) and the shift becomes the kernel's bias. Returns (scale or None,
-    shift or None, "relu" or None, the chain bindings the kernel replaces).
+    shift or None, "relu" / "gelu" or None, the chain bindings the kernel replaces).
     """
     n = layer.out_channels
     scale, shift, fused = np.ones(n), np.zeros(n), []
@@ -160,8 +162,9 @@ def fused_epilogue(layer: Layer):
             break
         fused.append(op.var)
     activation = None
-    if len(layer.chain) > len(fused) and op_name(layer.chain[len(fused)].call) == "relax.nn.relu":
-        activation = "relu"
+    fusable = {"relax.nn.relu": "relu", **({"relax.nn.gelu": "gelu"} if layer.kind == "fc" else {})}
+    if len(layer.chain) > len(fused) and op_name(layer.chain[len(fused)].call) in fusable:
+        activation = fusable[op_name(layer.chain[len(fused)].call)]
         fused.append(layer.chain[len(fused)].var)
     if not np.all(np.isfinite(scale)) or not np.all(np.isfinite(shift)):
         return None, None, None, []  # e.g. a zero batch-norm variance: leave it to TVM's ops
@@ -184,7 +187,7 @@ def chained_runs(layers: list[Layer]) -> list[list[Layer]]:
             continue
         if len(current) > 1:
             runs.append(current)
-        current = [layer] if layer.kind == "fc" and static_shape(layer.var)[0] == 1 else []
+        current = [layer] if layer.kind == "fc" and static_shape(layer.var)[:-1] == (1,) else []
     if len(current) > 1:
         runs.append(current)
     return runs
@@ -252,9 +255,15 @@ class _Lowerer(relax.PyExprMutator):
             fused = [v for member, k in zip(run, kernels) for v in (member.var, *k[2])][1:]
             name = prim.attrs["global_symbol"]
         gv = self.builder_.add_func(prim.with_attr("global_symbol", name), name)
-        out_ty = relax.TensorType(static_shape(run[-1].var), "float32")
+        out_shape = static_shape(run[-1].var)
         x = self.visit_expr(layer.call.args[0])
+        rows = layer.rows if layer.kind == "fc" and len(out_shape) > 2 else None
+        if rows is not None:  # [..., K] -> [rows, K]: the kernels take 2-D inputs
+            x = self.builder_.emit(relax.op.reshape(x, (rows, static_shape(layer.call.args[0])[-1])))
+        out_ty = relax.TensorType((rows, out_shape[-1]) if rows is not None else out_shape, "float32")
         call = relax.call_tir(gv, [x, *[relax.const(c) for c in consts]], out_ty)
+        if rows is not None:
+            call = relax.op.reshape(self.builder_.emit(call, name_hint=f"{layer.name}_rows"), out_shape)
         last = fused[-1] if fused else binding.var
         emit = self.builder_.emit if isinstance(last, relax.DataflowVar) else self.builder_.emit_output
         new_var = emit(call, name_hint="_".join(member.name for member in run))
@@ -272,14 +281,14 @@ class _Lowerer(relax.PyExprMutator):
             weight = weight * (scale if layer.kind == "fc" else scale[:, None, None, None])
         gpu_target = self.options.gpu_target
         if gpu_target is not None and layer.kind == "fc":
-            prim, consts = gpu_fc_kernel(form, weight, x_shape[0], gpu_target, bias=bias is not None,
+            prim, consts = gpu_fc_kernel(form, weight, layer.rows, gpu_target, bias=bias is not None,
                                          activation=activation, name=name)
         elif gpu_target is not None:
             prim, consts = gpu_conv_kernel(form, weight, x_shape, layer.call.attrs, gpu_target,
                                            bias=bias is not None, activation=activation, name=name,
                                            log=self.options.log, lanes=self.options.lanes)
         elif layer.kind == "fc":
-            prim, consts = fc_kernel(form, weight, x_shape[0], self.options.group,
+            prim, consts = fc_kernel(form, weight, layer.rows, self.options.group,
                                      bias=bias is not None, activation=activation, name=name,
                                      lanes=self.options.lanes, log=self.options.log)
         else:

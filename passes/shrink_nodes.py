@@ -197,7 +197,8 @@ def _edits(decisions: dict[str, ShrinkDecision]):
         for op in layer.chain:
             index = feature_index(keep, op.multiplicity)
             if op_name(op.call) in BINARY_OPS:
-                edit(op.var, lambda call, orig, i=index: _slice_constant_operand(call, orig, i))
+                edit(op.var, lambda call, orig, i=index, kind=layer.kind:
+                     _slice_constant_operand(call, orig, i, kind))
             elif op_name(op.call) == "relax.reshape":
                 edit(op.var, lambda call, orig, n=index.size:
                      relax.op.reshape(call.args[0], (int(orig.ty.shape[0]), n)))
@@ -208,7 +209,8 @@ def _edits(decisions: dict[str, ShrinkDecision]):
         if first is not None and op_name(first.call) == "relax.add" and first.multiplicity == 1:
             # Registered after the consumer's own weight edit but before the slicing of its bias
             # (layers are visited in order), so the fold is added at full width, then sliced.
-            edit(first.var, lambda call, orig, f=decision.fold: _add_to_constant(call, orig, f))
+            edit(first.var, lambda call, orig, f=decision.fold, kind=consumer.kind:
+                 _add_to_constant(call, orig, f, kind))
         else:
             kept_by_consumer = decisions[consumer.name].keep
             fold = decision.fold[kept_by_consumer]
@@ -221,19 +223,21 @@ def _with_weight(call: relax.Call, weight: np.ndarray) -> relax.Call:
     return relax.Call(call.op, [call.args[0], relax.const(weight)], call.attrs)
 
 
-def _slice_constant_operand(call: relax.Call, orig: relax.Call, index: np.ndarray) -> relax.Call:
+def _slice_constant_operand(call: relax.Call, orig: relax.Call, index: np.ndarray, kind: str) -> relax.Call:
+    """Keep the `index` channels of a per-channel constant: along the last axis after an FC
+    layer, axis 1 after a conv (k broadcasts from the right, so that is k's own axis below)."""
     args = list(call.args)
     pos, k = constant_operand(call)
-    axis = k.ndim - (len(orig.ty.shape) - 1)  # the channel axis (1) in k's own dims
+    axis = k.ndim - 1 if kind == "fc" else k.ndim - (len(orig.ty.shape) - 1)
     if k.ndim > 0 and 0 <= axis < k.ndim and k.shape[axis] > 1:
         args[pos] = relax.const(np.ascontiguousarray(np.take(k, index, axis=axis)))
     return relax.Call(call.op, args, call.attrs)
 
 
-def _add_to_constant(call: relax.Call, orig: relax.Call, fold: np.ndarray) -> relax.Call:
+def _add_to_constant(call: relax.Call, orig: relax.Call, fold: np.ndarray, kind: str) -> relax.Call:
     args = list(call.args)
     pos, k = constant_operand(call)
-    shape = (fold.size,) if len(orig.ty.shape) == 2 else (fold.size, 1, 1)
+    shape = (fold.size,) if kind == "fc" else (fold.size, 1, 1)
     merged = np.broadcast_to(k, np.broadcast_shapes(k.shape, shape)) + fold.reshape(shape)
     args[pos] = relax.const(merged.astype(k.dtype))
     return relax.Call(call.op, args, call.attrs)

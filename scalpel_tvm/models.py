@@ -1,4 +1,5 @@
-"""The demo networks as ONNX, with weights pruned to the structure Scalpel gives them on a CPU.
+"""The demo networks as ONNX, with weights pruned to the structure Scalpel gives them on a CPU,
+and a transformer feed-forward block for the token-wise (3-D input) layers.
 
 Until the pruning frontend brings trained weights, the demo uses random (He-initialised) weights
 pruned the Scalpel way for a moderate-parallelism target: FC layers lose aligned groups of G
@@ -105,13 +106,38 @@ def lenet5(*, pruned: bool = True, group: int = 8, seed: int = 0) -> onnx.ModelP
     return _model("lenet5", nodes, inits, ["batch", 1, 28, 28], "fc2", ["batch", 10])
 
 
-def _model(name, nodes, inits, in_shape, out_name, out_shape) -> onnx.ModelProto:
+def transformer_ffn(*, hidden: int = 768, ffn: int = 3072, seq: int = 128, keep_nodes: float = 1.0,
+                    keep_groups: float = 1.0, group: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A transformer's feed-forward block (BERT-base's sizes by default): MatMul + Add, GELU,
+    MatMul + Add on [batch, seq, hidden], as PyTorch exports nn.Linear on a 3-D input.
+
+    `keep_nodes` keeps that fraction of the `ffn` intermediate neurons (the rest lose their
+    fc1 column: structured FFN pruning; their fc2 rows go with them in `Pass`); `keep_groups`
+    keeps that fraction of each layer's aligned G×1 groups, by RMS as `prune_groups` does."""
+    rng = np.random.default_rng(seed)
+    w1, w2 = _he(rng, (hidden, ffn), hidden), _he(rng, (ffn, hidden), ffn)
+    if keep_nodes < 1:
+        norms = np.linalg.norm(w1, axis=0)
+        w1[:, np.argsort(norms)[: ffn - max(1, int(round(keep_nodes * ffn)))]] = 0
+    if keep_groups < 1:
+        w1, w2 = prune_groups(w1, keep_groups, group), prune_groups(w2, keep_groups, group)
+    inits = [numpy_helper.from_array(w.astype(np.float32), f"{name}.weight") for name, w in (("fc1", w1), ("fc2", w2))]
+    inits += [numpy_helper.from_array(_bias(rng, n), f"{name}.bias") for name, n in (("fc1", ffn), ("fc2", hidden))]
+    nodes = [helper.make_node("MatMul", ["input", "fc1.weight"], ["fc1_mm"], name="fc1"),
+             helper.make_node("Add", ["fc1_mm", "fc1.bias"], ["fc1"], name="fc1_bias"),
+             helper.make_node("Gelu", ["fc1"], ["gelu"], name="gelu"),
+             helper.make_node("MatMul", ["gelu", "fc2.weight"], ["fc2_mm"], name="fc2"),
+             helper.make_node("Add", ["fc2_mm", "fc2.bias"], ["fc2"], name="fc2_bias")]
+    return _model("transformer_ffn", nodes, inits, ["batch", seq, hidden], "fc2", ["batch", seq, hidden], opset=20)
+
+
+def _model(name, nodes, inits, in_shape, out_name, out_shape, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="scalpel-tvm")
-    model.ir_version = 8  # readable by every onnxruntime this project pins
+    model.ir_version = 8 if opset < 20 else 9  # readable by every onnxruntime this project pins
     onnx.checker.check_model(model)
     return model
 

@@ -39,7 +39,7 @@ class LayerPlan:
     kind: str  # "fc" | "conv"
     shape: tuple  # weight shape as the model has it (FC: [K, N], conv: OIHW)
     shrunk_shape: tuple
-    batch: int
+    batch: int  # rows per kernel call: the batch, times the leading dims of a token-wise FC input
     density: float  # non-zero weights / weights, before shrinking
     dead_nodes: int
     removed_nodes: int
@@ -124,7 +124,7 @@ def plan(mod: tvm.IRModule, target, *, cost=None, logs=None,
         weight = weights[layer.name]
         lp = LayerPlan(
             name=layer.name, kind=layer.kind, shape=tuple(layer.weight.shape),
-            shrunk_shape=tuple(weight.shape), batch=static_shape(layer.call.args[0])[0],
+            shrunk_shape=tuple(weight.shape), batch=layer.rows,
             density=float(np.count_nonzero(layer.weight) / max(layer.weight.size, 1)),
             dead_nodes=int(decision.dead.size), removed_nodes=int(decision.removed.size),
             shrink_reason=decision.reason, group_sparsity={})

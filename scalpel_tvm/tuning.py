@@ -101,7 +101,7 @@ def model_workloads(mod: tvm.IRModule, spec: TargetSpec, *, kinds=("fc", "conv")
     """Every candidate kernel of a model's layers of `kinds` (after node shrinking), at its
     batch; conv layers also with their filters node-pruned to `conv_fractions` (none: only the
     shape the pass gives them, as CUDA tuning measures)."""
-    from .passes.layer_graph import build_layer_graph, canonicalize, static_shape
+    from .passes.layer_graph import build_layer_graph, canonicalize
     from .passes.lower_layers import fused_epilogue
     from .passes.shrink_nodes import analyze_shrink, shrunk_weights
     from .schedules.grouped_sparse import GroupedSparseWeight
@@ -124,7 +124,7 @@ def model_workloads(mod: tvm.IRModule, spec: TargetSpec, *, kinds=("fc", "conv")
                   for o in ("gx1", "1xg")}
         # Inputs as shrinking leaves them (the producer's dead nodes are gone); outputs at the
         # layer's own width and the widths node pruning could leave.
-        found += layer_workloads(static_shape(layer.call.args[0])[0], weight.shape[0],
+        found += layer_workloads(layer.rows, weight.shape[0],
                                  layer.weight.shape[1], lanes, bias=bias is not None,
                                  activation=activation, kept=weight.shape[1], groups=groups)
     return list(dict.fromkeys(found))

@@ -30,7 +30,7 @@ from tvm.script import tirx as T
 from .cost import KernelQuery
 from .schedules.conv2d import (conv2d_nchw, conv2d_output_shape, default_conv2d_knobs,
                                pack_conv_weight)
-from .schedules.fc import default_dense_knobs, dense_fc
+from .schedules.fc import default_dense_knobs, dense_fc, epilogue
 from .schedules.grouped_sparse import (GroupedSparseWeight, default_grouped_sparse_knobs,
                                        grouped_sparse_fc)
 
@@ -44,7 +44,7 @@ _CONV_KEY = re.compile(r"conv:b(?P<batch>\d+):c(?P<c>\d+):h(?P<h>\d+):w(?P<w>\d+
                        r":d(?P<dilation>\d+x\d+):g(?P<lanes>\d+):(?P<bias>bias|nobias)"
                        r":(?P<activation>relu|none)$")
 _KEY = re.compile(r"fc:(?P<form>\w+):b(?P<batch>\d+):k(?P<k>\d+):n(?P<n>\d+):g(?P<group>\d+)"
-                  r":groups(?P<groups>\d+):(?P<bias>bias|nobias):(?P<activation>relu|none)$")
+                  r":groups(?P<groups>\d+):(?P<bias>bias|nobias):(?P<activation>relu|gelu|none)$")
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,9 @@ def _canonical_dense(wl: Workload) -> tvm.tirx.PrimFunc:
         b = te.placeholder((wl.n,), "float32", name="b")
         y = te.compute((wl.batch, wl.n), lambda i, j: y[i, j] + b[j], name="bias")
         args.append(b)
-    if wl.activation == "relu":
-        y = te.compute((wl.batch, wl.n), lambda i, j: te.max(y[i, j], te.const(0, "float32")),
-                       name="relu")
+    if wl.activation is not None:  # the templates' own epilogue: the same arithmetic
+        y = te.compute((wl.batch, wl.n), lambda i, j: epilogue(y[i, j], None, j, wl.activation),
+                       name=wl.activation)
     return te.create_prim_func([*args, y])
 
 
@@ -257,7 +257,7 @@ def _canonical_sparse(wl: Workload) -> tvm.tirx.PrimFunc:
     B, K, N, G, NG = wl.batch, wl.k, wl.n, wl.group, wl.groups
     gx1 = wl.form == "gsparse_gx1"
     NB = -(-N // G) if gx1 else N
-    relu, bias = wl.activation == "relu", wl.bias
+    bias, activation = wl.bias, wl.activation
 
     @T.prim_func(s_tir=True)
     def func(x: T.Buffer((B, K), "float32"), indptr: T.Buffer((NB + 1,), "int32"),
@@ -275,8 +275,8 @@ def _canonical_sparse(wl: Workload) -> tvm.tirx.PrimFunc:
                             y[i, o] = y[i, o] + x[i, indices[indptr[o] + j] + l] * values[indptr[o] + j, l]
                 if bias:
                     y[i, o] = y[i, o] + b[o]
-                if relu:
-                    y[i, o] = T.max(y[i, o], T.float32(0))
+                if activation is not None:
+                    y[i, o] = epilogue(y[i, o], None, o, activation)
 
     if not bias:  # drop the unused parameter so the signature matches the template's
         params = [p for p in func.params if p.name != "b"]

@@ -28,7 +28,28 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-ACTIVATIONS = (None, "relu")
+ACTIVATIONS = (None, "relu", "gelu")  # FC epilogues; conv kernels fuse ReLU only
+
+# erf as TVM's topi.fast_erf computes it (Eigen's rational approximation on [-4, 4], within
+# 4e-7 of erf in float32), spelt out in TIR: T.erf lowers to a scalar libm call per element on
+# LLVM targets, and a GELU of that kind costs more than a small layer's matmul.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                  -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                  -1.60960333262415e-02)  # odd powers x^13 .. x^1, highest first
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                    -7.37332916720468e-03, -1.42647390514189e-02)  # even powers x^8 .. x^0
+
+
+def fast_erf(x):
+    """erf(x) in float32 TIR arithmetic that vectorizes (see _ERF_NUMERATOR)."""
+    x = T.max(T.min(x, T.float32(4)), T.float32(-4))
+    x2 = x * x
+    p, q = T.float32(_ERF_NUMERATOR[0]), T.float32(_ERF_DENOMINATOR[0])
+    for c in _ERF_NUMERATOR[1:]:
+        p = p * x2 + T.float32(c)
+    for c in _ERF_DENOMINATOR[1:]:
+        q = q * x2 + T.float32(c)
+    return x * p / q
 
 
 def pack_dense_weight(w_kn: np.ndarray, lanes: int = 8) -> np.ndarray:
@@ -45,11 +66,14 @@ def pack_dense_weight(w_kn: np.ndarray, lanes: int = 8) -> np.ndarray:
 
 
 def epilogue(value, bias, n, activation):
-    """The fused epilogue ``act(value + bias[n])``; shared by all FC templates."""
+    """The fused epilogue ``act(value + bias[n])``; shared by all FC templates. GELU is the exact
+    (erf) one of ONNX's Gelu and ``relax.nn.gelu``."""
     if bias is not None:
         value = value + bias[n]
     if activation == "relu":
         value = T.max(value, T.float32(0))
+    elif activation == "gelu":
+        value = value * T.float32(0.5) * (T.float32(1) + fast_erf(value * T.float32(0.7071067811865476)))
     return value
 
 

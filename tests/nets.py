@@ -18,8 +18,31 @@ def mlp(dims, *, dead=None, zero_groups=None, bias=None, seed=0, activation="Rel
     dead: {layer index: output neurons with all-zero weights}; zero_groups: {layer index:
     fraction of aligned G×1 groups (G = 8) zeroed}; bias: {layer index: constant bias value}.
     """
-    rng = np.random.default_rng(seed)
     nodes, inits, prev = [], [], "input"
+    for i, (w_kn, b) in enumerate(_layers(dims, dead, zero_groups, bias, seed)):
+        inits += [numpy_helper.from_array(np.ascontiguousarray(w_kn.T), f"w{i}"),
+                  numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"fc{i}"], transB=1))
+        prev = _activation(nodes, f"fc{i}", i, len(dims), activation)
+    return model(nodes, inits, ["batch", dims[0]], prev, ["batch", dims[-1]])
+
+
+def token_mlp(dims, seq=4, *, dead=None, zero_groups=None, bias=None, seed=0, activation="Relu"):
+    """A transformer-style MLP on [batch, seq, features]: MatMul + Add (+ activation) per layer,
+    as torch exports nn.Linear on a 3-D input. Same options as `mlp`."""
+    nodes, inits, prev = [], [], "input"
+    for i, (w_kn, b) in enumerate(_layers(dims, dead, zero_groups, bias, seed)):
+        inits += [numpy_helper.from_array(w_kn, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"mm{i}"]),
+                  helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"fc{i}"])]
+        prev = _activation(nodes, f"fc{i}", i, len(dims), activation)
+    opset = 20 if activation == "Gelu" else 17
+    return model(nodes, inits, ["batch", seq, dims[0]], prev, ["batch", seq, dims[-1]], opset)
+
+
+def _layers(dims, dead, zero_groups, bias, seed):
+    """([K, N] weight, bias) per layer of an MLP with the chosen dead neurons and zero groups."""
+    rng = np.random.default_rng(seed)
     for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
         w_kn = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
         if zero_groups and i in zero_groups:
@@ -30,14 +53,15 @@ def mlp(dims, *, dead=None, zero_groups=None, bias=None, seed=0, activation="Rel
         b = rng.standard_normal(n).astype(np.float32) * 0.1
         if bias and i in bias:
             b[:] = bias[i]
-        inits += [numpy_helper.from_array(np.ascontiguousarray(w_kn.T), f"w{i}"),
-                  numpy_helper.from_array(b, f"b{i}")]
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"fc{i}"], transB=1))
-        prev = f"fc{i}"
-        if i < len(dims) - 2:
-            nodes.append(helper.make_node(activation, [prev], [f"act{i}"]))
-            prev = f"act{i}"
-    return model(nodes, inits, ["batch", dims[0]], prev, ["batch", dims[-1]])
+        yield w_kn, b
+
+
+def _activation(nodes, prev, i, depth, activation):
+    """Append the activation after hidden layer `i` (none after the output layer)."""
+    if i >= depth - 2:
+        return prev
+    nodes.append(helper.make_node(activation, [prev], [f"act{i}"]))
+    return f"act{i}"
 
 
 def zero_aligned_groups(w_kn, fraction, rng, group=8):
@@ -103,11 +127,11 @@ def random_cnn(data, max_channels):
     return net, data.draw(st.sampled_from([1, 2]))
 
 
-def model(nodes, inits, in_shape, out, out_shape):
+def model(nodes, inits, in_shape, out, out_shape, opset=17):
     graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9 if opset >= 20 else 8
     return m
 
 

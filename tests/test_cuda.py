@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scalpel_tvm
-from nets import dead_sets, mlp, random_cnn
+from nets import dead_sets, mlp, random_cnn, token_mlp
 from scalpel_tvm import ScalpelError, models, paper_nets
 from scalpel_tvm.cuda import compile_cuda_module, cubin, cuda_source
 from scalpel_tvm.schedules import gpu
@@ -182,10 +182,14 @@ def relax_ops(mod):
 def test_random_pruned_networks_lower_every_layer_to_cuda_kernels(data):
     """Random pruned MLPs and CNNs (dead nodes, zero groups, batch-norm, padding): every layer
     becomes a CUDA kernel call, the model's output type is unchanged, and the module builds."""
-    if data.draw(st.booleans()):
+    kind = data.draw(st.sampled_from(["mlp", "token-wise mlp", "cnn"]))
+    if kind != "cnn":
         dims = data.draw(st.lists(st.integers(3, 70), min_size=3, max_size=4))
         groups = {i: data.draw(st.sampled_from([0.0, 0.9])) for i in range(len(dims) - 1)}
-        net = mlp(dims, dead=dead_sets(data, dims[1:-1]), zero_groups=groups)
+        dead = dead_sets(data, dims[1:-1])
+        net = mlp(dims, dead=dead, zero_groups=groups) if kind == "mlp" else token_mlp(
+            dims, seq=data.draw(st.integers(1, 4)), dead=dead, zero_groups=groups,
+            activation=data.draw(st.sampled_from(["Relu", "Gelu"])))
         batch = data.draw(st.sampled_from([1, 5]))
     else:
         net, batch = random_cnn(data, max_channels=9)
@@ -295,7 +299,8 @@ def test_gpu_results_match_onnxruntime(batch):
     dev = tvm.cuda(0)
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_" + dev.compute_version.replace(".", "")})
     cases = {"warp-grouped": models.lenet_300_100(group=32), "shrunk conv": models.lenet5(group=32),
-             "mlp": mlp([64, 40, 33, 5], dead={0: [1, 7]}, zero_groups={1: 0.7})}
+             "mlp": mlp([64, 40, 33, 5], dead={0: [1, 7]}, zero_groups={1: 0.7}),
+             "token-wise": token_mlp([64, 96, 40], seq=3, dead={0: [2, 5]}, activation="Gelu")}
     for name, model in cases.items():
         mod = scalpel_tvm.import_onnx(model, batch=batch)
         out = tvm.transform.Sequential([scalpel_tvm.Pass(target)])(mod)

@@ -1,5 +1,6 @@
 """FC kernel templates: dense, grouped-sparse (both orientations) and CSR against numpy."""
 
+import math
 import numpy as np
 import pytest
 import tvm
@@ -31,6 +32,8 @@ def run(prim, *inputs, batch, out_features):
 
 def reference(x, w, b, activation):
     y = x @ w + (0 if b is None else b)
+    if activation == "gelu":
+        return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
     return np.maximum(y, 0) if activation == "relu" else y
 
 
@@ -79,7 +82,7 @@ KINDS = ["dense", "gx1", "1xg", "csr"]
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 def test_kernel_matches_numpy(kind, batch, bias, activation):
     # N = 10 and K = 300 are not multiples of G: padded groups, guarded stores, padded x copy.
     rng = np.random.default_rng(1)
@@ -126,7 +129,7 @@ def test_kernel_knobs(kind, batch, knobs):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 def test_gx1_batch_lanes_epilogue(bias, activation):
     # K = 300, N = 10: a partial transpose block on both sides and a padded last block.
     rng = np.random.default_rng(5)
@@ -138,7 +141,7 @@ def test_unknown_knob_and_bad_arguments_raise():
     with pytest.raises(TypeError, match="k_strems"):
         dense_fc(1, 16, 8, bias=False, activation=None, k_strems=2)
     with pytest.raises(ValueError, match="activation"):
-        csr_fc(CSRWeight.from_dense(w), 1, bias=False, activation="gelu")
+        csr_fc(CSRWeight.from_dense(w), 1, bias=False, activation="swish")
     with pytest.raises(ValueError, match="orientation"):
         GroupedSparseWeight.from_dense(w, G, "8x8")
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import scalpel_tvm
 from nets import (assert_close, cnn, dead_sets, mlp, random_cnn, random_input, relax_module,
-                  run_ort, run_relax)
+                  run_ort, run_relax, token_mlp)
 from scalpel_tvm import ScalpelError, models
 
 
@@ -98,6 +98,22 @@ def test_batch_norm_folds_into_the_conv_kernel():
 def test_sigmoid_mlp_with_dead_neurons_and_groups():
     check(mlp([40, 32, 24, 6], dead={0: [0, 5, 9], 1: [3]}, zero_groups={0: 0.8, 1: 0.6},
               activation="Sigmoid"), batch=3)
+
+
+@pytest.mark.parametrize("activation,batch", [("Gelu", 1), ("Relu", 2)])
+def test_token_wise_layers_become_scheduled_kernels(activation, batch):
+    """A transformer-style MLP on [batch, seq, features]: every MatMul runs as one of our kernels
+    over batch*seq rows, shrunk and grouped-sparse like a 2-D layer, with its bias and GELU/ReLU
+    fused, and the output keeps its shape."""
+    net = token_mlp([64, 96, 48], seq=6, dead={0: [2, 7, 50]}, zero_groups={0: 0.9}, bias={0: 0.2},
+                    activation=activation)
+    out = check(net, batch)
+    assert {"relax.matmul", "relax.nn.gelu", "relax.nn.relu"}.isdisjoint(relax_ops(out))  # fused
+    names = kernel_names(out)
+    assert names == planned_kernels(net, batch)
+    assert names[0].startswith("fc1_shrunk_93of96_gsparse") and names[1] == "fc2_dense"
+    layer_plan = scalpel_tvm.plan(relax_module(net, batch), "x86-avx2")
+    assert [lp.batch for lp in layer_plan.layers] == [6 * batch] * 2
 
 
 def test_user_edited_plan_is_applied():

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from tvm import relax
 
 from nets import (assert_close, cnn, dead_sets, mlp, random_cnn, random_input, relax_module,
-                  run_ort, run_relax)
+                  run_ort, run_relax, token_mlp)
 from scalpel_tvm import ScalpelError
 from scalpel_tvm.onnx_import import bind_weights
 from scalpel_tvm.passes.layer_graph import build_layer_graph, canonicalize, static_shape
@@ -159,17 +159,23 @@ def test_dynamic_shapes_are_a_clear_error():
         ShrinkNodes()(mod)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_mlps_keep_their_outputs(data):
+    """Random MLPs on [batch, features], or token-wise on [batch, seq, features]."""
     depth = data.draw(st.integers(2, 4))
     dims = data.draw(st.lists(st.integers(2, 24), min_size=depth + 1, max_size=depth + 1))
     dead = dead_sets(data, dims[1:-1])
     bias = {i: data.draw(st.sampled_from([None, 0.3, -0.3]))
             for i in range(depth)}
     bias = {i: v for i, v in bias.items() if v is not None}
-    activation = data.draw(st.sampled_from(["Relu", "Sigmoid", "Tanh"]))
-    net = mlp(dims, dead=dead, bias=bias, seed=data.draw(st.integers(0, 1000)), activation=activation)
+    activation = data.draw(st.sampled_from(["Relu", "Sigmoid", "Tanh", "Gelu"]))
+    seed = data.draw(st.integers(0, 1000))
+    if activation == "Gelu" or data.draw(st.booleans()):
+        net = token_mlp(dims, seq=data.draw(st.integers(1, 5)), dead=dead, bias=bias, seed=seed,
+                        activation=activation)
+    else:
+        net = mlp(dims, dead=dead, bias=bias, seed=seed, activation=activation)
     shrunk = check_same_outputs(net, batch=data.draw(st.sampled_from([1, 3])))
     for i, removed in dead.items():
         assert layer_shapes(shrunk)[f"fc{i + 1}"][1] == dims[i + 1] - len(removed)
@@ -196,3 +202,27 @@ def test_concat_keeps_the_channels():
     assert layer_shapes(shrunk)["fc1"] == (8, 6)
     reason = analyze_shrink(build_layer_graph(canonicalize(relax_module(net))["main"]))["fc1"].reason
     assert "relax.concat" in reason
+
+
+def test_token_wise_layers_shrink_along_their_last_axis():
+    """[batch, seq, K] inputs (a transformer's MLP): channels are the last axis; a dead neuron's
+    GELU of its bias is a per-channel constant folded into the next layer's bias."""
+    net = token_mlp([12, 16, 10, 6], seq=3, dead={0: [0, 3, 9], 1: [2, 4]}, bias={0: 0.4},
+                    activation="Gelu")
+    shrunk = check_same_outputs(net, batch=2)
+    assert layer_shapes(shrunk) == {"fc1": (12, 13), "fc2": (13, 8), "fc3": (8, 6)}
+
+
+def test_token_wise_layer_followed_by_a_reshape_keeps_its_nodes():
+    """A reshape after a [batch, seq, N] layer (splitting heads, say) moves the channels: stop."""
+    from onnx import helper, numpy_helper
+    net = token_mlp([8, 8, 4], seq=4, dead={0: [0, 1]})
+    graph = net.graph
+    reader = next(node for node in graph.node if node.input[0] == "act0")
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 4, 8], np.int64), "same"))
+    graph.node.insert(list(graph.node).index(reader), helper.make_node("Reshape", ["act0", "same"], ["resh"]))
+    reader.input[0] = "resh"
+    shrunk = check_same_outputs(net, batch=2)
+    assert layer_shapes(shrunk)["fc1"] == (8, 8)
+    reason = analyze_shrink(build_layer_graph(canonicalize(relax_module(net, 2))["main"]))["fc1"].reason
+    assert "only channel-wise ops" in reason

@@ -42,11 +42,12 @@ def _run(prim, args):
 
 
 workloads = st.builds(
-    lambda form, batch, k, n, density, bias, relu: Workload(
+    lambda form, batch, k, n, density, bias, activation: Workload(
         form, batch, k, n, 8, 0 if form == "dense" else max(1, round(density * Workload(
-            form, batch, k, n, 8, 1).max_groups)), bias, "relu" if relu else None),
+            form, batch, k, n, 8, 1).max_groups)), bias, activation),
     st.sampled_from(["dense", "gsparse_gx1", "gsparse_1xg"]), st.integers(1, 12),
-    st.integers(1, 40), st.integers(1, 40), st.floats(0.01, 1.0), st.booleans(), st.booleans())
+    st.integers(1, 40), st.integers(1, 40), st.floats(0.01, 1.0), st.booleans(),
+    st.sampled_from([None, "relu", "gelu"]))
 
 
 @settings(max_examples=12, deadline=None)
