@@ -110,6 +110,45 @@ def cnn(channels=(1, 6, 8), *, dead=None, hw=12, fc=10, bn=False, padding=0, see
     return model(nodes, inits, ["batch", channels[0], hw, hw], "out", ["batch", fc])
 
 
+def mobile_block(channels=8, *, multiplier=1, stride=1, dead=None, bn=True, hw=12, fc=10, seed=0):
+    """A MobileNet-style stack: conv 3x3 + ReLU, depthwise conv 3x3 (padding 1, `stride`, channel
+    `multiplier`) [+ BN] + ReLU, pointwise conv 1x1 + ReLU, Flatten, Gemm.
+
+    dead: {"conv": filters of the first conv, "pointwise": filters of the 1x1 conv} with
+    all-zero weights."""
+    rng = np.random.default_rng(seed)
+    dead = dead or {}
+    wide, points = channels * multiplier, channels + 4
+    w0 = (rng.standard_normal((channels, 1, 3, 3)) / 3).astype(np.float32)
+    w0[list(dead.get("conv", []))] = 0
+    wd = (rng.standard_normal((wide, 1, 3, 3)) / 3).astype(np.float32)
+    wp = (rng.standard_normal((points, wide, 1, 1)) / np.sqrt(wide)).astype(np.float32)
+    wp[list(dead.get("pointwise", []))] = 0
+    out_hw = (hw - 2 + 2 - 3) // stride + 1
+    k = points * out_hw * out_hw
+    arrays = {"w0": w0, "b0": rng.standard_normal(channels) * 0.1, "wd": wd, "bd": rng.standard_normal(wide) * 0.1,
+              "wp": wp, "bp": rng.standard_normal(points) * 0.1,
+              "fw": rng.standard_normal((fc, k)) / np.sqrt(k), "fb": rng.standard_normal(fc) * 0.1}
+    nodes = [helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "wd", "bd"], ["dw"], kernel_shape=[3, 3], pads=[1] * 4,
+                              strides=[stride] * 2, group=channels)]
+    prev = "dw"
+    if bn:
+        for name, value in [("g", rng.random(wide) + 0.5), ("be", rng.standard_normal(wide)),
+                            ("m", rng.standard_normal(wide)), ("v", rng.random(wide) + 0.5)]:
+            arrays[name] = value
+        nodes.append(helper.make_node("BatchNormalization", ["dw", "g", "be", "m", "v"], ["bn"]))
+        prev = "bn"
+    nodes += [helper.make_node("Relu", [prev], ["r1"]),
+              helper.make_node("Conv", ["r1", "wp", "bp"], ["pw"], kernel_shape=[1, 1]),
+              helper.make_node("Relu", ["pw"], ["r2"]),
+              helper.make_node("Flatten", ["r2"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fw", "fb"], ["out"], transB=1)]
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), name) for name, v in arrays.items()]
+    return model(nodes, inits, ["batch", 1, hw, hw], "out", ["batch", fc])
+
+
 def dead_sets(data, widths):
     """Hypothesis draw: for each layer width, a set of dead nodes that never empties the layer."""
     from hypothesis import strategies as st

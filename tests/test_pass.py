@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scalpel_tvm
-from nets import (assert_close, cnn, dead_sets, mlp, random_cnn, random_input, relax_module,
-                  run_ort, run_relax, token_mlp)
+from nets import (assert_close, cnn, dead_sets, mlp, mobile_block, random_cnn, random_input,
+                  relax_module, run_ort, run_relax, token_mlp)
 from scalpel_tvm import ScalpelError, models
 
 
@@ -114,6 +114,19 @@ def test_token_wise_layers_become_scheduled_kernels(activation, batch):
     assert names[0].startswith("fc1_shrunk_93of96_gsparse") and names[1] == "fc2_dense"
     layer_plan = scalpel_tvm.plan(relax_module(net, batch), "x86-avx2")
     assert [lp.batch for lp in layer_plan.layers] == [6 * batch] * 2
+
+
+@pytest.mark.parametrize("stride,multiplier,batch", [(1, 1, 1), (2, 2, 2)])
+def test_depthwise_convs_are_left_to_tvm_and_stop_node_shrinking(stride, multiplier, batch):
+    """A MobileNet-style block: TVM's own lowering of a depthwise conv measured on par with
+    onnxruntime (README), so it stays; node shrinking stops in front of it (the first conv keeps
+    its dead filters, the plan says why) and works after it (the pointwise conv loses its own)."""
+    net = mobile_block(8, multiplier=multiplier, stride=stride, dead={"conv": [0, 3], "pointwise": [1, 2, 5]})
+    with pytest.warns(UserWarning, match="left relax.nn.conv2d .* untouched: grouped convolution \\(groups=8\\)"):
+        out = check(net, batch)
+    assert kernel_names(out)[:2] == ["conv1_dense", "conv2_shrunk_9of12"]
+    layer_plan = scalpel_tvm.plan(relax_module(net, batch), "x86-avx2")
+    assert "depthwise conv reads it" in layer_plan.layers[0].shrink_reason
 
 
 def test_user_edited_plan_is_applied():
