@@ -35,6 +35,9 @@ BINARY_OPS = {
     "relax.divide": np.divide,
 }
 POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
+# Reductions over axes other than the channels (global average pooling, a mean over tokens): a
+# dead channel's constant c stays c (mean, max, min) or becomes c times the count (sum).
+REDUCE_OPS = ("relax.mean", "relax.sum", "relax.max", "relax.min")
 
 
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
@@ -282,6 +285,12 @@ def _chain_step(call, var, multiplicity, kind):
         if not _is_per_channel(k, shape, channel_axis):
             return f"constant of shape {k.shape} is not per-channel"
         return multiplicity
+    if name in REDUCE_OPS:
+        rank = len(static_shape(var))
+        axes = reduced_axes(call, rank)
+        if (rank - 1 if kind == "fc" else 1) in axes or (kind != "fc" and 0 in axes):
+            return f"reduces over axes {sorted(axes)}, the channels' among them"
+        return multiplicity
     if channel_axis != 1:
         return "only channel-wise ops may follow an FC layer whose input has more than 2 dimensions"
     if name in POOL_OPS:
@@ -296,10 +305,19 @@ def _chain_step(call, var, multiplicity, kind):
         src, dst = static_shape(call.args[0]), static_shape(call)
         if src is not None and len(src) == 4 and dst == (src[0], src[1] * src[2] * src[3]):
             return multiplicity * src[2] * src[3]
+        if src is not None and len(src) == 2 and dst == src:  # a Flatten of what is flat already
+            return multiplicity
         return f"reshape {src} -> {dst} is not a flatten of NCHW"
     if name == "relax.nn.conv2d":
         return "a grouped or depthwise conv reads it (node shrinking does not pass through one)"
     return "op not understood by the node-shrinking analysis"
+
+
+def reduced_axes(call: relax.Call, rank: int) -> set[int]:
+    """The axes a reduction (`REDUCE_OPS`) folds, as non-negative indices of its input."""
+    if call.attrs.axis is None:
+        return set(range(rank))
+    return {int(a) % rank for a in call.attrs.axis}
 
 
 def _is_per_channel(k: np.ndarray, out_shape, channel_axis: int = 1) -> bool:

@@ -19,7 +19,7 @@ from tvm import relax
 from scalpel_tvm.errors import ScalpelError
 
 from .layer_graph import (BINARY_OPS, UNARY_OPS, Layer, LayerGraph, build_layer_graph,
-                          canonicalize, constant_operand, op_name)
+                          canonicalize, constant_operand, op_name, reduced_axes, static_shape)
 
 
 @dataclass
@@ -101,6 +101,9 @@ def dead_values(layer: Layer) -> np.ndarray:
                 k = channel_vector(k, layer.out_channels, op.multiplicity)
                 args = (values, k) if position == 1 else (k, values)
                 values = BINARY_OPS[name](*args)
+            elif name == "relax.sum":  # mean, max and min of a constant are the constant
+                shape = static_shape(op.call.args[0])
+                values = values * np.prod([shape[a] for a in reduced_axes(op.call, len(shape))])
     return values
 
 

@@ -64,12 +64,12 @@ class ObjectiveCost:
         the caller has them)."""
         layer = self.latency.layers[name]
         window = layer["window"]
-        pixels = 1 if window is None else window.oh * window.ow
+        pixels = layer.get("tokens", 1) if window is None else window.oh * window.ow
         group = self.latency.spec.lanes("float32") if self.value_bytes == 4 else 2
         counts = form_counts(w_nk, form, group=group, pixels=pixels, value_bytes=self.value_bytes,
                              index_bytes=self.index_bytes)
         n, k = w_nk.shape
-        activations = (k if window is None else window.in_size) + n * pixels
+        activations = (k * pixels if window is None else window.in_size) + n * pixels
         energy = (counts["macs"] * self.mac_pj + counts["bytes"] / 4 * self.weight_pj
                   + activations * self.value_bytes / 4 * PJ["sram_word"])
         latency = (times or self.latency.times(name, w_nk))[form]

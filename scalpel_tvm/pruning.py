@@ -209,24 +209,28 @@ class LayerCost:
         return [f for f in forms if not (f == "csr" and self.spec.parallelism == "high")]
 
     def times(self, name: str, w_nk: np.ndarray) -> dict[str, float]:
-        """Predicted time of layer `name` with weight `w_nk` in every form the target has."""
+        """Predicted time of layer `name` with weight `w_nk` in every form the target has. A
+        token-wise FC layer (a Linear on [batch, tokens, features]) runs `tokens` rows per item."""
         layer = self.layers[name]
+        tokens = layer.get("tokens", 1)
         if self.spec.parallelism == "low":
-            return self.model.candidates(SimpleNamespace(op=layer["op"], w_nk=w_nk, window=layer["window"]))
+            cycles = self.model.candidates(SimpleNamespace(op=layer["op"], w_nk=w_nk, window=layer["window"]))
+            return {form: c * tokens for form, c in cycles.items()}
         from .cost import KernelQuery
 
+        batch = self.batch * tokens
         n, k = w_nk.shape
         group = self.spec.lanes("float32")
         window = layer["window"]
         pixels = 1 if window is None else window.oh * window.ow
         shrunk_k = inputs_alive(w_nk, k if window is None else window.c)
-        queries = [KernelQuery(layer["op"], "dense", self.batch, max(shrunk_k, 1), max(nodes_alive(w_nk), 1), pixels=pixels)]
+        queries = [KernelQuery(layer["op"], "dense", batch, max(shrunk_k, 1), max(nodes_alive(w_nk), 1), pixels=pixels)]
         if layer["op"] == "fc" and self.spec.parallelism != "high":
             for orientation in ("gx1", "1xg"):
                 groups = groups_alive(w_nk, group, orientation)
-                queries.append(KernelQuery("fc", f"gsparse_{orientation}", self.batch, k, n, group=group, groups=groups))
+                queries.append(KernelQuery("fc", f"gsparse_{orientation}", batch, k, n, group=group, groups=groups))
         if layer["op"] == "fc" and self.spec.parallelism == "high":
-            queries.append(KernelQuery("fc", "csr", self.batch, k, n, groups=max(int(np.count_nonzero(w_nk)), 1)))
+            queries.append(KernelQuery("fc", "csr", batch, k, n, groups=max(int(np.count_nonzero(w_nk)), 1)))
         return {q.form: self.model.estimate(q, w_nk.T).seconds for q in queries}
 
 

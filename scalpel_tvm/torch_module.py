@@ -14,9 +14,10 @@ optimizer post-step hook (`torch.optim.optimizer.register_optimizer_step_post_ho
 of the user's steps the masks' β take their own step (with the L1 penalty; β are hidden from
 `parameters()`) and pruned weights are put back to zero, so the loop needs no changes.
 
-Layers the frontend cannot mask are left untouched and reported: grouped or dilated
-convolutions, non-zero padding modes, a Linear applied to more than 2-D inputs, a module called
-more than once.
+A Linear may take inputs of any rank (`[batch, tokens, features]`, as in a transformer): its
+nodes are its last axis, and the cost model prices it at `tokens` rows per item. Layers the
+frontend cannot mask are left untouched and reported: grouped or dilated convolutions, non-zero
+padding modes, a module called more than once.
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def read_module(module, example) -> tuple[list[dict], dict[str, str]]:
         if isinstance(m, nn.Conv2d):
             (ph, pw), (sh, sw) = m.padding, m.stride
             window = Window.over(shape[1], shape[2], shape[3], *m.kernel_size, (sh, sw), (ph, pw, ph, pw))
-        layers.append({"name": name, "op": "conv" if window else "fc", "w_nk": w_nk, "window": window})
+        tokens = 1 if window else int(np.prod(shape[1:-1], dtype=np.int64))  # rows per item
+        layers.append({"name": name, "op": "conv" if window else "fc", "w_nk": w_nk, "window": window,
+                       "tokens": tokens})
     if not layers:
         raise ScalpelError("the module calls no nn.Linear or nn.Conv2d the frontend can prune"
                            + (f" (skipped: {', '.join(f'{n}: {w}' for n, w in skipped.items())})" if skipped else ""))
@@ -79,7 +82,7 @@ def _unsupported(m, shape, calls: int) -> str:
     if calls > 1:
         return "called more than once (shared weights)"
     if isinstance(m, nn.Linear):
-        return "" if len(shape) == 2 else f"applied to a {len(shape)}-D input; only [batch, features] is pruned"
+        return "" if len(shape) >= 2 else "applied to a 1-D input (no batch dimension)"
     if m.groups != 1 or m.dilation != (1, 1):
         return "grouped or dilated convolution"
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
@@ -103,16 +106,18 @@ def module_net(module, example):
             self.beta = torch.nn.ParameterDict()
             self.removed, self.penalty_scale = {}, {}
             self._by_name = dict(own.named_modules())
-            self._handles = [self._by_name[name].register_forward_hook(self._gate(name.replace(".", "_")))
-                             for name in self.names]
+            self._handles = [self._by_name[name].register_forward_hook(
+                self._gate(name.replace(".", "_"), isinstance(self._by_name[name], torch.nn.Linear)))
+                for name in self.names]
 
-        def _gate(self, key):
+        def _gate(self, key, channels_last):
             def hook(_module, _inputs, out):
                 if key not in self.beta:
                     return out
                 beta = self.beta[key]
                 gate = beta + (getattr(self, f"alpha_{key}") * beta - beta).detach()  # straight-through α
-                return out * gate.reshape(1, -1, *([1] * (out.dim() - 2)))
+                # a Linear's nodes are its output's last axis (any rank), a conv's axis 1
+                return out * (gate if channels_last else gate.reshape(1, -1, *([1] * (out.dim() - 2))))
             return hook
 
         def forward(self, *args, **kwargs):

@@ -226,3 +226,62 @@ def test_token_wise_layer_followed_by_a_reshape_keeps_its_nodes():
     assert layer_shapes(shrunk)["fc1"] == (8, 8)
     reason = analyze_shrink(build_layer_graph(canonicalize(relax_module(net, 2))["main"]))["fc1"].reason
     assert "only channel-wise ops" in reason
+
+
+def reduced_head(kind, reduce, *, dead, bias=0.3, seed=0):
+    """conv 3x3 (or a token-wise layer) + ReLU, a reduction over the positions (a global average
+    pool, a sum, a max, a mean over tokens), then the classifier: the heads of ResNets and
+    transformers."""
+    from onnx import helper, numpy_helper
+    from nets import model
+    rng = np.random.default_rng(seed)
+    channels, positions = 10, 6
+    if kind == "conv":
+        w = rng.standard_normal((channels, 3, 3, 3)).astype(np.float32) / 5
+        w[list(dead)] = 0
+        layer = helper.make_node("Conv", ["input", "w", "b"], ["h"], kernel_shape=[3, 3])
+        in_shape, axes = ["batch", 3, positions + 2, positions + 2], [2, 3]
+    else:
+        w = rng.standard_normal((5, channels)).astype(np.float32) / 2
+        w[:, list(dead)] = 0
+        layer = helper.make_node("MatMul", ["input", "w"], ["h0"])
+        in_shape, axes = ["batch", positions, 5], [1]
+    b = np.full(channels, bias, np.float32)
+    nodes = [layer] + ([helper.make_node("Add", ["h0", "b"], ["h"])] if kind != "conv" else [])
+    nodes.append(helper.make_node("Relu", ["h"], ["r"]))
+    keep = int(kind == "conv")
+    if reduce == "GlobalAveragePool":
+        nodes.append(helper.make_node(reduce, ["r"], ["g"]))
+    elif reduce == "ReduceSum":  # its axes are an input since opset 13
+        nodes.append(helper.make_node(reduce, ["r", "axes"], ["g"], keepdims=keep))
+    else:
+        nodes.append(helper.make_node(reduce, ["r"], ["g"], axes=axes, keepdims=keep))
+    nodes += [helper.make_node("Flatten", ["g"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fw", "fb"], ["out"], transB=1)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(rng.standard_normal((4, channels)).astype(np.float32), "fw"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "fb"),
+             numpy_helper.from_array(np.array(axes, np.int64), "axes")]
+    return model(nodes, inits, in_shape, "out", ["batch", 4])
+
+
+@pytest.mark.parametrize("kind,reduce", [("conv", "GlobalAveragePool"), ("conv", "ReduceSum"),
+                                         ("conv", "ReduceMax"), ("fc", "ReduceMean"), ("fc", "ReduceSum")])
+def test_dead_channels_pass_reductions_over_positions(kind, reduce):
+    """A dead channel's constant (ReLU of a positive bias) passes a global pool or a mean over
+    tokens as itself, a sum as itself times the count, and folds into the classifier's bias."""
+    net = reduced_head(kind, reduce, dead=[1, 4, 7])
+    shrunk = check_same_outputs(net, batch=2)
+    assert layer_shapes(shrunk)[f"{kind}1"] == ((7, 3, 3, 3) if kind == "conv" else (5, 7))
+    assert layer_shapes(shrunk)["fc1" if kind == "conv" else "fc2"] == (7, 4)
+
+
+def test_a_reduction_over_the_channels_keeps_them():
+    from onnx import numpy_helper
+    net = reduced_head("fc", "ReduceMean", dead=[1, 4])
+    reduce = next(node for node in net.graph.node if node.op_type == "ReduceMean")
+    reduce.attribute[0].ints[:] = [2]  # the features, not the tokens: [batch, 6 tokens]
+    fw = next(init for init in net.graph.initializer if init.name == "fw")
+    fw.CopyFrom(numpy_helper.from_array(np.ones((4, 6), np.float32), "fw"))
+    graph = build_layer_graph(canonicalize(relax_module(net, 2))["main"])
+    assert graph.layers[0].consumer is None and "the channels' among them" in graph.layers[0].stop_reason

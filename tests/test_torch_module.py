@@ -6,11 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import tvm
 from torch import nn
 
 from nets import run_ort
 import scalpel_tvm
 from scalpel_tvm import ScalpelError, pruning
+from scalpel_tvm.torch_module import read_module
 
 
 class Custom(nn.Module):
@@ -107,3 +109,46 @@ def test_simd_pruning_of_a_users_module_for_cortex_m_cuts_aligned_pairs(trained)
 def test_a_module_with_nothing_to_prune_is_a_clear_error():
     with pytest.raises(ScalpelError, match="calls no nn.Linear or nn.Conv2d the frontend can prune"):
         pruning.prune_module(nn.Sequential(nn.ReLU()), "cuda", user_train, accuracy(VALID), TRAIN[0][:4])
+
+
+class Tokens(nn.Module):
+    """A transformer-style block: token-wise Linear + GELU + Linear on [batch, tokens, features]
+    (an image's 8 rows as 8 tokens of 8 features), averaged over the tokens, then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.mlp(x.flatten(1, 2)).mean(1))
+
+
+def test_token_wise_linears_are_node_pruned_and_the_pass_shrinks_them():
+    """A Linear on [batch, tokens, features] loses whole output features (its last axis); the
+    exported model's MatMuls then compile node-shrunk (through the GELU and the mean over tokens)
+    and compute what torch does."""
+    torch.manual_seed(0)
+    model = Tokens()
+    user_train(model, 3)
+    layers, skipped = read_module(model, TRAIN[0][:4])
+    assert not skipped and [layer["tokens"] for layer in layers] == [8, 8, 1]
+    pruned, result, test = pruning.prune_module(model, "cuda", user_train, accuracy(VALID), TRAIN[0][:4],
+                                                confirm=accuracy(CONFIRM), test=accuracy(VALID), tolerance=0.03,
+                                                penalty=1e-3, max_rounds=8, epochs=4)
+    nodes = result.nodes.nodes
+    assert nodes["mlp.0"][1] < 32 or nodes["mlp.2"][1] < 16  # features went
+    assert test["pruned"] >= test["dense"] - 0.03 - 0.02
+    buffer = io.BytesIO()
+    pruned.eval()
+    torch.onnx.export(pruned, (VALID[0][:2],), buffer, dynamo=False, input_names=["input"])
+    model_onnx = onnx.load_from_string(buffer.getvalue())
+    mod = tvm.transform.Sequential([scalpel_tvm.Pass("x86-avx2")])(scalpel_tvm.import_onnx(model_onnx, batch=2))
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # each pruned layer shrinks: the mean over tokens passes its dead features on as constants
+    assert sum("shrunk" in name for name in kernels) == sum(nodes[n][1] < nodes[n][0] for n in ("mlp.0", "mlp.2"))
+    target = scalpel_tvm.TargetSpec.preset("x86-avx2").target
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    with torch.no_grad():
+        np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(VALID[0][:2].numpy())).numpy(),
+                                   pruned(VALID[0][:2]).numpy(), atol=1e-5)
