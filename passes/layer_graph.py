@@ -3,8 +3,9 @@
 A *layer* is a `matmul(x, W)` (FC) or `conv2d(x, W)` binding whose weight is a bound constant.
 An FC layer's input may have any rank: `[..., K] x [K, N]` (a transformer's token-wise Linear)
 is one `[rows, K] x [K, N]` product over the leading dimensions, and its channels are the last
-axis; a conv layer's channels are axis 1 (NCHW). Between a layer and the next layer that reads its output lies a *chain* of channel-wise ops
-(bias add, batch-norm arithmetic, elementwise activations, pooling, the flatten reshape). If every
+axis; a conv layer's channels are axis 1 (NCHW). Between a layer and the next layer that reads
+its output lies a *chain* of channel-wise ops (bias add, batch-norm arithmetic, elementwise
+activations, pooling, reductions over positions, the flatten reshape). If every
 op in the chain is understood and used once, a dead output channel of the layer is a constant by
 the time it reaches the consumer, so it can be removed from the layer and folded into the
 consumer. Anything else stops the chain and records why.
