@@ -116,9 +116,8 @@ def transformer_ffn(*, hidden: int = 768, ffn: int = 3072, seq: int = 128, keep_
     keeps that fraction of each layer's aligned G×1 groups, by RMS as `prune_groups` does."""
     rng = np.random.default_rng(seed)
     w1, w2 = _he(rng, (hidden, ffn), hidden), _he(rng, (ffn, hidden), ffn)
-    if keep_nodes < 1:
-        norms = np.linalg.norm(w1, axis=0)
-        w1[:, np.argsort(norms)[: ffn - max(1, int(round(keep_nodes * ffn)))]] = 0
+    if keep_nodes < 1:  # fc1's columns are its neurons: the lowest-norm ones go, as filters do
+        w1 = prune_filters(w1.T, keep_nodes).T
     if keep_groups < 1:
         w1, w2 = prune_groups(w1, keep_groups, group), prune_groups(w2, keep_groups, group)
     inits = [numpy_helper.from_array(w.astype(np.float32), f"{name}.weight") for name, w in (("fc1", w1), ("fc2", w2))]
