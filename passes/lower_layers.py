@@ -139,7 +139,7 @@ def fused_epilogue(layer: Layer):
     Bias adds and inference batch-norm (decomposed into subtract/divide/multiply/add by
     constants) compose into `scale * z + shift`; the scale is folded into the layer's weight (the
     layer is linear in it) and the shift becomes the kernel's bias. Returns (scale or None,
-    shift or None, "relu" / "gelu" or None, the chain bindings the kernel replaces).
+    shift or None, "relu" / "gelu" / "gelu_tanh" or None, the chain bindings the kernel replaces).
     """
     n = layer.out_channels
     scale, shift, fused = np.ones(n), np.zeros(n), []
@@ -162,7 +162,9 @@ def fused_epilogue(layer: Layer):
             break
         fused.append(op.var)
     activation = None
-    fusable = {"relax.nn.relu": "relu", **({"relax.nn.gelu": "gelu"} if layer.kind == "fc" else {})}
+    fusable = {"relax.nn.relu": "relu"}
+    if layer.kind == "fc":
+        fusable.update({"relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"})
     if len(layer.chain) > len(fused) and op_name(layer.chain[len(fused)].call) in fusable:
         activation = fusable[op_name(layer.chain[len(fused)].call)]
         fused.append(layer.chain[len(fused)].var)

@@ -44,7 +44,7 @@ _CONV_KEY = re.compile(r"conv:b(?P<batch>\d+):c(?P<c>\d+):h(?P<h>\d+):w(?P<w>\d+
                        r":d(?P<dilation>\d+x\d+):g(?P<lanes>\d+):(?P<bias>bias|nobias)"
                        r":(?P<activation>relu|none)$")
 _KEY = re.compile(r"fc:(?P<form>\w+):b(?P<batch>\d+):k(?P<k>\d+):n(?P<n>\d+):g(?P<group>\d+)"
-                  r":groups(?P<groups>\d+):(?P<bias>bias|nobias):(?P<activation>relu|gelu|none)$")
+                  r":groups(?P<groups>\d+):(?P<bias>bias|nobias):(?P<activation>relu|gelu_tanh|gelu|none)$")
 
 
 @dataclass(frozen=True)

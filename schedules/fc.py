@@ -28,7 +28,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-ACTIVATIONS = (None, "relu", "gelu")  # FC epilogues; conv kernels fuse ReLU only
+ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")  # FC epilogues; conv kernels fuse ReLU only
 
 # erf as TVM's topi.fast_erf computes it (Eigen's rational approximation on [-4, 4], within
 # 4e-7 of erf in float32), spelt out in TIR: T.erf lowers to a scalar libm call per element on
@@ -42,14 +42,33 @@ _ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438
 
 def fast_erf(x):
     """erf(x) in float32 TIR arithmetic that vectorizes (see _ERF_NUMERATOR)."""
-    x = T.max(T.min(x, T.float32(4)), T.float32(-4))
+    return _rational(x, 4, _ERF_NUMERATOR, _ERF_DENOMINATOR)
+
+
+# tanh as TVM's topi.fast_tanh computes it (Eigen's rational approximation on [-9, 9]): one
+# division, where TVM's LLVM lowering of T.tanh takes two.
+_TANH_NUMERATOR = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                   5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                   4.89352455891786e-03)  # odd powers x^13 .. x^1, highest first
+_TANH_DENOMINATOR = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                     4.89352518554385e-03)  # even powers x^6 .. x^0
+
+
+def _rational(x, limit, numerator, denominator):
+    """x * P(x^2) / Q(x^2) on x clamped to [-limit, limit], Horner's rule in float32."""
+    x = T.max(T.min(x, T.float32(limit)), T.float32(-limit))
     x2 = x * x
-    p, q = T.float32(_ERF_NUMERATOR[0]), T.float32(_ERF_DENOMINATOR[0])
-    for c in _ERF_NUMERATOR[1:]:
+    p, q = T.float32(numerator[0]), T.float32(denominator[0])
+    for c in numerator[1:]:
         p = p * x2 + T.float32(c)
-    for c in _ERF_DENOMINATOR[1:]:
+    for c in denominator[1:]:
         q = q * x2 + T.float32(c)
     return x * p / q
+
+
+def fast_tanh(x):
+    """tanh(x) in float32 TIR arithmetic that vectorizes (see _TANH_NUMERATOR)."""
+    return _rational(x, 9, _TANH_NUMERATOR, _TANH_DENOMINATOR)
 
 
 def pack_dense_weight(w_kn: np.ndarray, lanes: int = 8) -> np.ndarray:
@@ -66,14 +85,18 @@ def pack_dense_weight(w_kn: np.ndarray, lanes: int = 8) -> np.ndarray:
 
 
 def epilogue(value, bias, n, activation):
-    """The fused epilogue ``act(value + bias[n])``; shared by all FC templates. GELU is the exact
-    (erf) one of ONNX's Gelu and ``relax.nn.gelu``."""
+    """The fused epilogue ``act(value + bias[n])``; shared by all FC templates, CPU and GPU.
+    "gelu" is the exact (erf) GELU of ONNX's Gelu and ``relax.nn.gelu``; "gelu_tanh" its tanh
+    approximation (ONNX ``Gelu(approximate="tanh")``, ``relax.nn.gelu_tanh``, GPT-2's)."""
     if bias is not None:
         value = value + bias[n]
     if activation == "relu":
         value = T.max(value, T.float32(0))
     elif activation == "gelu":
         value = value * T.float32(0.5) * (T.float32(1) + fast_erf(value * T.float32(0.7071067811865476)))
+    elif activation == "gelu_tanh":
+        inner = T.float32(0.7978845608028654) * (value + T.float32(0.044715) * value * value * value)
+        value = value * T.float32(0.5) * (T.float32(1) + fast_tanh(inner))
     return value
 
 

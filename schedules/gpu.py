@@ -94,13 +94,9 @@ def dlight_schedule(func: tirx.PrimFunc, target: tvm.target.Target,
 
 
 def _apply_epilogue(value, bias, activation, channel_axis: int):
-    def body(*index):
-        v = value(*index)
-        if bias is not None:
-            v = v + bias[index[channel_axis]]
-        return te.max(v, tirx.const(0, "float32")) if activation == "relu" else v
-
-    return te.compute(value.shape, body, name="epilogue")
+    """The FC templates' epilogue (bias, ReLU or GELU) on a te tensor, channel along `channel_axis`."""
+    return te.compute(value.shape, lambda *index: epilogue(value(*index), bias, index[channel_axis], activation),
+                      name="epilogue")
 
 
 def gpu_dense_fc(batch: int, k: int, n: int, target, *, bias: bool, activation: str | None,

@@ -36,7 +36,7 @@ def token_mlp(dims, seq=4, *, dead=None, zero_groups=None, bias=None, seed=0, ac
         nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"mm{i}"]),
                   helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"fc{i}"])]
         prev = _activation(nodes, f"fc{i}", i, len(dims), activation)
-    opset = 20 if activation == "Gelu" else 17
+    opset = 20 if activation.startswith("Gelu") else 17  # ONNX has Gelu from opset 20
     return model(nodes, inits, ["batch", seq, dims[0]], prev, ["batch", seq, dims[-1]], opset)
 
 
@@ -60,7 +60,10 @@ def _activation(nodes, prev, i, depth, activation):
     """Append the activation after hidden layer `i` (none after the output layer)."""
     if i >= depth - 2:
         return prev
-    nodes.append(helper.make_node(activation, [prev], [f"act{i}"]))
+    if activation == "GeluTanh":  # ONNX Gelu's tanh approximation (GPT-2's)
+        nodes.append(helper.make_node("Gelu", [prev], [f"act{i}"], approximate="tanh"))
+    else:
+        nodes.append(helper.make_node(activation, [prev], [f"act{i}"]))
     return f"act{i}"
 
 

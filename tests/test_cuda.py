@@ -189,7 +189,7 @@ def test_random_pruned_networks_lower_every_layer_to_cuda_kernels(data):
         dead = dead_sets(data, dims[1:-1])
         net = mlp(dims, dead=dead, zero_groups=groups) if kind == "mlp" else token_mlp(
             dims, seq=data.draw(st.integers(1, 4)), dead=dead, zero_groups=groups,
-            activation=data.draw(st.sampled_from(["Relu", "Gelu"])))
+            activation=data.draw(st.sampled_from(["Relu", "Gelu", "GeluTanh"])))
         batch = data.draw(st.sampled_from([1, 5]))
     else:
         net, batch = random_cnn(data, max_channels=9)
@@ -221,6 +221,24 @@ def test_every_gpu_kernel_template_compiles(tmp_path):
     }
     source = cuda_source(compile_cuda_module(tvm.IRModule(funcs), TARGET))
     assert {f"{name}_kernel" for name in funcs} <= set(kernels(source))
+    cubin(source, ARCH, tmp_path)
+
+
+@pytest.mark.parametrize("activation, marker", [("gelu", "2.72614"), ("gelu_tanh", "2.760768e-16")])
+def test_gpu_fc_kernels_keep_their_gelu_epilogue(activation, marker, tmp_path):
+    """Each GPU FC form computes the fused GELU: the leading coefficient of the erf (or tanh)
+    polynomial appears in the body of every kernel (a dropped epilogue would give x + b)."""
+    w = models.prune_groups(np.random.default_rng(1).standard_normal((70, 45)).astype("float32"), 0.3, 32)
+    funcs = {
+        "dense_b1": gpu.gpu_dense_fc(1, 70, 45, TARGET, bias=True, activation=activation, name="dense_b1"),
+        "dense_b13": gpu.gpu_warp_dense_fc(13, 70, 45, bias=True, activation=activation, name="dense_b13"),
+        "gsparse": gpu.gpu_grouped_sparse_fc(GroupedSparseWeight.from_dense(w, 32, "gx1"), 13, bias=True,
+                                             activation=activation, name="gsparse"),
+        "csr": gpu.gpu_csr_fc(CSRWeight.from_dense(w), 13, bias=True, activation=activation, name="csr"),
+    }
+    source = cuda_source(compile_cuda_module(tvm.IRModule(funcs), TARGET))
+    bodies = re.split(r"__global__ void __launch_bounds__\(\d+\) ", source)[1:]
+    assert sorted(body.split("(")[0] for body in bodies if marker in body) == sorted(kernels(source))
     cubin(source, ARCH, tmp_path)
 
 
@@ -300,7 +318,8 @@ def test_gpu_results_match_onnxruntime(batch):
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_" + dev.compute_version.replace(".", "")})
     cases = {"warp-grouped": models.lenet_300_100(group=32), "shrunk conv": models.lenet5(group=32),
              "mlp": mlp([64, 40, 33, 5], dead={0: [1, 7]}, zero_groups={1: 0.7}),
-             "token-wise": token_mlp([64, 96, 40], seq=3, dead={0: [2, 5]}, activation="Gelu")}
+             "token-wise": token_mlp([64, 96, 40], seq=3, dead={0: [2, 5]}, activation="Gelu"),
+             "token-wise, one row": token_mlp([64, 96, 40], seq=1, dead={0: [2, 5]}, activation="GeluTanh")}
     for name, model in cases.items():
         mod = scalpel_tvm.import_onnx(model, batch=batch)
         out = tvm.transform.Sequential([scalpel_tvm.Pass(target)])(mod)

@@ -34,6 +34,8 @@ def reference(x, w, b, activation):
     y = x @ w + (0 if b is None else b)
     if activation == "gelu":
         return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+    if activation == "gelu_tanh":
+        return 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))
     return np.maximum(y, 0) if activation == "relu" else y
 
 
@@ -82,7 +84,7 @@ KINDS = ["dense", "gx1", "1xg", "csr"]
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh"])
 def test_kernel_matches_numpy(kind, batch, bias, activation):
     # N = 10 and K = 300 are not multiples of G: padded groups, guarded stores, padded x copy.
     rng = np.random.default_rng(1)
@@ -129,7 +131,7 @@ def test_kernel_knobs(kind, batch, knobs):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh"])
 def test_gx1_batch_lanes_epilogue(bias, activation):
     # K = 300, N = 10: a partial transpose block on both sides and a padded last block.
     rng = np.random.default_rng(5)

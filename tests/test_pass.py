@@ -100,7 +100,7 @@ def test_sigmoid_mlp_with_dead_neurons_and_groups():
               activation="Sigmoid"), batch=3)
 
 
-@pytest.mark.parametrize("activation,batch", [("Gelu", 1), ("Relu", 2)])
+@pytest.mark.parametrize("activation,batch", [("Gelu", 1), ("GeluTanh", 1), ("Relu", 2)])
 def test_token_wise_layers_become_scheduled_kernels(activation, batch):
     """A transformer-style MLP on [batch, seq, features]: every MatMul runs as one of our kernels
     over batch*seq rows, shrunk and grouped-sparse like a 2-D layer, with its bias and GELU/ReLU
@@ -108,7 +108,7 @@ def test_token_wise_layers_become_scheduled_kernels(activation, batch):
     net = token_mlp([64, 96, 48], seq=6, dead={0: [2, 7, 50]}, zero_groups={0: 0.9}, bias={0: 0.2},
                     activation=activation)
     out = check(net, batch)
-    assert {"relax.matmul", "relax.nn.gelu", "relax.nn.relu"}.isdisjoint(relax_ops(out))  # fused
+    assert {"relax.matmul", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.relu"}.isdisjoint(relax_ops(out))  # fused
     names = kernel_names(out)
     assert names == planned_kernels(net, batch)
     assert names[0].startswith("fc1_shrunk_93of96_gsparse") and names[1] == "fc2_dense"

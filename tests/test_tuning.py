@@ -47,7 +47,7 @@ workloads = st.builds(
             form, batch, k, n, 8, 1).max_groups)), bias, activation),
     st.sampled_from(["dense", "gsparse_gx1", "gsparse_1xg"]), st.integers(1, 12),
     st.integers(1, 40), st.integers(1, 40), st.floats(0.01, 1.0), st.booleans(),
-    st.sampled_from([None, "relu", "gelu"]))
+    st.sampled_from([None, "relu", "gelu", "gelu_tanh"]))
 
 
 @settings(max_examples=12, deadline=None)
