@@ -8,7 +8,7 @@
 #include "q15_fc.h"
 
 enum { SCALPEL_FC = 0, SCALPEL_CONV = 1, SCALPEL_MAXPOOL = 2, SCALPEL_AVGPOOL = 3 };  /* ops */
-enum { SCALPEL_DENSE = 0, SCALPEL_PAIRS = 1, SCALPEL_CSR = 2 };  /* weight formats */
+enum { SCALPEL_DENSE = 0, SCALPEL_PAIRS = 1, SCALPEL_CSR = 2, SCALPEL_PAIRS_DELTA = 3 };  /* weight formats */
 
 struct scalpel_layer {
   int op, kind, batch, k, n, shift, relu;  /* avgpool: relu holds count_include_pad */
@@ -16,6 +16,7 @@ struct scalpel_layer {
   const int16_t *x;        /* the self-test's inputs (batch x input size); unused by the network */
   const int32_t *indptr;   /* pairs / CSR */
   const uint16_t *indices; /* pairs / CSR */
+  const uint8_t *steps;    /* pairs with 8-bit steps */
   const int16_t *values;   /* dense: the [n][k] weight; pairs: 2 per group; CSR: 1 per weight */
   const int32_t *bias;     /* or 0 */
 };
@@ -34,6 +35,9 @@ static inline void scalpel_run_layer(const struct scalpel_layer *L, const int16_
     else if (L->kind == SCALPEL_PAIRS)
       scalpel_conv_q15_gsparse2(x, g, L->indptr, L->indices, L->values, L->bias, col, y, L->n,
                                 L->shift, L->relu);
+    else if (L->kind == SCALPEL_PAIRS_DELTA)
+      scalpel_conv_q15_gsparse2_delta(x, g, L->indptr, L->steps, L->values, L->bias, col, y, L->n,
+                                      L->shift, L->relu);
     else
       scalpel_conv_q15_csr(x, g, L->indptr, L->indices, L->values, L->bias, col, y, L->n,
                            L->shift, L->relu);
@@ -42,6 +46,9 @@ static inline void scalpel_run_layer(const struct scalpel_layer *L, const int16_
   } else if (L->kind == SCALPEL_PAIRS) {
     scalpel_fc_q15_gsparse2(x, L->indptr, L->indices, L->values, L->bias, y, 1, L->k, L->n,
                             L->shift, L->relu);
+  } else if (L->kind == SCALPEL_PAIRS_DELTA) {
+    scalpel_fc_q15_gsparse2_delta(x, L->indptr, L->steps, L->values, L->bias, y, 1, L->k, L->n,
+                                  L->shift, L->relu);
   } else {
     scalpel_fc_q15_csr(x, L->indptr, L->indices, L->values, L->bias, y, 1, L->k, L->n, L->shift,
                        L->relu);

@@ -2,7 +2,7 @@
 
     python python/bench_cortex_m.py nets --out out     # about 2 minutes; needs arm-none-eabi-gcc
     python python/bench_cortex_m.py nets --frontend lenet_300_100=pruned.onnx   # + a model scalpel prune made
-    python python/bench_cortex_m.py calibrate          # refits data/cost_cortex_m.json (~4 min)
+    python python/bench_cortex_m.py calibrate          # refits data/cost_cortex_m.json (~10 min)
 
 `nets` builds LeNet-300-100, LeNet-5 and ConvNet (scalpel_tvm/paper_nets.py: the authors'
 architectures with random He-initialised weights; the pruning frontend will bring trained ones)
@@ -12,6 +12,8 @@ three ways, int16, from the same calibration data:
 * Scalpel for a microcontroller: SIMD-aware pruning of every layer in aligned pairs of inputs
   (conv weights as their im2col [N, C*KH*KW] rows), the pairs with the lowest root-mean-square
   removed, each layer stored in the format the Cortex-M planner (scalpel_tvm/m4_cost.py) picks;
+* the same Scalpel pruning with each layer's format chosen for size, not cycles (`scalpel deploy
+  --objective size`: pairs with 8-bit steps where they are the smallest);
 * traditional pruning (Han et al.): their per-layer densities, by magnitude, stored as CSR.
 
 Pruning rates (until the frontend prunes trained weights): LeNet-300-100 at the demo model's
@@ -67,21 +69,26 @@ def scalpel_density(name: str) -> dict[str, float]:
     return {n: min(1.0, d * scale) for n, d in han.items()}
 
 
+VERSIONS = ("dense", "scalpel", "scalpel_size", "traditional_csr")
+
+
 def versions(name: str) -> dict:
-    """name -> (ONNX model, forced formats or None for the planner's)."""
+    """version -> (ONNX model, forced formats or None for the planner's, the planner's objective)."""
     dense = paper_nets.network(name)
     layers = list(paper_nets.layer_kinds(name))
+    scalpel = paper_nets.group_pruned(dense, scalpel_density(name), 2, "1xg")
     return {
-        "dense": (dense, dict.fromkeys(layers, "dense")),
-        "scalpel": (paper_nets.group_pruned(dense, scalpel_density(name), 2, "1xg"), None),
+        "dense": (dense, dict.fromkeys(layers, "dense"), "latency"),
+        "scalpel": (scalpel, None, "latency"),
+        "scalpel_size": (scalpel, None, "size"),
         "traditional_csr": (paper_nets.magnitude_pruned(dense, paper_nets.han_density(name)),
-                            dict.fromkeys(layers, "csr")),
+                            dict.fromkeys(layers, "csr"), "latency"),
     }
 
 
-def measure(name: str, model, formats, tmp: Path, rng) -> dict:
+def measure(name: str, model, formats, objective: str, tmp: Path, rng) -> dict:
     in_shape = read_chain(model)[0]  # the model's own input (the ConvNet on 28x28 Fashion-MNIST too)
-    net = quantize_net(model, rng.random((32, *in_shape)), formats=formats)
+    net = quantize_net(model, rng.random((32, *in_shape)), formats=formats, objective=objective)
     x_q = net.quantize_input(rng.random((2, *in_shape)))
     elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp)
     if not np.array_equal(cortex_m.network_outputs(cortex_m.run_qemu(elf)), net.forward(x_q)):
@@ -129,12 +136,16 @@ def nets(args) -> None:
     unknown = set(frontend) - set(NETS)
     if unknown:
         raise SystemExit(f"--frontend takes NET=PRUNED.onnx with NET one of {', '.join(NETS)}; got {', '.join(unknown)}")
-    jobs = [(name, version) for name in NETS for version in ("dense", "scalpel", "traditional_csr")]
-    jobs += [(name, "frontend") for name in frontend]
+    jobs = [(name, version) for name in NETS for version in VERSIONS]
+    jobs += [(name, version) for name in frontend for version in ("frontend", "frontend_size")]
     with tempfile.TemporaryDirectory() as tmp:
         for name, version in tqdm(jobs, desc="build, run on QEMU, count cycles", file=sys.stderr):
-            model, formats = (onnx.load(frontend[name]), None) if version == "frontend" else versions(name)[version]
-            results.setdefault(name, {})[version] = measure(name, model, formats, Path(tmp) / f"{name}_{version}", rng)
+            if version.startswith("frontend"):
+                model, formats, objective = onnx.load(frontend[name]), None, "size" if version.endswith("size") else "latency"
+            else:
+                model, formats, objective = versions(name)[version]
+            results.setdefault(name, {})[version] = measure(name, model, formats, objective,
+                                                            Path(tmp) / f"{name}_{version}", rng)
     for rows in results.values():
         base = rows["dense"]
         for row in rows.values():
@@ -163,14 +174,14 @@ def print_report(report: dict) -> None:
     speedups = []
     for name, rows in report["results"].items():
         for version, row in rows.items():
-            paper = PAPER[name] if version in ("scalpel", "frontend") else {}
+            paper = PAPER[name] if version.startswith(("scalpel", "frontend")) else {}
             if version == "traditional_csr":
                 speedups.append(row["speedup"])
             print(f"{name:<15}{version:<17}{row['cycles']:>11}{row['predicted_cycles']:>11}{row['speedup']:>8.2f}x"
                   f"{paper.get('speedup', ''):>7}{row['flash_bytes'] / 1024:>10.1f}{row['size_vs_dense']:>7.1%}"
                   f"{format(paper['size'], '.2%') if paper else '':>7}{row['sram_bytes'] / 1024:>9.1f}"
                   f"{row['code_bytes'] / 1024:>9.1f}{row['weights_removed']:>9.1%}  {row['fits_m4']}")
-        print(f"{'':<15}scalpel formats: {rows['scalpel']['formats']}")
+        print(f"{'':<15}scalpel formats: {rows['scalpel']['formats']}; by size: {rows['scalpel_size']['formats']}")
     print(f"traditional pruning (CSR): mean speedup {np.mean(speedups):.2f}x (paper {PAPER['traditional_mean_speedup']}x)")
     print("\nthe paper's networks on the M4 board (128 KB SRAM / 512 KB flash), from their shapes:")
     for name, use in report["fits"].items():
@@ -188,14 +199,16 @@ def plot(report: dict, path: Path) -> None:
     names = list(report["results"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(names))
-    for offset, (version, label) in enumerate([("scalpel", "Scalpel (pairs, planner's formats)"),
+    width = 0.2
+    for offset, (version, label) in enumerate([("scalpel", "Scalpel (pairs, formats by cycles)"),
+                                               ("scalpel_size", "Scalpel (formats by size)"),
                                                ("traditional_csr", "traditional (CSR)")]):
-        left.bar(x + 0.27 * offset, [report["results"][n][version]["speedup"] for n in names], 0.27, label=label)
-        right.bar(x + 0.27 * offset, [report["results"][n][version]["size_vs_dense"] for n in names], 0.27, label=label)
-    left.bar(x + 0.54, [PAPER[n]["speedup"] for n in names], 0.27, label="paper (Scalpel, M4)", color="grey")
-    right.bar(x + 0.54, [PAPER[n]["size"] for n in names], 0.27, label="paper (Scalpel, M4)", color="grey")
+        left.bar(x + width * offset, [report["results"][n][version]["speedup"] for n in names], width, label=label)
+        right.bar(x + width * offset, [report["results"][n][version]["size_vs_dense"] for n in names], width, label=label)
+    left.bar(x + 3 * width, [PAPER[n]["speedup"] for n in names], width, label="paper (Scalpel, M4)", color="grey")
+    right.bar(x + 3 * width, [PAPER[n]["size"] for n in names], width, label="paper (Scalpel, M4)", color="grey")
     for axis, title in ((left, "speedup over dense int16 (cycle estimate)"), (right, "model size vs dense")):
-        axis.set_xticks(x + 0.27, names)
+        axis.set_xticks(x + 1.5 * width, names)
         axis.set_title(title)
     left.axhline(1, color="black", linewidth=0.8)
     left.legend(fontsize=8)
@@ -233,7 +246,7 @@ def main():
                      help="also price a model `scalpel prune --target cortex-m4` pruned (e.g. "
                           "lenet_300_100=pruned.onnx); formats from the planner")
     fit = sub.add_parser("calibrate", help="refit data/cost_cortex_m.json")
-    fit.add_argument("--firmwares", type=int, default=8, help="random firmwares of 24 layers per core")
+    fit.add_argument("--firmwares", type=int, default=12, help="random firmwares of 24 layers per core")
     fit.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(sys.argv[1:] or ["nets"])
     if args.command == "calibrate":

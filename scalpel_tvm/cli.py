@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--run", action="store_true",
                         help="build and run it under QEMU and check it against the numpy reference")
     deploy.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    deploy.add_argument("--objective", choices=["latency", "size"], default="latency",
+                        help="each layer's format: the fewest estimated cycles, or the fewest flash "
+                             "bytes (pairs with 8-bit steps: 5 bytes a pair, not 6)")
 
     prune = sub.add_parser("prune", help="prune a model for a target with retraining (node and SIMD-aware pruning)")
     prune.add_argument("model", help="an ONNX file of the LeNet / ConvNet family (trained, or see --train-epochs)")
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             from .deploy import deploy as deploy_project, load_calibration, report_text
 
             report = deploy_project(args.model, args.target, args.out, load_calibration(args.calibration),
-                                    inputs=args.inputs, run=args.run, overwrite=args.overwrite)
+                                    inputs=args.inputs, run=args.run, overwrite=args.overwrite,
+                                    objective=args.objective)
             print(report_text(report), end="")
     except ScalpelError as err:
         print(f"scalpel: error: {err}", file=sys.stderr)

@@ -22,16 +22,17 @@ from .fixed_point import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 APT_LINE = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake"
-KINDS = {"dense": 0, "gsparse2": 1, "csr": 2, "-": 0}  # firmware/scalpel_layer.h: SCALPEL_DENSE, ...
+# firmware/scalpel_layer.h: SCALPEL_DENSE, SCALPEL_PAIRS, SCALPEL_CSR, SCALPEL_PAIRS_DELTA
+KINDS = {"dense": 0, "gsparse2": 1, "csr": 2, "gsparse2_delta": 3, "-": 0}
 OPS = {"fc": 0, "conv": 1, "maxpool": 2, "avgpool": 3}  # SCALPEL_FC, SCALPEL_CONV, ...
 
 
 @dataclass
 class Q15Layer:
     """One layer for the firmware. FC (window None): `kind` dense (values = W as [N, K]),
-    gsparse2 or csr (indptr, indices, values as the kernels take them). Conv: the same over the
-    window's im2col columns. Max/avg pooling (`op`): only the window. x is (batch, input size)
-    int16: the self-test's inputs."""
+    gsparse2 or csr (indptr, indices, values as the kernels take them), gsparse2_delta (indptr,
+    steps, values). Conv: the same over the window's im2col columns. Max/avg pooling (`op`):
+    only the window. x is (batch, input size) int16: the self-test's inputs."""
 
     kind: str
     x: np.ndarray
@@ -44,6 +45,7 @@ class Q15Layer:
     relu: bool = False  # avgpool: count_include_pad
     op: str = "fc"
     window: Window | None = None
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint8))
 
     @property
     def k(self) -> int:
@@ -97,6 +99,42 @@ def pairs(indptr, indices, values, k: int) -> tuple[np.ndarray, np.ndarray, np.n
     return np.asarray(indptr, np.int32), index16(indices), values
 
 
+def pair_steps(indptr, indices, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of `pairs` with 8-bit steps in place of 16-bit indices, as
+    `scalpel_fc_q15_gsparse2_delta` takes them: each pair's start minus the previous pair's of the
+    same output (the first: minus 0). A gap over 255 inputs gets zero pairs 255 inputs apart
+    (adding 0 leaves the saturating sum unchanged). Returns (indptr, steps, values (pairs, 2))."""
+    indptr, starts = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+    values = np.asarray(values, np.int16).reshape(-1, 2)
+    new_indptr, steps, kept = [0], [], []
+    for o in range(len(indptr) - 1):
+        previous = 0
+        for j in range(indptr[o], indptr[o + 1]):
+            gap = int(starts[j]) - previous
+            if gap < 0:
+                raise ScalpelError(f"pair starts of output {o} are not in order ({previous} then {starts[j]})")
+            while gap > 255:  # a zero pair 255 inputs on: its inputs exist, as the next pair's do
+                steps.append(255)
+                kept.append(-1)
+                gap -= 255
+            steps.append(gap)
+            kept.append(j)
+            previous = int(starts[j])
+        new_indptr.append(len(steps))
+    kept = np.asarray(kept, np.int64)
+    out = np.zeros((len(kept), 2), np.int16)
+    out[kept >= 0] = values[kept[kept >= 0]]
+    return np.asarray(new_indptr, np.int32), np.asarray(steps, np.uint8), out
+
+
+def steps_to_starts(indptr, steps) -> np.ndarray:
+    """The inputs each pair of `pair_steps` starts at: per output, the running sum of its steps."""
+    steps = np.asarray(steps, np.int64)
+    starts = np.cumsum(steps)
+    row_base = np.repeat(np.concatenate([[0], starts])[np.asarray(indptr[:-1], np.int64)], np.diff(indptr))
+    return starts - row_base
+
+
 def layers_header(layers: list[Q15Layer]) -> str:
     """The C header the firmware includes: `scalpel_layers`, each layer's input and output sizes,
     and the largest output and im2col column (the self-test's buffers)."""
@@ -104,12 +142,13 @@ def layers_header(layers: list[Q15Layer]) -> str:
     entries = []
     for i, layer in enumerate(layers):
         text += [_array(f"x{i}", "int16_t", layer.x), _array(f"p{i}", "int32_t", layer.indptr),
-                 _array(f"j{i}", "uint16_t", index16(layer.indices)), _array(f"v{i}", "int16_t", layer.values)]
+                 _array(f"j{i}", "uint16_t", index16(layer.indices)), _array(f"s{i}", "uint8_t", layer.steps),
+                 _array(f"v{i}", "int16_t", layer.values)]
         if layer.bias is not None:
             text.append(_array(f"b{i}", "int32_t", layer.bias))
         window = "{" + ", ".join(map(str, layer.window.fields() if layer.window else [0] * 11)) + "}"
         entries.append(f"{{{OPS[layer.op]}, {KINDS[layer.kind]}, {layer.x.shape[0]}, {layer.k}, {layer.n}, "
-                       f"{layer.shift}, {int(layer.relu)}, {window}, x{i}, p{i}, j{i}, v{i}, "
+                       f"{layer.shift}, {int(layer.relu)}, {window}, x{i}, p{i}, j{i}, s{i}, v{i}, "
                        f"{f'b{i}' if layer.bias is not None else '0'}}}")
     columns = [layer.window.column for layer in layers if layer.op == "conv"]
     text.append(f"#define SCALPEL_NUM_LAYERS {len(layers)}\n")
@@ -192,8 +231,8 @@ def check_fits(net, memory: dict) -> dict:
                                   for layer in net.layers if layer.flash_bytes())
             raise ScalpelError(
                 f"the network needs {used / 1024:.1f} KB of {kind}, the board has "
-                f"{memory[kind] / 1024:.0f} KB ({per_layer}); prune further or store more layers "
-                "as pairs / CSR")
+                f"{memory[kind] / 1024:.0f} KB ({per_layer}); prune further, store more layers "
+                "as pairs / CSR, or choose formats by size (`scalpel deploy --objective size`)")
     return use
 
 
@@ -210,8 +249,8 @@ def network_header(net, x_q: np.ndarray) -> str:
         arrays = layer.arrays()
         layers.append(Q15Layer(layer.format, x, layer.w_nk.shape[0], arrays["values"],
                                arrays.get("indptr", np.zeros(1, np.int32)),
-                               arrays.get("indices", np.zeros(1, np.uint16)),
-                               layer.bias, layer.shift, layer.relu, layer.op, layer.window))
+                               arrays.get("indices", np.zeros(1, np.uint16)), layer.bias, layer.shift,
+                               layer.relu, layer.op, layer.window, arrays.get("steps", np.zeros(1, np.uint8))))
     return (layers_header(layers) + _array("scalpel_inputs", "int16_t", x_q)
             + f"#define SCALPEL_BATCH {x_q.shape[0]}\n#define SCALPEL_INPUT_SIZE {net.input_size}\n"
             f"#define SCALPEL_ARENA {net.arena_values()}\n")

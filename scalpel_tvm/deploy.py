@@ -2,7 +2,8 @@
 firmware project.
 
 The project directory holds the network as C (every layer's weights in flash, in the storage
-format the Cortex-M planner chose for it: dense, pairs or CSR), the int16 micro-kernels, the
+format the Cortex-M planner chose for it: dense, pairs, pairs with 8-bit steps or CSR — the fewest
+estimated cycles, or with `objective="size"` the fewest bytes), the int16 micro-kernels, the
 start-up code and linker script, a runner that prints the outputs over semihosting, a
 `CMakeLists.txt` for arm-none-eabi-gcc (with its toolchain file), and `report.json` /
 `report.txt`: per layer its format, estimated cycles, Q formats and bytes, the dead nodes removed,
@@ -51,8 +52,9 @@ def load_calibration(path: str | Path) -> np.ndarray:
 
 
 def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inputs: int = 4,
-           run: bool = False, overwrite: bool = False) -> dict:
-    """Write the firmware project for `model` to `out`; returns the report."""
+           run: bool = False, overwrite: bool = False, objective: str = "latency") -> dict:
+    """Write the firmware project for `model` to `out`; returns the report. Each layer's format
+    has the fewest estimated cycles, or with `objective="size"` the fewest flash bytes."""
     spec = TargetSpec.preset(target)
     if spec.parallelism != "low" or spec.memory is None:
         raise ScalpelError(f"deploy builds Cortex-M firmware; {target} is not a Cortex-M board target "
@@ -60,7 +62,7 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     mcpu = spec.target.attrs["mcpu"]
     model = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     calibration = np.asarray(calibration)
-    net = quantize_net(model, calibration, mcpu=mcpu)
+    net = quantize_net(model, calibration, mcpu=mcpu, objective=objective)
     use = cortex_m.check_fits(net, spec.memory)  # before anything is written
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -76,7 +78,7 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     (out / "src" / "network.h").write_text(cortex_m.network_header(net, x_q))
     cost = CortexMCost.for_core(mcpu)
     report = {
-        "target": target, "board_memory": spec.memory, "flash_bytes": use["flash"],
+        "target": target, "objective": objective, "board_memory": spec.memory, "flash_bytes": use["flash"],
         "sram_bytes": use["sram"], "input_frac_bits": net.input_bits,
         "formats": list(formats_for(mcpu)),
         "layers": [{"name": layer.name, "op": layer.op, "format": layer.format,
@@ -115,14 +117,14 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
 
 def report_text(report: dict) -> str:
     board = report["board_memory"]
-    lines = [f"{'layer':<10}{'op':<9}{'N x K':>12}{'format':>10}{'est. cycles':>13}{'bytes':>10}  Q in/w/out  shift"]
+    lines = [f"{'layer':<10}{'op':<9}{'N x K':>12}{'format':>16}{'est. cycles':>13}{'bytes':>10}  Q in/w/out  shift"]
     for layer in report["layers"]:
         q = layer.get("frac_bits")
         shape = "x".join(map(str, layer.get("shape_nk", [])))
         quant = f"{q['in']}/{q['w']}/{q['out']:<8}{layer['shift']:>4}" if q else ""
-        lines.append(f"{layer['name']:<10}{layer['op']:<9}{shape:>12}{layer['format']:>10}"
+        lines.append(f"{layer['name']:<10}{layer['op']:<9}{shape:>12}{layer['format']:>16}"
                      f"{layer['estimated_cycles']:>13}{layer['bytes']:>10}  {quant}")
-    lines.append(f"estimated cycles per inference (Cortex-M cost model, an estimate): "
+    lines.append(f"formats chosen by {report.get('objective', 'latency')}; estimated cycles per inference (Cortex-M cost model, an estimate): "
                  f"{sum(layer['estimated_cycles'] for layer in report['layers'])}")
     lines.append(f"flash {report['flash_bytes'] / 1024:.1f} KB of {board['flash'] / 1024:.0f} KB, "
                  f"SRAM {report['sram_bytes'] / 1024:.1f} KB of {board['sram'] / 1024:.0f} KB"

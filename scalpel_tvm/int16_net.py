@@ -17,8 +17,10 @@ matching inputs of the next layer: node-shrunk dense layers (`shrink_dead_nodes`
 
 A conv layer is an im2col matrix multiply: its [N, C*KH*KW] weight is stored and pruned exactly
 like an FC layer's [N, K] one — dense, as pairs (groups of 2 consecutive inputs, one index per
-pair: Scalpel's SIMD-aware format for the M4's 2x16-bit SIMD) or CSR. Which one each layer gets
-is the planner's choice (`m4_cost.choose_format`: the fewest estimated cycles), unless given.
+pair: Scalpel's SIMD-aware format for the M4's 2x16-bit SIMD), as the same pairs with an 8-bit
+step from the previous pair in place of the 16-bit index (`gsparse2_delta`: smaller, one
+instruction more a pair) or CSR. Which one each layer gets is the planner's choice
+(`m4_cost.choose_format`: the fewest estimated cycles, or bytes), unless given.
 """
 from __future__ import annotations
 
@@ -29,13 +31,13 @@ import onnx
 from onnx import numpy_helper
 
 from . import fixed_point as fp
-from .cortex_m import index16, pairs
+from .cortex_m import index16, pair_steps, pairs, steps_to_starts
 from .errors import ScalpelError
 from .fixed_point import Window
 from .schedules.csr import CSRWeight
 from .unaligned_groups import cover
 
-FORMATS = ("dense", "gsparse2", "csr")
+FORMATS = ("dense", "gsparse2", "csr", "gsparse2_delta")
 SKIPPED = ("Dropout", "Identity")
 
 
@@ -72,9 +74,13 @@ class QuantizedLinear:
         return 1 if self.window is None else self.window.oh * self.window.ow
 
     def arrays(self) -> dict:
-        """The arrays the layer's kernel takes, in its format: values [, indptr, indices]."""
+        """The arrays the layer's kernel takes, in its format: values [, indptr, indices or steps]."""
         if self.format == "dense":
             return {"values": self.w_nk}
+        if self.format == "gsparse2_delta":  # the same pairs, 8-bit steps for 16-bit indices
+            a = replace(self, format="gsparse2").arrays()
+            indptr, steps, values = pair_steps(a["indptr"], a["indices"], a["values"])
+            return {"values": values, "indptr": indptr, "steps": steps}
         if self.format == "gsparse2":  # pairs where the weights are: aligned or not (unaligned_groups.cover)
             indptr, starts = cover(self.w_nk, 2)
             padded = np.pad(self.w_nk, [(0, 0), (0, 1)])
@@ -94,7 +100,9 @@ class QuantizedLinear:
         if self.format == "dense":
             return fp.fc_dense(columns, self.w_nk, self.bias, self.shift, self.relu)
         a = self.arrays()
-        kernel = fp.fc_gsparse2 if self.format == "gsparse2" else fp.fc_csr
+        if self.format == "gsparse2_delta":  # each pair's start: the running sum of the steps
+            a["indices"] = steps_to_starts(a["indptr"], a["steps"])
+        kernel = fp.fc_csr if self.format == "csr" else fp.fc_gsparse2
         return kernel(columns, a["indptr"], a["indices"], a["values"], self.bias, self.shift, self.relu)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
@@ -345,16 +353,17 @@ def float_forward(layer: dict, x: np.ndarray) -> np.ndarray:
 
 
 def quantize_net(model: onnx.ModelProto, calibration: np.ndarray, formats: dict | None = None,
-                 mcpu: str = "cortex-m4", headroom_bits: int = 1, shrink: bool = True) -> QuantizedNet:
+                 mcpu: str = "cortex-m4", headroom_bits: int = 1, shrink: bool = True,
+                 objective: str = "latency") -> QuantizedNet:
     """The int16 network for `model`, Q formats from `calibration` inputs (samples, ...).
 
     Activations (the input and every layer's output) get `headroom_bits` fewer fractional bits
     than the calibration data's peak needs: with 1, data up to twice as large as anything in the
     calibration set still does not saturate, for one bit of the int16's 15 (on MNIST, without
     it, test images beyond the calibration peak saturated logits and changed 1% of the picks).
-    `formats` maps layer names to "dense" / "gsparse2" / "csr"; the others get the format with
-    the fewest estimated cycles on `mcpu` (`m4_cost.choose_format`). With `shrink`, dead nodes
-    are removed first (`shrink_dead_nodes`)."""
+    `formats` maps layer names to one of `FORMATS`; the others get the format with the fewest
+    estimated cycles on `mcpu`, or with `objective="size"` the fewest flash bytes
+    (`m4_cost.choose_format`). With `shrink`, dead nodes are removed first (`shrink_dead_nodes`)."""
     from .m4_cost import choose_format
     input_shape, layers = read_chain(model)
     shrunk = shrink_dead_nodes(layers) if shrink else {}
@@ -381,7 +390,7 @@ def quantize_net(model: onnx.ModelProto, calibration: np.ndarray, formats: dict 
         if not np.any(q.w_nk):
             raise ScalpelError(f"layer '{q.name}' is pruned to nothing (every weight is zero in int16); "
                                "keep some of its weights or remove the layer")
-        q.format = (formats or {}).get(q.name) or choose_format(q, mcpu)
+        q.format = (formats or {}).get(q.name) or choose_format(q, mcpu, objective)
         if q.format not in FORMATS:
             raise ScalpelError(f"unknown format {q.format!r} for layer '{q.name}'; known: {FORMATS}")
         quantized.append(q)

@@ -15,7 +15,7 @@ the M7 and M55, `cortex-m3` (no DSP: scalar multiplies, saturation in C) also fo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,10 +25,12 @@ from .errors import ScalpelError
 
 DATA = Path(__file__).parent / "data" / "cost_cortex_m.json"
 FEATURES = ("dense_steps", "dense_outputs", "pairs_steps", "pairs_outputs", "csr_steps", "csr_outputs",
-            "calls", "im2col_values", "im2col_rows", "pool_values", "pool_outputs", "layer")
+            "delta_steps", "delta_outputs", "calls", "im2col_values", "im2col_rows", "pool_values",
+            "pool_outputs", "layer")
 FIT_CORE = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m4", "cortex-m55": "cortex-m4",
             "cortex-m3": "cortex-m3", "cortex-m0": "cortex-m3"}
-PAIR_FORMATS, SCALAR_FORMATS = ("dense", "gsparse2", "csr"), ("dense", "csr")
+PAIR_FORMATS, SCALAR_FORMATS = ("dense", "gsparse2", "csr", "gsparse2_delta"), ("dense", "csr")
+OBJECTIVES = ("latency", "size")
 
 
 def formats_for(mcpu: str) -> tuple[str, ...]:
@@ -45,15 +47,20 @@ def pairs_held(w_nk: np.ndarray) -> int:
     return cover_count(w_nk, 2)
 
 
-def pair_layout(w_nk: np.ndarray) -> tuple[int, int]:
-    """(pairs the pairs format stores, those starting at an odd input), from one cover of the
-    weight. An odd start makes the SMUAD kernel load its inputs as a halfword-aligned word, one
-    cycle more (Cortex-M4 TRM 3.3.2), which the fit does not see (its random layers are pruned in
-    aligned pairs), so `CortexMCost.cycles` adds it."""
+def pair_layout(w_nk: np.ndarray) -> tuple[int, int, int]:
+    """(pairs the pairs format stores, those starting at an odd input, the zero pairs the 8-bit
+    steps format adds to bridge gaps over 255 inputs), from one cover of the weight. An odd start
+    makes the SMUAD kernel load its inputs as a halfword-aligned word, one cycle more (Cortex-M4
+    TRM 3.3.2), which the fit does not see (its random layers are pruned in aligned pairs), so
+    `CortexMCost.cycles` adds it."""
     from .unaligned_groups import cover
 
-    starts = np.minimum(cover(w_nk, 2)[1], max(w_nk.shape[1] - 2, 0))  # the last one pulled back
-    return len(starts), int(np.count_nonzero(starts % 2))
+    indptr, starts = cover(w_nk, 2)
+    starts = np.minimum(starts, max(w_nk.shape[1] - 2, 0))  # the last one pulled back
+    gaps = np.diff(np.concatenate([[0], starts]))
+    gaps[indptr[:-1][np.diff(indptr) > 0]] = starts[indptr[:-1][np.diff(indptr) > 0]]  # a row's first: from 0
+    bridges = int(np.sum(np.maximum(gaps - 1, 0) // 255))
+    return len(starts), int(np.count_nonzero(starts % 2)), bridges
 
 
 def unaligned_pairs(w_nk: np.ndarray) -> int:
@@ -73,11 +80,12 @@ def features(layer, form: str | None = None, layout: tuple | None = None) -> dic
         return f
     n, k = layer.w_nk.shape
     pixels = 1 if window is None else window.oh * window.ow
-    if form == "gsparse2":
-        steps = (layout or pair_layout(layer.w_nk))[0]
+    if form in ("gsparse2", "gsparse2_delta"):
+        stored, _, bridges = layout or pair_layout(layer.w_nk)
+        steps = stored + (bridges if form == "gsparse2_delta" else 0)
     else:
         steps = n * ((k + 1) // 2) if form == "dense" else int(np.count_nonzero(layer.w_nk))
-    prefix = {"dense": "dense", "gsparse2": "pairs", "csr": "csr"}[form]
+    prefix = {"dense": "dense", "gsparse2": "pairs", "csr": "csr", "gsparse2_delta": "delta"}[form]
     f[f"{prefix}_steps"] = steps * pixels
     f[f"{prefix}_outputs"] = n * pixels
     f["calls"] = pixels
@@ -106,7 +114,7 @@ class CortexMCost:
 
     def cycles(self, layer, form: str | None = None) -> float:
         form = form or getattr(layer, "format", None)
-        layout = pair_layout(layer.w_nk) if form == "gsparse2" else None
+        layout = pair_layout(layer.w_nk) if form in ("gsparse2", "gsparse2_delta") else None
         f = features(layer, form, layout)
         unaligned = layout[1] * f["calls"] if layout else 0
         return float(sum(self.coefficients[name] * value for name, value in f.items())) + unaligned
@@ -115,7 +123,7 @@ class CortexMCost:
         """Estimated cycles of the layer in every format the core can use."""
         forms = formats_for(self.mcpu)
         if layer.w_nk.shape[1] < 2:
-            forms = tuple(f for f in forms if f != "gsparse2")  # no pairs in a single input
+            forms = tuple(f for f in forms if not f.startswith("gsparse2"))  # no pairs in a single input
         return {form: self.cycles(layer, form) for form in forms}
 
 
@@ -128,10 +136,17 @@ def _fits() -> dict:
                            "python python/bench_cortex_m.py calibrate") from None
 
 
-def choose_format(layer, mcpu: str = "cortex-m4") -> str:
-    """The format with the fewest estimated cycles (ties: the smaller one, dense first)."""
+def choose_format(layer, mcpu: str = "cortex-m4", objective: str = "latency") -> str:
+    """The format with the fewest estimated cycles, ties to the fewest flash bytes
+    (`objective="latency"`), or the fewest bytes, ties to the fewest cycles ("size": pairs with
+    8-bit steps, 5 bytes a pair where 16-bit indices take 6, for a board whose flash is short)."""
+    if objective not in OBJECTIVES:
+        raise ScalpelError(f"unknown Cortex-M objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     costs = CortexMCost.for_core(mcpu).candidates(layer)
-    return min(costs, key=lambda form: (round(costs[form]), list(costs).index(form)))
+    sizes = {form: replace(layer, format=form).flash_bytes() for form in costs}
+    if objective == "size":
+        return min(costs, key=lambda form: (sizes[form], round(costs[form])))
+    return min(costs, key=lambda form: (round(costs[form]), sizes[form]))
 
 
 def plan_rows(net, mcpu: str = "cortex-m4") -> list[dict]:
@@ -153,16 +168,16 @@ def plan_table(rows: list[dict], mcpu: str) -> str:
     """`scalpel plan --target cortex-m4`: per layer the estimated cycles of each format."""
     forms = formats_for(mcpu)
     head = f"{'layer':<10}{'op':<9}{'N x K':>10}{'pixels':>7}{'density':>8}" + "".join(
-        f"{form + ' kcyc':>15}" for form in forms) + f"{'chosen':>10}{'bytes':>9}"
+        f"{form + ' kcyc':>20}" for form in forms) + f"{'chosen':>16}{'bytes':>9}"
     lines = [f"Cortex-M plan for {mcpu} (cycle ESTIMATES, thousands; scalpel_tvm/m4_cost.py)", head]
     for row in rows:
         if row["op"] in ("maxpool", "avgpool"):
-            lines.append(f"{row['name']:<10}{row['op']:<9}{'':>25}{row['candidates']['-'] / 1e3:>15.1f}")
+            lines.append(f"{row['name']:<10}{row['op']:<9}{'':>25}{row['candidates']['-'] / 1e3:>20.1f}")
             continue
-        cells = "".join(f"{row['candidates'][f] / 1e3:>15.1f}" if f in row["candidates"] else f"{'-':>15}"
+        cells = "".join(f"{row['candidates'][f] / 1e3:>20.1f}" if f in row["candidates"] else f"{'-':>20}"
                         for f in forms)
         lines.append(f"{row['name']:<10}{row['op']:<9}{'x'.join(map(str, row['shape_nk'])):>10}{row['pixels']:>7}"
-                     f"{row['density']:>8.1%}{cells}{row['chosen']:>10}{row['bytes']:>9}")
+                     f"{row['density']:>8.1%}{cells}{row['chosen']:>16}{row['bytes']:>9}")
     if formats_for(mcpu) == SCALAR_FORMATS:
         lines.append(f"{mcpu} has no 2x16-bit SIMD (no DSP extension): groups fall back to G = 1 (CSR); "
                      "no pairs format")
@@ -230,7 +245,7 @@ def fit(rows: list[tuple[dict, int]]) -> dict:
     return dict(zip(FEATURES, map(float, coefficients)))
 
 
-def calibrate(mcpu: str = "cortex-m4", *, firmwares: int = 8, layers_per_firmware: int = 24, seed: int = 0,
+def calibrate(mcpu: str = "cortex-m4", *, firmwares: int = 12, layers_per_firmware: int = 24, seed: int = 0,
               build_dir: Path, progress=None) -> dict:
     """Measure random layers on `mcpu`'s build, fit on 3/4 of the firmwares, and report the
     error on the rest: mean absolute percentage error, and how often the format the model picks
@@ -253,8 +268,8 @@ def calibrate(mcpu: str = "cortex-m4", *, firmwares: int = 8, layers_per_firmwar
     for layer, cycles in test:
         if layer.op in ("fc", "conv"):
             triples.setdefault(id(layer.w_nk), {})[layer.format] = (model.cycles(layer), cycles)
-    decisions = [min(t, key=lambda f: t[f][0]) == min(t, key=lambda f: t[f][1]) for t in triples.values() if len(t) == 3]
-    regret = [t[min(t, key=lambda f: t[f][0])][1] / min(c for _, c in t.values()) for t in triples.values() if len(t) == 3]
+    decisions = [min(t, key=lambda f: t[f][0]) == min(t, key=lambda f: t[f][1]) for t in triples.values() if len(t) == len(PAIR_FORMATS)]
+    regret = [t[min(t, key=lambda f: t[f][0])][1] / min(c for _, c in t.values()) for t in triples.values() if len(t) == len(PAIR_FORMATS)]
     return {"coefficients": coefficients, "samples": len(train), "held_out": len(test),
             "held_out_mape": float(np.mean(errors)), "held_out_worst": float(np.max(errors)),
             "decision_accuracy": float(np.mean(decisions)), "worst_choice_vs_best": float(np.max(regret))}

@@ -36,6 +36,11 @@ def form_counts(w_nk: np.ndarray, form: str, *, group: int, pixels: int, value_b
     if form == "gsparse2":
         pairs = cover_count(w_nk, 2)
         return {"macs": 2 * pairs * pixels, "bytes": pairs * (2 * value_bytes + index_bytes) + 4 * (n + 1)}
+    if form == "gsparse2_delta":  # one byte a pair for its step, and the zero pairs bridging gaps
+        from .m4_cost import pair_layout
+
+        pairs, _, bridges = pair_layout(w_nk)
+        return {"macs": 2 * (pairs + bridges) * pixels, "bytes": (pairs + bridges) * (2 * value_bytes + 1) + 4 * (n + 1)}
     if form in ("gsparse_gx1", "gsparse_1xg"):
         orientation = form.split("_")[1]
         groups = groups_alive(w_nk, group, orientation)

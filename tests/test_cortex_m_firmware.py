@@ -18,9 +18,10 @@ DATA = Path(cortex_m.__file__).parent / "data"
 
 
 def random_layers(rng):
-    """FC layers dense, as aligned pairs and as CSR; unaligned pairs (any start, one at the last
-    input); a strided, padded conv in the three formats; max and average pooling; and a layer
-    whose accumulator saturates."""
+    """FC layers dense, as aligned pairs (16-bit indices and 8-bit steps) and as CSR; unaligned
+    pairs (any start, one at the last input); a wide layer whose 8-bit steps need zero pairs; a
+    strided, padded conv in the four formats; max and average pooling; and a layer whose
+    accumulator saturates."""
     layers = []
     for k, n in [(9, 5), (16, 7), (31, 3)]:
         x = rng.integers(-2000, 2001, (3, k)).astype(np.int16)
@@ -31,6 +32,8 @@ def random_layers(rng):
         pairs = GroupedSparseWeight.from_dense(w.T.astype(np.float32), 2, "1xg")
         indptr, indices, values = cortex_m.pairs(pairs.indptr, pairs.indices, pairs.values, k)
         layers.append(Q15Layer("gsparse2", x, n, values, indptr, indices, bias, shift=9, relu=True))
+        indptr, steps, values = cortex_m.pair_steps(indptr, indices, values)
+        layers.append(Q15Layer("gsparse2_delta", x, n, values, indptr, bias=bias, shift=9, relu=True, steps=steps))
         csr = CSRWeight.from_dense(w.T.astype(np.float32))
         layers.append(Q15Layer("csr", x, n, csr.values.astype(np.int16), csr.indptr, csr.indices,
                                None, shift=7, relu=False))
@@ -40,6 +43,11 @@ def random_layers(rng):
     values[2, 1] = 0
     indptr, indices, values = cortex_m.pairs(np.array([0, 3, 5], np.int32), starts, values, 7)
     layers.append(Q15Layer("gsparse2", x, 2, values, indptr, indices, shift=3))
+    x = rng.integers(-500, 501, (2, 900)).astype(np.int16)
+    starts = np.array([0, 300, 898, 600], np.int32)  # gaps of 300 and 598: zero pairs bridge them
+    indptr, steps, values = cortex_m.pair_steps(*cortex_m.pairs(
+        np.array([0, 3, 4], np.int32), starts, rng.integers(-500, 501, (4, 2)).astype(np.int16), 900))
+    layers.append(Q15Layer("gsparse2_delta", x, 2, values, indptr, shift=3, steps=steps))
     window = fp.Window.over(3, 7, 6, 3, 2, strides=(2, 1), pads=(1, 0, 1, 1))  # K = 18
     images = rng.integers(-3000, 3001, (2, window.in_size)).astype(np.int16)
     w = rng.integers(-3000, 3001, (4, window.column)).astype(np.int16)
@@ -50,6 +58,8 @@ def random_layers(rng):
     pairs = GroupedSparseWeight.from_dense(w.T.astype(np.float32), 2, "1xg")
     indptr, indices, values = cortex_m.pairs(pairs.indptr, pairs.indices, pairs.values, window.column)
     layers.append(Q15Layer("gsparse2", images, 4, values, indptr, indices, **conv))
+    indptr, steps, values = cortex_m.pair_steps(indptr, indices, values)
+    layers.append(Q15Layer("gsparse2_delta", images, 4, values, indptr, **conv, steps=steps))
     csr = CSRWeight.from_dense(w.T.astype(np.float32))
     layers.append(Q15Layer("csr", images, 4, csr.values.astype(np.int16), csr.indptr, csr.indices, **conv))
     pool = fp.Window.over(3, 7, 6, 3, 3, strides=(2, 2), pads=(1, 1, 1, 1))
@@ -70,8 +80,10 @@ def reference(layer):
             return fp.fc_dense(x, layer.values, layer.bias, layer.shift, layer.relu)
     else:
         def matmul(x):
-            kernel = fp.fc_gsparse2 if layer.kind == "gsparse2" else fp.fc_csr
-            return kernel(x, layer.indptr, layer.indices, layer.values, layer.bias, layer.shift, layer.relu)
+            kernel = fp.fc_csr if layer.kind == "csr" else fp.fc_gsparse2
+            indices = (cortex_m.steps_to_starts(layer.indptr, layer.steps) if layer.kind == "gsparse2_delta"
+                       else layer.indices)
+            return kernel(x, layer.indptr, indices, layer.values, layer.bias, layer.shift, layer.relu)
     return fp.conv(layer.x, layer.window, matmul, layer.n) if layer.op == "conv" else matmul(layer.x)
 
 

@@ -36,6 +36,19 @@ def test_every_stored_pair_is_one_executed_smuad(lenet):
     assert count.cycles == sum(count.by_class.values()) > count.instructions
 
 
+def test_pairs_with_8_bit_steps_run_one_smuad_per_stored_pair(tmp_path):
+    """fc1 with 8-bit steps: one SMUAD per stored pair, the zero pairs that bridge long gaps
+    included, and the same outputs as with 16-bit indices."""
+    model = onnx.load(str(DATA / "lenet_300_100_scalpel.onnx"))
+    rng = np.random.default_rng(0)
+    net = quantize_net(model, rng.random((32, 784)), formats={"fc1": "gsparse2_delta", "fc2": "dense", "fc3": "dense"})
+    x_q = net.quantize_input(rng.random((1, 784)))
+    count = cycles.count_cycles(cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp_path))
+    stored = len(net.layers[0].arrays()["steps"])
+    dense = sum(layer.w_nk.shape[0] * (layer.w_nk.shape[1] // 2) for layer in net.layers[1:])
+    assert count.mnemonics["smuad"] == stored + dense
+
+
 def test_the_estimate_is_deterministic_and_prices_denser_weights_higher(lenet, tmp_path):
     net, elf = lenet
     assert cycles.count_cycles(elf).cycles == cycles.count_cycles(elf).cycles

@@ -62,6 +62,21 @@ def test_a_cnn_deploys_runs_and_counts_its_code_and_stack(tmp_path):
     assert "stack" in (tmp_path / "cnn" / "report.txt").read_text()
 
 
+def test_formats_chosen_by_size_store_pairs_with_8_bit_steps_and_compute_the_same(pruned, tmp_path, calibration):
+    """`--objective size`: the pair layers keep an 8-bit step per pair in place of a 16-bit index
+    (5 bytes a pair, not 6), cost a few more cycles, and the firmware still equals the reference."""
+    data = np.load(calibration).reshape(32, -1)
+    fast = deploy(pruned, "cortex-m4", tmp_path / "fast", data)
+    small = deploy(pruned, "cortex-m4", tmp_path / "small", data, objective="size", run=True)
+    assert [layer["format"] for layer in small["layers"]][:2] == ["gsparse2_delta"] * 2
+    assert small["qemu_matches_reference"]
+    pair_bytes = sum(layer["bytes"] for layer in fast["layers"][:2])
+    assert sum(layer["bytes"] for layer in small["layers"][:2]) < 0.9 * pair_bytes
+    assert sum(layer["estimated_cycles"] for layer in small["layers"]) >= sum(
+        layer["estimated_cycles"] for layer in fast["layers"])
+    assert "formats chosen by size" in (tmp_path / "small" / "report.txt").read_text()
+
+
 def test_a_core_without_the_dual_mac_gets_scalar_groups_and_is_told(pruned, tmp_path, calibration):
     report = deploy(pruned, "cortex-m3", tmp_path / "m3", np.load(calibration), run=True)
     assert "gsparse2" not in [layer["format"] for layer in report["layers"]]

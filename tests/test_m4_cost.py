@@ -1,5 +1,7 @@
 """The Cortex-M cost model: fitted to the cycle estimate, it must predict layers it never saw and
 pick their fastest format; cores without the DSP extension never get pairs."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,24 @@ def test_pairs_only_where_the_core_has_the_dual_mac():
         assert "gsparse2" not in formats and formats[0] == "csr"
     with pytest.raises(ScalpelError, match="no Cortex-M cost model for 'cortex-a53'"):
         m4_cost.CortexMCost.for_core("cortex-a53")
+
+
+def test_the_size_objective_picks_the_fewest_bytes():
+    """By size, a sparse layer's pairs take 8-bit steps (the smallest form); by latency, the
+    16-bit indices that cost fewer cycles; a dense layer stays dense either way."""
+    model = paper_nets.group_pruned(paper_nets.network("lenet_300_100"), {"fc1": 0.05, "fc2": 0.05}, 2, "1xg")
+    calibration = np.random.default_rng(0).random((4, 784))
+    by_size = quantize_net(model, calibration, objective="size").layers
+    by_cycles = quantize_net(model, calibration).layers
+    for small, fast in zip(by_size, by_cycles):
+        sizes = {form: replace(small, format=form).flash_bytes() for form in m4_cost.PAIR_FORMATS}
+        assert small.flash_bytes() == min(sizes.values())
+        cycles = m4_cost.CortexMCost.for_core("cortex-m4").candidates(fast)
+        assert round(cycles[fast.format]) == round(min(cycles.values()))
+    assert [layer.format for layer in by_size][:2] == ["gsparse2_delta"] * 2
+    assert by_size[2].format == by_cycles[2].format == "dense"  # fc3 is not pruned
+    with pytest.raises(ScalpelError, match="unknown Cortex-M objective 'energy'"):
+        m4_cost.choose_format(by_size[0], objective="energy")
 
 
 def test_plan_prints_every_layer_with_its_estimated_cycles(tmp_path, capsys):

@@ -15,6 +15,10 @@ def test_sizes_and_work_of_each_form_count_values_indices_and_row_pointers():
     assert form_counts(w, "dense", **common) == {"macs": 2 * 4 * 3, "bytes": 2 * 4 * 2}  # rows 0, 2; columns 0, 1, 5, 7
     assert form_counts(w, "csr", **common) == {"macs": 4 * 3, "bytes": 4 * 4 + 4 * 5}
     assert form_counts(w, "gsparse2", **common) == {"macs": 2 * 3 * 3, "bytes": 3 * 6 + 4 * 5}
+    assert form_counts(w, "gsparse2_delta", **common) == {"macs": 2 * 3 * 3, "bytes": 3 * 5 + 4 * 5}  # 8-bit steps
+    wide = np.zeros((1, 700))
+    wide[0, [0, 600]] = 1.0  # a gap of 600 inputs: 2 zero pairs bridge it (255 + 255 + 90)
+    assert form_counts(wide, "gsparse2_delta", **common) == {"macs": 2 * 4 * 3, "bytes": 4 * 5 + 4 * 2}
     x86 = dict(group=4, pixels=1, value_bytes=4, index_bytes=4)
     assert form_counts(w, "gsparse_gx1", **x86) == {"macs": 4 * 4, "bytes": 4 * (16 + 4) + 4 * 2}  # 4 groups of 4 outputs
     with pytest.raises(ScalpelError, match="no size or energy model for the form 'bsr'"):

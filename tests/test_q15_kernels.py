@@ -15,7 +15,8 @@ from scalpel_tvm.schedules.csr import CSRWeight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
 
 ROOT = Path(__file__).resolve().parents[1]
-I16, U16, I32 = (ctypes.POINTER(t) for t in (ctypes.c_int16, ctypes.c_uint16, ctypes.c_int32))
+I16, U16, I32, U8 = (ctypes.POINTER(t) for t in (ctypes.c_int16, ctypes.c_uint16, ctypes.c_int32, ctypes.c_uint8))
+KINDS = {np.dtype(np.int16): I16, np.dtype(np.uint16): U16, np.dtype(np.int32): I32, np.dtype(np.uint8): U8}
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +28,12 @@ def lib(tmp_path_factory):
     library.scalpel_fc_q15_dense.argtypes = [I16, I16, I32, I16] + [ctypes.c_int] * 5
     for name in ("scalpel_fc_q15_gsparse2", "scalpel_fc_q15_csr"):
         getattr(library, name).argtypes = [I16, I32, U16, I16, I32, I16] + [ctypes.c_int] * 5
+    library.scalpel_fc_q15_gsparse2_delta.argtypes = [I16, I32, U8, I16, I32, I16] + [ctypes.c_int] * 5
     window = ctypes.POINTER(Window)
     library.scalpel_conv_q15_dense.argtypes = [I16, window, I16, I32, I16, I16] + [ctypes.c_int] * 3
     for name in ("scalpel_conv_q15_gsparse2", "scalpel_conv_q15_csr"):
         getattr(library, name).argtypes = [I16, window, I32, U16, I16, I32, I16, I16] + [ctypes.c_int] * 3
+    library.scalpel_conv_q15_gsparse2_delta.argtypes = [I16, window, I32, U8, I16, I32, I16, I16] + [ctypes.c_int] * 3
     library.scalpel_maxpool_q15.argtypes = [I16, window, I16]
     library.scalpel_avgpool_q15.argtypes = [I16, window, ctypes.c_int, I16]
     return library
@@ -47,11 +50,11 @@ def ptr(array, kind):
 
 
 def run_c(lib, name, x, arrays, bias, n, shift, relu):
-    """The C kernel on each row of x; `arrays` are its weight arrays (int16, uint16 or int32)."""
+    """The C kernel on each row of x; `arrays` are its weight arrays (int16, uint16, uint8 or int32)."""
     out = np.zeros((x.shape[0], n), np.int16)
     bias = None if bias is None else np.ascontiguousarray(bias, np.int32)
     arrays = [np.ascontiguousarray(a) for a in arrays]
-    kinds = [{np.dtype(np.int16): I16, np.dtype(np.uint16): U16, np.dtype(np.int32): I32}[a.dtype] for a in arrays]
+    kinds = [KINDS[a.dtype] for a in arrays]
     for row, x_row in enumerate(np.ascontiguousarray(x, np.int16)):
         y = np.zeros(n, np.int16)
         getattr(lib, name)(ptr(x_row, I16), *[ptr(a, kind) for a, kind in zip(arrays, kinds)],
@@ -131,6 +134,35 @@ def test_unaligned_pair_kernel_equals_the_reference(lib, case, data):
 
 
 @settings(max_examples=40, deadline=None)
+@given(cases, st.integers(2, 1300), st.sampled_from([0.002, 0.05, 0.5]))
+def test_pair_kernel_with_8_bit_steps_equals_the_pair_kernel(lib, case, k, density):
+    """The pairs with an 8-bit step from the previous pair in place of a 16-bit index: wide
+    layers with long runs of pruned inputs need zero pairs to bridge gaps over 255 inputs; the
+    integers are those of the 16-bit-index kernel and of the reference."""
+    x, w_nk, bias = draw_layer({**case, "k": k}, density)
+    weight = GroupedSparseWeight.from_dense(w_nk.T.astype(np.float32), 2, "1xg")
+    indptr, indices, values = cortex_m.pairs(weight.indptr, weight.indices, weight.values, k)
+    compact = cortex_m.pair_steps(indptr, indices, values)
+    starts = cortex_m.steps_to_starts(compact[0], compact[1])
+    assert compact[1].dtype == np.uint8 and len(compact[1]) >= len(indices)
+    assert set(zip(starts.tolist(), map(tuple, compact[2].tolist()))) - {(s, (0, 0)) for s in starts.tolist()} \
+        == set(zip(indices.tolist(), map(tuple, values.tolist()))) - {(s, (0, 0)) for s in indices.tolist()}
+    want = fp.fc_gsparse2(x, indptr, indices, values, bias, case["shift"], case["relu"])
+    args = (case["n"], case["shift"], case["relu"])
+    np.testing.assert_array_equal(run_c(lib, "scalpel_fc_q15_gsparse2_delta", x, list(compact), bias, *args), want)
+    np.testing.assert_array_equal(run_c(lib, "scalpel_fc_q15_gsparse2", x, [indptr, indices, values], bias, *args),
+                                  want)
+
+
+def test_8_bit_steps_bridge_long_gaps_with_zero_pairs():
+    """Pairs at inputs 600 and 1000 of one output: 600 = 255 + 255 + 90 and 400 = 255 + 145."""
+    indptr, steps, values = cortex_m.pair_steps([0, 2, 2], [600, 1000], [[1, 2], [3, 4]])
+    assert indptr.tolist() == [0, 5, 5] and steps.tolist() == [255, 255, 90, 255, 145]
+    assert values.tolist() == [[0, 0], [0, 0], [1, 2], [0, 0], [3, 4]]
+    assert cortex_m.steps_to_starts(indptr, steps).tolist() == [255, 510, 600, 855, 1000]
+
+
+@settings(max_examples=40, deadline=None)
 @given(cases)
 def test_csr_kernel_equals_the_reference(lib, case):
     x, w_nk, bias = draw_layer(case, 0.3)
@@ -196,7 +228,7 @@ def make_window(spec):
 
 
 @settings(max_examples=60, deadline=None)
-@given(windows, st.integers(1, 6), st.sampled_from(["dense", "gsparse2", "csr"]), st.booleans(),
+@given(windows, st.integers(1, 6), st.sampled_from(["dense", "gsparse2", "gsparse2_delta", "csr"]), st.booleans(),
        st.integers(0, 2**16))
 def test_conv_kernels_equal_the_reference(lib, spec, n, form, relu, seed):
     """im2col over every padding/stride case, then the FC kernel of the format per pixel; the
@@ -211,23 +243,24 @@ def test_conv_kernels_equal_the_reference(lib, spec, n, form, relu, seed):
         arrays = [w_nk]
         ref = lambda cols: fp.fc_dense(cols, w_nk, bias, 10, relu)  # noqa: E731
     else:
-        if form == "gsparse2":
+        if form.startswith("gsparse2"):
             assume(g.column >= 2)  # no pairs in a single input
             weight = GroupedSparseWeight.from_dense(w_nk.T.astype(np.float32), 2, "1xg")
             arrays = list(cortex_m.pairs(weight.indptr, weight.indices, weight.values, g.column))
         else:
             weight = CSRWeight.from_dense(w_nk.T.astype(np.float32))
             arrays = [weight.indptr, weight.indices.astype(np.uint16), weight.values.astype(np.int16)]
-        kernel = fp.fc_gsparse2 if form == "gsparse2" else fp.fc_csr
-        ref = lambda cols: kernel(cols, *arrays, bias, 10, relu)  # noqa: E731
+        kernel = fp.fc_csr if form == "csr" else fp.fc_gsparse2
+        ref = lambda cols, arrays=list(arrays): kernel(cols, *arrays, bias, 10, relu)  # noqa: E731
+        if form == "gsparse2_delta":
+            arrays = list(cortex_m.pair_steps(*arrays))
     want = fp.conv(x, g, ref, n)
-    kinds = {np.dtype(np.int16): I16, np.dtype(np.uint16): U16, np.dtype(np.int32): I32}
     col = np.zeros(g.column, np.int16)
     for image, expected in zip(x, want):
         y = np.zeros(n * g.oh * g.ow, np.int16)
         getattr(lib, f"scalpel_conv_q15_{form}")(
             ptr(np.ascontiguousarray(image), I16), ctypes.byref(Window(*g.fields())),
-            *[ptr(a, kinds[a.dtype]) for a in arrays], ptr(bias, I32), ptr(col, I16), ptr(y, I16), n, 10, int(relu))
+            *[ptr(a, KINDS[a.dtype]) for a in arrays], ptr(bias, I32), ptr(col, I16), ptr(y, I16), n, 10, int(relu))
         np.testing.assert_array_equal(y, expected)
     # zeros add nothing: the dense kernel on the pruned weight gives the same integers
     np.testing.assert_array_equal(want, fp.conv(x, g, lambda cols: fp.fc_dense(cols, w_nk, bias, 10, relu), n))

@@ -51,6 +51,14 @@ void scalpel_conv_q15_gsparse2(const int16_t *x, const struct scalpel_window *g,
       scalpel_fc_q15_gsparse2(col, indptr, indices, values, bias, out, plane, k, n, shift, relu))
 }
 
+void scalpel_conv_q15_gsparse2_delta(const int16_t *x, const struct scalpel_window *g,
+                                     const int32_t *indptr, const uint8_t *steps,
+                                     const int16_t *values, const int32_t *bias, int16_t *col,
+                                     int16_t *y, int n, int shift, int relu) {
+  FOR_EACH_PIXEL(scalpel_fc_q15_gsparse2_delta(col, indptr, steps, values, bias, out, plane, k, n,
+                                               shift, relu))
+}
+
 void scalpel_conv_q15_csr(const int16_t *x, const struct scalpel_window *g, const int32_t *indptr,
                           const uint16_t *indices, const int16_t *values, const int32_t *bias,
                           int16_t *col, int16_t *y, int n, int shift, int relu) {

@@ -37,6 +37,12 @@ void scalpel_conv_q15_gsparse2(const int16_t *x, const struct scalpel_window *g,
                                const int16_t *values, const int32_t *bias, int16_t *col,
                                int16_t *y, int n, int shift, int relu);
 
+/* The same with the weight as pairs with 8-bit steps (scalpel_fc_q15_gsparse2_delta's format). */
+void scalpel_conv_q15_gsparse2_delta(const int16_t *x, const struct scalpel_window *g,
+                                     const int32_t *indptr, const uint8_t *steps,
+                                     const int16_t *values, const int32_t *bias, int16_t *col,
+                                     int16_t *y, int n, int shift, int relu);
+
 /* The same with the weight in CSR (scalpel_fc_q15_csr's format over K inputs). */
 void scalpel_conv_q15_csr(const int16_t *x, const struct scalpel_window *g, const int32_t *indptr,
                           const uint16_t *indices, const int16_t *values, const int32_t *bias,

@@ -72,6 +72,51 @@ void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const uint
   }
 }
 
+/* Four steps are read as one word (any alignment: an LDR) and taken apart with UXTAB/UBFX, so a
+ * pair costs about what a 16-bit index does: one load a pair for the steps would be dearer. */
+void scalpel_fc_q15_gsparse2_delta(const int16_t *x, const int32_t *indptr, const uint8_t *steps,
+                                   const int16_t *values, const int32_t *bias, int16_t *y,
+                                   int y_stride, int k, int n, int shift, int relu) {
+  (void)k;
+  for (int o = 0; o < n; ++o) {
+    int32_t acc = bias ? bias[o] : 0;
+    uint32_t i = 0;  /* the current pair's first input */
+    int32_t j = indptr[o];
+    const int32_t end = indptr[o + 1];
+    for (; j + 4 <= end; j += 4) {
+      uint32_t four;
+      memcpy(&four, steps + j, sizeof four);  /* little-endian: steps j .. j+3 from the low byte */
+      i += four & 0xff;
+      acc = sat_add(acc, pair_dot(values + 2 * j, x + i));
+      i += (four >> 8) & 0xff;
+      acc = sat_add(acc, pair_dot(values + 2 * j + 2, x + i));
+      i += (four >> 16) & 0xff;
+      acc = sat_add(acc, pair_dot(values + 2 * j + 4, x + i));
+      i += four >> 24;
+      acc = sat_add(acc, pair_dot(values + 2 * j + 6, x + i));
+    }
+    switch (end - j) {  /* the last 0-3 pairs, without a loop's branches */
+      case 3:
+        i += steps[j];
+        acc = sat_add(acc, pair_dot(values + 2 * j, x + i));
+        ++j;
+        /* fall through */
+      case 2:
+        i += steps[j];
+        acc = sat_add(acc, pair_dot(values + 2 * j, x + i));
+        ++j;
+        /* fall through */
+      case 1:
+        i += steps[j];
+        acc = sat_add(acc, pair_dot(values + 2 * j, x + i));
+        break;
+      default:
+        break;
+    }
+    y[o * y_stride] = finish(acc, shift, relu);
+  }
+}
+
 void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
                         const int16_t *values, const int32_t *bias, int16_t *y, int y_stride,
                         int k, int n, int shift, int relu) {

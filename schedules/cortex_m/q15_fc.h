@@ -35,6 +35,14 @@ void scalpel_fc_q15_gsparse2(const int16_t *x, const int32_t *indptr, const uint
                              const int16_t *values, const int32_t *bias, int16_t *y,
                              int y_stride, int k, int n, int shift, int relu);
 
+/* The pairs above with 8-bit steps in place of 16-bit indices (5 bytes a pair, not 6): pair j
+ * starts steps[j] inputs after the previous pair of its output (the first after input 0). A gap
+ * over 255 inputs is bridged by zero pairs (see scalpel_tvm/cortex_m.py's `pair_steps`). Steps
+ * are read four to a word: little-endian cores only (every Cortex-M here, and x86 hosts). */
+void scalpel_fc_q15_gsparse2_delta(const int16_t *x, const int32_t *indptr, const uint8_t *steps,
+                                   const int16_t *values, const int32_t *bias, int16_t *y,
+                                   int y_stride, int k, int n, int shift, int relu);
+
 /* CSR (traditional pruning): output n's weights values[j] at inputs indices[j],
  * j in [indptr[n], indptr[n+1]); one index and one scalar MAC per weight. */
 void scalpel_fc_q15_csr(const int16_t *x, const int32_t *indptr, const uint16_t *indices,
