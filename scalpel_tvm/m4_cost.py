@@ -30,6 +30,7 @@ FEATURES = ("dense_steps", "dense_outputs", "pairs_steps", "pairs_outputs", "csr
 FIT_CORE = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m4", "cortex-m55": "cortex-m4",
             "cortex-m3": "cortex-m3", "cortex-m0": "cortex-m3"}
 PAIR_FORMATS, SCALAR_FORMATS = ("dense", "gsparse2", "csr", "gsparse2_delta"), ("dense", "csr")
+PAIRS = ("gsparse2", "gsparse2_delta")  # the formats that store pairs (16-bit indices, 8-bit steps)
 OBJECTIVES = ("latency", "size")
 
 
@@ -58,7 +59,8 @@ def pair_layout(w_nk: np.ndarray) -> tuple[int, int, int]:
     indptr, starts = cover(w_nk, 2)
     starts = np.minimum(starts, max(w_nk.shape[1] - 2, 0))  # the last one pulled back
     gaps = np.diff(np.concatenate([[0], starts]))
-    gaps[indptr[:-1][np.diff(indptr) > 0]] = starts[indptr[:-1][np.diff(indptr) > 0]]  # a row's first: from 0
+    firsts = indptr[:-1][np.diff(indptr) > 0]
+    gaps[firsts] = starts[firsts]  # a row's first pair steps from input 0
     bridges = int(np.sum(np.maximum(gaps - 1, 0) // 255))
     return len(starts), int(np.count_nonzero(starts % 2)), bridges
 
@@ -80,7 +82,7 @@ def features(layer, form: str | None = None, layout: tuple | None = None) -> dic
         return f
     n, k = layer.w_nk.shape
     pixels = 1 if window is None else window.oh * window.ow
-    if form in ("gsparse2", "gsparse2_delta"):
+    if form in PAIRS:
         stored, _, bridges = layout or pair_layout(layer.w_nk)
         steps = stored + (bridges if form == "gsparse2_delta" else 0)
     else:
@@ -114,7 +116,7 @@ class CortexMCost:
 
     def cycles(self, layer, form: str | None = None) -> float:
         form = form or getattr(layer, "format", None)
-        layout = pair_layout(layer.w_nk) if form in ("gsparse2", "gsparse2_delta") else None
+        layout = pair_layout(layer.w_nk) if form in PAIRS else None
         f = features(layer, form, layout)
         unaligned = layout[1] * f["calls"] if layout else 0
         return float(sum(self.coefficients[name] * value for name, value in f.items())) + unaligned
@@ -123,7 +125,7 @@ class CortexMCost:
         """Estimated cycles of the layer in every format the core can use."""
         forms = formats_for(self.mcpu)
         if layer.w_nk.shape[1] < 2:
-            forms = tuple(f for f in forms if not f.startswith("gsparse2"))  # no pairs in a single input
+            forms = tuple(f for f in forms if f not in PAIRS)  # no pairs in a single input
         return {form: self.cycles(layer, form) for form in forms}
 
 
@@ -143,10 +145,15 @@ def choose_format(layer, mcpu: str = "cortex-m4", objective: str = "latency") ->
     if objective not in OBJECTIVES:
         raise ScalpelError(f"unknown Cortex-M objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     costs = CortexMCost.for_core(mcpu).candidates(layer)
-    sizes = {form: replace(layer, format=form).flash_bytes() for form in costs}
+
+    def flash_bytes(form):  # builds the form's arrays: only for the forms that need comparing
+        return replace(layer, format=form).flash_bytes()
+
     if objective == "size":
+        sizes = {form: flash_bytes(form) for form in costs}
         return min(costs, key=lambda form: (sizes[form], round(costs[form])))
-    return min(costs, key=lambda form: (round(costs[form]), sizes[form]))
+    fewest = min(round(cycles) for cycles in costs.values())
+    return min((form for form in costs if round(costs[form]) == fewest), key=flash_bytes)
 
 
 def plan_rows(net, mcpu: str = "cortex-m4") -> list[dict]:
