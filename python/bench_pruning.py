@@ -49,7 +49,7 @@ def trained(name: str, data, epochs: float, validation: int, seed: int = 0):
 def firmware(name: str, model, formats, tmp: Path) -> dict:
     import bench_cortex_m
 
-    return bench_cortex_m.measure(name, model, formats, tmp, np.random.default_rng(0))
+    return bench_cortex_m.measure(name, model, formats, "latency", tmp, np.random.default_rng(0))
 
 
 def main():
@@ -58,7 +58,8 @@ def main():
     parser.add_argument("--target", default="cortex-m4")
     parser.add_argument("--train-epochs", type=float, default=3.0)
     parser.add_argument("--epochs", type=float, default=1.0, help="retraining epochs per round")
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=80, help="at most this many rounds per method "
+                        "(scalpel prune's default)")
     parser.add_argument("--tolerance", type=float, default=0.1, help="accuracy points")
     parser.add_argument("--limit", type=int, help="train on the first N images (quick runs)")
     parser.add_argument("--methods", default=",".join(METHODS), help="a comma-separated subset of " + ",".join(METHODS))

@@ -362,3 +362,26 @@ def test_on_a_gpu_scalpels_layers_are_priced_in_the_forms_pass_compiles_and_csr_
     from scalpel_tvm.objectives import ObjectiveCost
 
     assert ObjectiveCost(cost, "energy")("fc2", fc2)[1] == "dense"  # every objective chooses among the same forms
+
+
+@pytest.mark.slow
+def test_the_pruning_benchmark_builds_every_method_as_firmware_and_prices_it(tmp_path):
+    """`python/bench_pruning.py` end to end, reduced: each method's model is built, run on QEMU
+    against the reference and priced; Scalpel's pairs are faster and smaller than dense."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).parents[1] / "python" / "bench_pruning.py"
+    subprocess.run([sys.executable, str(bench), "--net", "lenet_300_100", "--target", "cortex-m4", "--limit", "3000",
+                    "--train-epochs", "0.5", "--epochs", "0.2", "--rounds", "2", "--tolerance", "5",
+                    "--methods", "scalpel,traditional", "--out", str(tmp_path)], check=True, capture_output=True)
+    report = json.loads((tmp_path / "bench_pruning_lenet_300_100_cortex-m4.json").read_text())
+    assert report["dense_cycles"] > 0
+    for method, run in report["methods"].items():
+        assert run["weights_removed"] > 0.3, method
+        assert run["cycles"] == pytest.approx(report["dense_cycles"] / run["speedup"])
+    scalpel = report["methods"]["scalpel"]
+    assert scalpel["speedup"] > 1 and scalpel["size_vs_dense"] < 1
+    assert (tmp_path / "bench_pruning_lenet_300_100_cortex-m4.png").exists()
