@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="node pruning: give a round that loses accuracy one recovery round at the last kept λ "
                             "with its switched-off nodes held off before undoing it (more nodes removed on the "
                             "ConvNet, fewer on LeNet-5: see the README)")
+    prune.add_argument("--order-neurons", action="store_true",
+                       help="SIMD-aware pruning: first reorder each hidden FC layer's neurons so alike ones share "
+                            "groups (exact; more accuracy kept at the same groups cut, see the README)")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prune.add_argument("--checkpoint", help="where the run's state is kept after every round (default: OUT.checkpoint); "
@@ -197,7 +200,7 @@ def _prune(args) -> None:
                                           how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
                                           node_penalty=args.node_penalty, method=args.method, grouping=args.groups,
                                           objective=args.objective, dropout=args.dropout, recover=args.recover,
-                                          checkpoint=checkpoint, restart=args.restart)
+                                          order_neurons=args.order_neurons, checkpoint=checkpoint, restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
     onnx.save(pruned, out)
@@ -205,7 +208,7 @@ def _prune(args) -> None:
         "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "groups": args.groups,
         "objective": args.objective, "dropout": args.dropout, "recover": args.recover, "train_epochs": args.train_epochs,
-        "limit": args.limit})
+        "order_neurons": args.order_neurons, "limit": args.limit})
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))

@@ -381,7 +381,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
-               recover: bool = False, checkpoint=None, restart: bool = False, keep_checkpoint: bool = False):
+               recover: bool = False, order_neurons: bool = False, checkpoint=None, restart: bool = False,
+               keep_checkpoint: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -406,8 +407,10 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     predicted latency (`objectives`); the result reports all three. `dropout` trains with that
     ratio on the input of every FC layer but the first, scaled to the connections each keeps
     (`torch_chain.set_dropout`). `recover` gives a node-pruning round that loses accuracy one
-    recovery round before it is undone (`node_pruning`)."""
-    from . import torch_chain
+    recovery round before it is undone (`node_pruning`). `order_neurons` first puts each hidden FC
+    layer's neurons in an order that gathers alike ones into the groups SIMD-aware pruning cuts
+    (`neuron_order`; exact, the written model computes the same function)."""
+    from . import neuron_order, torch_chain
     from .int16_net import read_chain
 
     if method not in METHODS:
@@ -432,7 +435,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     settings = {"target": spec.name, "loop": LOOP_OF[method], "tolerance": tolerance, "epochs": epochs, "train_epochs": train_epochs,
                 "step": step, "how": how, "max_rounds": max_rounds, "validation": validation, "seed": seed,
                 "penalty": penalty, "node_penalty": node_penalty, "grouping": grouping, "objective": objective,
-                "dropout": dropout, "recover": recover, "data": (data.name, len(data.train_x)),
+                "dropout": dropout, "recover": recover, "order_neurons": order_neurons,
+                "data": (data.name, len(data.train_x)),
                 "model": model_digest(model)}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
@@ -441,6 +445,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
         if train_epochs:
             torch_chain.set_dropout(net, dropout)
             torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
+        if order_neurons and method == "scalpel":
+            for name, order in neuron_order.orders_for_groups(net, layer_strategy(spec, layers, grouping)).items():
+                neuron_order.reorder_neurons(net, name, order)
 
     def retrain(round_seed, masks=None, **kwargs):
         torch_chain.set_dropout(net, dropout)  # scaled to the connections left
