@@ -1,6 +1,6 @@
 """Trained neuron order against `neuron_order.similar_order`, one-shot, side by side in one run.
 
-    python python/bench_neuron_order.py --out out      # ~1.5 min
+    python python/bench_neuron_order.py --out out      # ~30 s
 
 Trains LeNet-300-100 on MNIST (`--train-epochs`), then for each fraction of groups cut keeps, in
 fc1 and fc2, the same number of x86 G×1 groups (8 outputs sharing an input, by root-mean-square)
