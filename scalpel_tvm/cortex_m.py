@@ -99,32 +99,38 @@ def pairs(indptr, indices, values, k: int) -> tuple[np.ndarray, np.ndarray, np.n
     return np.asarray(indptr, np.int32), index16(indices), values
 
 
+def pair_gaps(indptr, starts) -> tuple[np.ndarray, np.ndarray]:
+    """(each pair's step from the previous pair of its output — the first's from input 0 —, the
+    zero pairs 255 inputs apart that bridge a step over 255): what the 8-bit steps format
+    stores, without building it (`m4_cost.pair_layout` counts it for the cost model)."""
+    indptr, starts = np.asarray(indptr, np.int64), np.asarray(starts, np.int64)
+    gaps = np.diff(np.concatenate([[0], starts]))
+    firsts = indptr[:-1][np.diff(indptr) > 0]
+    gaps[firsts] = starts[firsts]
+    return gaps, np.maximum(gaps - 1, 0) // 255
+
+
 def pair_steps(indptr, indices, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs of `pairs` with 8-bit steps in place of 16-bit indices, as
     `scalpel_fc_q15_gsparse2_delta` takes them: each pair's start minus the previous pair's of the
     same output (the first: minus 0). A gap over 255 inputs gets zero pairs 255 inputs apart
-    (adding 0 leaves the saturating sum unchanged). Returns (indptr, steps, values (pairs, 2))."""
-    indptr, starts = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+    (adding 0 leaves the saturating sum unchanged; their inputs exist, as the next pair's do).
+    Returns (indptr, steps, values (pairs, 2))."""
+    indptr = np.asarray(indptr, np.int64)
     values = np.asarray(values, np.int16).reshape(-1, 2)
-    new_indptr, steps, kept = [0], [], []
-    for o in range(len(indptr) - 1):
-        previous = 0
-        for j in range(indptr[o], indptr[o + 1]):
-            gap = int(starts[j]) - previous
-            if gap < 0:
-                raise ScalpelError(f"pair starts of output {o} are not in order ({previous} then {starts[j]})")
-            while gap > 255:  # a zero pair 255 inputs on: its inputs exist, as the next pair's do
-                steps.append(255)
-                kept.append(-1)
-                gap -= 255
-            steps.append(gap)
-            kept.append(j)
-            previous = int(starts[j])
-        new_indptr.append(len(steps))
-    kept = np.asarray(kept, np.int64)
-    out = np.zeros((len(kept), 2), np.int16)
-    out[kept >= 0] = values[kept[kept >= 0]]
-    return np.asarray(new_indptr, np.int32), np.asarray(steps, np.uint8), out
+    gaps, bridges = pair_gaps(indptr, indices)
+    if np.any(gaps < 0):
+        j = int(np.argmax(gaps < 0))
+        o = int(np.searchsorted(indptr, j, side="right")) - 1
+        raise ScalpelError(f"pair starts of output {o} are not in order ({indices[j - 1]} then {indices[j]})")
+    ends = np.cumsum(bridges + 1)  # each pair after its bridges
+    own = ends - 1
+    steps = np.full(int(ends[-1]) if len(ends) else 0, 255, np.uint8)
+    steps[own] = gaps - 255 * bridges
+    out = np.zeros((len(steps), 2), np.int16)
+    out[own] = values
+    new_indptr = np.concatenate([[0], ends])[indptr]
+    return new_indptr.astype(np.int32), steps, out
 
 
 def steps_to_starts(indptr, steps) -> np.ndarray:

@@ -54,15 +54,12 @@ def pair_layout(w_nk: np.ndarray) -> tuple[int, int, int]:
     makes the SMUAD kernel load its inputs as a halfword-aligned word, one cycle more (Cortex-M4
     TRM 3.3.2), which the fit does not see (its random layers are pruned in aligned pairs), so
     `CortexMCost.cycles` adds it."""
+    from .cortex_m import pair_gaps
     from .unaligned_groups import cover
 
     indptr, starts = cover(w_nk, 2)
     starts = np.minimum(starts, max(w_nk.shape[1] - 2, 0))  # the last one pulled back
-    gaps = np.diff(np.concatenate([[0], starts]))
-    firsts = indptr[:-1][np.diff(indptr) > 0]
-    gaps[firsts] = starts[firsts]  # a row's first pair steps from input 0
-    bridges = int(np.sum(np.maximum(gaps - 1, 0) // 255))
-    return len(starts), int(np.count_nonzero(starts % 2)), bridges
+    return len(starts), int(np.count_nonzero(starts % 2)), int(pair_gaps(indptr, starts)[1].sum())
 
 
 def unaligned_pairs(w_nk: np.ndarray) -> int:

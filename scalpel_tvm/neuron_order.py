@@ -27,17 +27,18 @@ def similar_order(profiles: np.ndarray, group: int) -> np.ndarray:
     magnitude = np.abs(np.asarray(profiles, dtype=np.float64))
     norms = np.linalg.norm(magnitude, axis=1)
     unit = magnitude / np.where(norms > 0, norms, 1.0)[:, None]
-    left = list(np.argsort(-norms, kind="stable"))
+    by_strength = np.argsort(-norms, kind="stable")
+    rank = np.argsort(by_strength)  # a neuron's place in by_strength
+    placed = np.zeros(len(norms), bool)
     order = []
-    while left:
-        seed = left.pop(0)
-        if left:
-            similarity = unit[left] @ unit[seed]
-            company = {left[i] for i in np.argsort(-similarity, kind="stable")[:group - 1]}
-            order += [seed, *(n for n in left if n in company)]
-            left = [n for n in left if n not in company]
-        else:
-            order.append(seed)
+    for seed in by_strength:
+        if placed[seed]:
+            continue
+        placed[seed] = True
+        left = by_strength[~placed[by_strength]]  # strongest first: ties go to the stronger
+        company = left[np.argsort(-(unit[left] @ unit[seed]), kind="stable")[:group - 1]]
+        placed[company] = True
+        order += [seed, *sorted(company, key=lambda n: rank[n])]
     return np.array(order, dtype=np.int64)
 
 

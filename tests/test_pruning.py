@@ -1,6 +1,10 @@
 """The pruning frontend: SIMD-aware group pruning with retraining ordered by the target's cost
 model, the traditional and optimized baselines, and resuming an interrupted run."""
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -368,11 +372,6 @@ def test_on_a_gpu_scalpels_layers_are_priced_in_the_forms_pass_compiles_and_csr_
 def test_the_pruning_benchmark_builds_every_method_as_firmware_and_prices_it(tmp_path):
     """`python/bench_pruning.py` end to end, reduced: each method's model is built, run on QEMU
     against the reference and priced; Scalpel's pairs are faster and smaller than dense."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     bench = Path(__file__).parents[1] / "python" / "bench_pruning.py"
     subprocess.run([sys.executable, str(bench), "--net", "lenet_300_100", "--target", "cortex-m4", "--limit", "3000",
                     "--train-epochs", "0.5", "--epochs", "0.2", "--rounds", "2", "--tolerance", "5",
