@@ -90,7 +90,7 @@ def measure(name: str, model, formats, objective: str, tmp: Path, rng) -> dict:
     in_shape = read_chain(model)[0]  # the model's own input (the ConvNet on 28x28 Fashion-MNIST too)
     net = quantize_net(model, rng.random((32, *in_shape)), formats=formats, objective=objective)
     x_q = net.quantize_input(rng.random((2, *in_shape)))
-    elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp)
+    elf = cortex_m.build_network(net, x_q, tmp)
     if not np.array_equal(cortex_m.network_outputs(cortex_m.run_qemu(elf)), net.forward(x_q)):
         raise SystemExit(f"{name}: the emulated M4 differs from the numpy reference")
     count = cycles.count_cycles(elf)

@@ -50,7 +50,7 @@ def evaluate(name: str, onnx_model, train_x, test, qemu_images: int, tmp: Path) 
     net = quantize_net(onnx_model, train_x[:256].reshape(-1, *shape))
     int16_logits = net.forward(net.quantize_input(x_test))
     x_q = net.quantize_input(x_test[:qemu_images])
-    elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp / name)
+    elf = cortex_m.build_network(net, x_q, tmp / name)
     on_m4 = cortex_m.network_outputs(cortex_m.run_qemu(elf, timeout_s=300))
     return {"float_accuracy": float(np.mean(float_logits.argmax(1) == test[1])),
             "int16_accuracy": float(np.mean(int16_logits.argmax(1) == test[1])),

@@ -25,6 +25,8 @@ APT_LINE = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-syste
 # firmware/scalpel_layer.h: SCALPEL_DENSE, SCALPEL_PAIRS, SCALPEL_CSR, SCALPEL_PAIRS_DELTA
 KINDS = {"dense": 0, "gsparse2": 1, "csr": 2, "gsparse2_delta": 3, "-": 0}
 OPS = {"fc": 0, "conv": 1, "maxpool": 2, "avgpool": 3}  # SCALPEL_FC, SCALPEL_CONV, ...
+# The C array of layer i's weights of each kind is ARRAY_NAMES[kind] + str(i) (layers_header).
+ARRAY_NAMES = {"indptr": "p", "indices": "j", "steps": "s", "values": "v", "bias": "b"}
 
 
 @dataclass
@@ -70,7 +72,8 @@ def check_toolchain() -> None:
 def _array(name: str, ctype: str, values) -> str:
     flat = np.asarray(values).ravel()
     body = ", ".join(str(int(v)) for v in flat) if flat.size else "0"
-    return f"static const {ctype} {name}[] = {{{body}}};\n"
+    # word-aligned: the kernels read int16 pairs (inputs, weights) as one 32-bit word
+    return f"static const {ctype} {name}[] __attribute__((aligned(4))) = {{{body}}};\n"
 
 
 def index16(indices: np.ndarray) -> np.ndarray:
@@ -149,7 +152,7 @@ def layers_header(layers: list[Q15Layer]) -> str:
     for i, layer in enumerate(layers):
         text += [_array(f"x{i}", "int16_t", layer.x), _array(f"p{i}", "int32_t", layer.indptr),
                  _array(f"j{i}", "uint16_t", index16(layer.indices)), _array(f"s{i}", "uint8_t", layer.steps),
-                 _array(f"v{i}", "int16_t", layer.values)]
+                 _array(f"v{i}", "int16_t", layer.values)]  # the letters of ARRAY_NAMES
         if layer.bias is not None:
             text.append(_array(f"b{i}", "int32_t", layer.bias))
         window = "{" + ", ".join(map(str, layer.window.fields() if layer.window else [0] * 11)) + "}"
@@ -180,14 +183,15 @@ def cmake_build(source_dir: Path, build_dir: Path, toolchain: Path, defines: dic
                                f"({' '.join(command[:2])}):\n{(result.stdout + result.stderr)[-3000:]}")
 
 
-def build_firmware(program: str, header: str, build_dir: Path, mcpu: str = "cortex-m4") -> Path:
+def build_firmware(program: str, header: str, build_dir: Path, mcpu: str = "cortex-m4",
+                   defines: dict | None = None) -> Path:
     """Build `firmware/<program>.c` around `header` with this repository's CMakeLists.txt."""
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     header_path = build_dir / "layers.h"
     header_path.write_text(header)
     cmake_build(ROOT, build_dir, ROOT / "cmake" / "arm-none-eabi.cmake",
-                {"SCALPEL_MCPU": mcpu, "SCALPEL_LAYERS": header_path}, program)
+                {"SCALPEL_MCPU": mcpu, "SCALPEL_LAYERS": header_path, **(defines or {})}, program)
     return build_dir / f"{program}.elf"
 
 
@@ -243,8 +247,9 @@ def check_fits(net, memory: dict) -> dict:
 
 
 def network_header(net, x_q: np.ndarray) -> str:
-    """The C header `firmware/q15_network.c` includes: every layer in its format, the inputs, and
-    the activation arena's size (`QuantizedNet.arena_values`)."""
+    """The C header `firmware/q15_network.c` includes: every layer in its format, the inputs, the
+    activation arena (`QuantizedNet.arena_values`), and the arguments of TVM's network function
+    (`network_tir`)."""
     layers = []
     for layer in net.layers:
         x = np.zeros((0, layer.in_size), np.int16)
@@ -259,13 +264,53 @@ def network_header(net, x_q: np.ndarray) -> str:
                                layer.relu, layer.op, layer.window, arrays.get("steps", np.zeros(1, np.uint8))))
     return (layers_header(layers) + _array("scalpel_inputs", "int16_t", x_q)
             + f"#define SCALPEL_BATCH {x_q.shape[0]}\n#define SCALPEL_INPUT_SIZE {net.input_size}\n"
-            f"#define SCALPEL_ARENA {net.arena_values()}\n")
+            f"#define SCALPEL_ARENA {net.arena_values()}\n" + _network_arguments(net))
+
+
+def _network_arguments(net) -> str:
+    """The packed call of TVM's `scalpel_network`: one DLTensor per parameter, the weights'
+    pointing at the arrays above (flash, not copied), and the `TVMFFIAny` arguments, all const
+    (in flash too)."""
+    from .network_tir import layer_arrays, output_offset  # imports TVM's compiler
+
+    params = [("scalpel_arena", np.dtype(np.int16), net.arena_values()),
+              ("scalpel_col", np.dtype(np.int16), net.column_values())]
+    params += [(name, array.dtype, array.size) for name, array in layer_arrays(net)]
+
+    def tensor(i, name, dtype):
+        code = "kDLUInt" if dtype.kind == "u" else "kDLInt"
+        return (f"{{.data = (void *){name}, .device = {{kDLCPU, 0}}, .ndim = 1, .dtype = {{{code}, "
+                f"{8 * dtype.itemsize}, 1}}, .shape = (int64_t *)&scalpel_shapes[{i}]}}")
+
+    arguments = [f"{{.type_index = kTVMFFIDLTensorPtr, .v_ptr = (void *)&scalpel_tensors[{i}]}}"
+                 for i in range(len(params))]
+    return ('#include "tvm/ffi/c_api.h"\n'
+            + "".join(f"static int16_t {name}[{size}] __attribute__((aligned(4)));\n"  # as _array's
+                      for name, _, size in params[:2])
+            + _array("scalpel_shapes", "int64_t", [size for _, _, size in params])
+            + "static const DLTensor scalpel_tensors[] = {\n  "
+            + ",\n  ".join(tensor(i, name, dtype) for i, (name, dtype, _) in enumerate(params))
+            + "\n};\nstatic const TVMFFIAny scalpel_args[] = {\n  " + ",\n  ".join(arguments) + "\n};\n"
+            + f"#define SCALPEL_NUM_ARGS {len(params)}\n#define SCALPEL_OUTPUT_OFFSET {output_offset(net)}\n")
+
+
+def build_network(net, x_q: np.ndarray, build_dir: Path, mcpu: str = "cortex-m4") -> Path:
+    """The `firmware/q15_network.c` firmware for `net` on inputs `x_q`: its header
+    (`network_header`) and TVM's C for the network function (`network_tir.c_source`)."""
+    from . import network_tir  # imports TVM's compiler
+
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "network_tvm.c").write_text(network_tir.c_source(net, mcpu))
+    include = ";".join(map(str, network_tir.include_dirs()))
+    return build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu,
+                          {"SCALPEL_NETWORK_C": build_dir / "network_tvm.c", "SCALPEL_TVM_INCLUDE": include})
 
 
 def run_network(net, x_q: np.ndarray, build_dir: Path, memory: dict, mcpu: str = "cortex-m4") -> np.ndarray:
     """The int16 network's outputs (batch, N) for inputs `x_q`, computed on the emulated M4."""
     check_fits(net, memory)
-    return network_outputs(run_qemu(build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu)))
+    return network_outputs(run_qemu(build_network(net, x_q, build_dir, mcpu)))
 
 
 def code_bytes(elf: Path) -> int:

@@ -13,9 +13,11 @@ project is built and run under QEMU's mps2-an386 on the first calibration inputs
 the numpy reference bit for bit; the report then adds the code size and the stack of one
 inference (from the built firmware) to flash and SRAM.
 
-The network is plain C that calls the kernels: TVM 0.27's C code generator would wrap it in
-tvm-ffi's packed calling convention, which needs TVM's runtime, and bare metal has none since
-microTVM's C runtime was removed.
+The network function is TVM's: `network_tir` writes the network as a TIR function that calls
+the micro-kernels layer by layer, and TVM's C code generator emits it (`src/network_tvm.c`) in
+tvm-ffi's packed convention. The project carries the five tvm-ffi / DLPack headers that C includes
+(`include/`, copied from the installed TVM) and `tvm_ffi_stub.c` for the one runtime symbol it
+calls, so it builds without TVM and runs without a TVM runtime (microTVM's C runtime was removed).
 
 A core without the DSP extension (cortex-m3, cortex-m0) has no 2x16-bit SIMD, so groups fall back
 to G = 1: its layers are dense or CSR, never pairs, and the report says so.
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import cortex_m
+from . import cortex_m, network_tir
 from .errors import ScalpelError
 from .int16_net import quantize_net
 from .m4_cost import CortexMCost, formats_for
@@ -39,7 +41,7 @@ from .target import TargetSpec
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["schedules/cortex_m/q15_fc.c", "schedules/cortex_m/q15_fc.h", "schedules/cortex_m/q15_conv.c",
            "schedules/cortex_m/q15_conv.h", "firmware/startup.c", "firmware/q15_network.c",
-           "firmware/scalpel_layer.h", "firmware/mps2_an386.ld"]
+           "firmware/scalpel_layer.h", "firmware/mps2_an386.ld", "firmware/tvm_ffi_stub.c"]
 
 
 def load_calibration(path: str | Path) -> np.ndarray:
@@ -76,6 +78,8 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     (out / "arm-none-eabi.cmake").write_text(toolchain)
     x_q = net.quantize_input(calibration[:inputs])
     (out / "src" / "network.h").write_text(cortex_m.network_header(net, x_q))
+    (out / "src" / "network_tvm.c").write_text(network_tir.c_source(net, mcpu))
+    network_tir.copy_headers(out / "include")
     cost = CortexMCost.for_core(mcpu)
     report = {
         "target": target, "objective": objective, "board_memory": spec.memory, "flash_bytes": use["flash"],

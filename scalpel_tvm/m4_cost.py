@@ -234,7 +234,7 @@ def measure_layers(layers, build_dir: Path, mcpu: str = "cortex-m4") -> list[int
 
     net = QuantizedNet(layers, 8, (layers[0].in_size,))
     x_q = np.zeros((1, net.input_size), np.int16)
-    elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), build_dir, mcpu)
+    elf = cortex_m.build_network(net, x_q, build_dir, mcpu)
     return [cycles.count_cycles(elf, "scalpel_layer_step", index).cycles for index in range(len(layers))]
 
 

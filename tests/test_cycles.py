@@ -19,8 +19,7 @@ def lenet(tmp_path_factory):
     rng = np.random.default_rng(0)
     net = quantize_net(model, rng.random((32, 784)), formats={"fc1": "gsparse2", "fc2": "gsparse2", "fc3": "dense"})
     x_q = net.quantize_input(rng.random((1, 784)))
-    elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q),
-                                  tmp_path_factory.mktemp("fw"))
+    elf = cortex_m.build_network(net, x_q, tmp_path_factory.mktemp("fw"))
     return net, elf
 
 
@@ -43,7 +42,7 @@ def test_pairs_with_8_bit_steps_run_one_smuad_per_stored_pair(tmp_path):
     rng = np.random.default_rng(0)
     net = quantize_net(model, rng.random((32, 784)), formats={"fc1": "gsparse2_delta", "fc2": "dense", "fc3": "dense"})
     x_q = net.quantize_input(rng.random((1, 784)))
-    count = cycles.count_cycles(cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp_path))
+    count = cycles.count_cycles(cortex_m.build_network(net, x_q, tmp_path))
     stored = len(net.layers[0].arrays()["steps"])
     dense = sum(layer.w_nk.shape[0] * (layer.w_nk.shape[1] // 2) for layer in net.layers[1:])
     assert count.mnemonics["smuad"] == stored + dense
@@ -55,7 +54,7 @@ def test_the_estimate_is_deterministic_and_prices_denser_weights_higher(lenet, t
     for layer in net.layers:
         layer.format = "dense"
     x_q = net.quantize_input(np.random.default_rng(0).random((1, 784)))
-    dense_elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x_q), tmp_path)
+    dense_elf = cortex_m.build_network(net, x_q, tmp_path)
     assert cycles.count_cycles(dense_elf).cycles > 4 * cycles.count_cycles(elf).cycles
 
 

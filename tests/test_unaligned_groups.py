@@ -116,7 +116,7 @@ def test_the_emulated_m4_computes_unaligned_pairs_bit_for_bit_and_pays_for_the_u
     assert len(layer.arrays()["indices"]) == cover_count(layer.w_nk, 2) <= 6 * 32
     assert m4_cost.unaligned_pairs(layer.w_nk) > 0.9 * cover_count(layer.w_nk, 2)
     x = net.quantize_input(rng.random((2, 64)))
-    elf = cortex_m.build_firmware("q15_network", cortex_m.network_header(net, x), tmp_path)
+    elf = cortex_m.build_network(net, x, tmp_path)
     assert np.array_equal(cortex_m.network_outputs(cortex_m.run_qemu(elf)), net.forward(x))
     assert cycles.count_cycles(elf).by_class["unaligned"] >= m4_cost.unaligned_pairs(layer.w_nk)
 
