@@ -19,7 +19,9 @@ Technical Reference Manual (section 3.3, "Cortex-M4 instruction set summary"), s
   what an unaligned pair of int16 inputs costs the pairs kernel.
 
 A block is priced whole (an instruction an IT block skips is priced as if it ran; the M4 spends a
-cycle on it anyway). The same table prices every form, so ratios between forms (dense / pairs /
+cycle on it anyway). The emulator also ends blocks where no branch is (at a page boundary, for
+one), so a block that falls through into the next is priced as one: a load pipelined with the
+load before it stays pipelined across the split, wherever the linker placed the code. The same table prices every form, so ratios between forms (dense / pairs /
 CSR) are what it is made for. Flash wait states, the bus matrix and caches (an M4 has none) are
 not modelled.
 """
@@ -110,11 +112,15 @@ class _Block:
     by_class: Counter
     mnemonics: Counter
     may_branch: bool  # its last instruction can jump (a branch, or a load into the PC)
+    first: object  # its first and last instructions (capstone), for pipelining across a split
+    last: object
 
     @classmethod
     def decode(cls, disassembler, code: bytes, address: int) -> "_Block":
         by_class, mnemonics, may_branch, count, previous, decoded = Counter(), Counter(), False, 0, None, 0
+        first = None
         for insn in disassembler.disasm(code, address):
+            first = first or insn
             decoded += insn.size
             kind, cycles = classify(insn)
             if pipelined(previous, insn):
@@ -127,7 +133,7 @@ class _Block:
             may_branch = kind == "branch" or (base in ("pop", "ldm", "ldr") and "pc" in insn.op_str)
         if count == 0 or decoded != len(code):
             raise ScalpelError(f"cannot decode the instructions at {address:#x}")
-        return cls(sum(by_class.values()), count, by_class, mnemonics, may_branch)
+        return cls(sum(by_class.values()), count, by_class, mnemonics, may_branch, first, previous)
 
 
 def _load_segments(uc, elf: bytes) -> None:
@@ -181,7 +187,9 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
     disassembler.detail = True
     blocks: dict[int, _Block] = {}  # address -> the block's price, decoded once
     runs: Counter = Counter()  # address -> times executed
-    state = {"cycles": 0, "count": 0, "refills": 0, "previous": None, "sp": stack_top, "unaligned": 0}
+    state = {"cycles": 0, "count": 0, "refills": 0, "previous": None, "sp": stack_top, "unaligned": 0,
+             "fell_through": None}
+    joins: Counter = Counter()  # (block, next block) -> times run one after the other
 
     def on_block(uc, address, size, _user):
         """Price a whole basic block at once (a per-instruction hook is ~10x slower); a block
@@ -194,6 +202,10 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
         if block is None:
             block = blocks[address] = _Block.decode(disassembler, bytes(uc.mem_read(address, size)), address)
         runs[address] += 1
+        before = state["fell_through"]
+        if before is not None and before[0] == address:
+            joins[(before[1], address)] += 1
+        state["fell_through"] = None if block.may_branch else (address + size, address)
         state["sp"] = min(state["sp"], uc.reg_read(arm.UC_ARM_REG_SP))
         state["cycles"] += block.cycles
         state["count"] += block.instructions
@@ -221,5 +233,10 @@ def count_cycles(elf_path: Path, function: str = "scalpel_infer", argument: str 
             by_class[kind] += cycles * times
         for mnemonic, count in blocks[address].mnemonics.items():
             mnemonics[mnemonic] += count * times
+    for (before, after), times in joins.items():  # a block split where no branch is (see module doc)
+        if pipelined(blocks[before].last, blocks[after].first):
+            kind, _ = classify(blocks[after].first)
+            by_class[kind] -= times
+            state["cycles"] -= times
     state["cycles"] += REFILL * state["refills"] + state["unaligned"]
     return CycleCount(state["cycles"], state["count"], dict(by_class), mnemonics, stack_top - state["sp"])
