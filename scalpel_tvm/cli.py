@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--objective", choices=["latency", "size"], default="latency",
                         help="each layer's format: the fewest estimated cycles, or the fewest flash "
                              "bytes (pairs with 8-bit steps: 5 bytes a pair, not 6)")
+    deploy.add_argument("--checks", action="store_true",
+                        help="keep TVM's argument checks in the network function: a mismatched "
+                             "tensor is reported on the device, for some 12 KB of flash")
 
     prune = sub.add_parser("prune", help="prune a model for a target with retraining (node and SIMD-aware pruning)")
     prune.add_argument("model", help="an ONNX file of the LeNet / ConvNet family (trained, or see --train-epochs)")
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
             report = deploy_project(args.model, args.target, args.out, load_calibration(args.calibration),
                                     inputs=args.inputs, run=args.run, overwrite=args.overwrite,
-                                    objective=args.objective)
+                                    objective=args.objective, checks=args.checks)
             print(report_text(report), end="")
     except ScalpelError as err:
         print(f"scalpel: error: {err}", file=sys.stderr)

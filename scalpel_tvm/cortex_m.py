@@ -294,23 +294,25 @@ def _network_arguments(net) -> str:
             + f"#define SCALPEL_NUM_ARGS {len(params)}\n#define SCALPEL_OUTPUT_OFFSET {output_offset(net)}\n")
 
 
-def build_network(net, x_q: np.ndarray, build_dir: Path, mcpu: str = "cortex-m4") -> Path:
+def build_network(net, x_q: np.ndarray, build_dir: Path, mcpu: str = "cortex-m4", checks: bool = False) -> Path:
     """The `firmware/q15_network.c` firmware for `net` on inputs `x_q`: its header
-    (`network_header`) and TVM's C for the network function (`network_tir.c_source`)."""
+    (`network_header`) and TVM's C for the network function (`network_tir.c_source`, with TVM's
+    argument checks if `checks`)."""
     from . import network_tir  # imports TVM's compiler
 
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "network_tvm.c").write_text(network_tir.c_source(net, mcpu))
+    (build_dir / "network_tvm.c").write_text(network_tir.c_source(net, mcpu, checks))
     include = ";".join(map(str, network_tir.include_dirs()))
     return build_firmware("q15_network", network_header(net, x_q), build_dir, mcpu,
                           {"SCALPEL_NETWORK_C": build_dir / "network_tvm.c", "SCALPEL_TVM_INCLUDE": include})
 
 
-def run_network(net, x_q: np.ndarray, build_dir: Path, memory: dict, mcpu: str = "cortex-m4") -> np.ndarray:
+def run_network(net, x_q: np.ndarray, build_dir: Path, memory: dict, mcpu: str = "cortex-m4",
+                checks: bool = False) -> np.ndarray:
     """The int16 network's outputs (batch, N) for inputs `x_q`, computed on the emulated M4."""
     check_fits(net, memory)
-    return network_outputs(run_qemu(build_network(net, x_q, build_dir, mcpu)))
+    return network_outputs(run_qemu(build_network(net, x_q, build_dir, mcpu, checks)))
 
 
 def code_bytes(elf: Path) -> int:
@@ -321,11 +323,21 @@ def code_bytes(elf: Path) -> int:
                if len(parts) >= 8 and parts[3] == "FUNC")
 
 
+def image_bytes(elf: Path) -> int:
+    """Bytes the firmware puts in flash: code, constants (the weights among them) and the initial
+    values of its data."""
+    check_toolchain()
+    sizes = subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True, check=True)
+    text, data = map(int, sizes.stdout.splitlines()[1].split()[:2])
+    return text + data
+
+
 def firmware_memory(elf: Path) -> dict:
-    """Code bytes and the stack of one `scalpel_infer` (emulated), from the built firmware."""
+    """Code bytes, the whole flash image and the stack of one `scalpel_infer` (emulated), from the
+    built firmware."""
     from .cycles import count_cycles
 
-    return {"code": code_bytes(elf), "stack": count_cycles(elf).stack_bytes}
+    return {"code": code_bytes(elf), "image": image_bytes(elf), "stack": count_cycles(elf).stack_bytes}
 
 
 def network_outputs(output: str) -> np.ndarray:

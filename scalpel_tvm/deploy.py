@@ -54,9 +54,10 @@ def load_calibration(path: str | Path) -> np.ndarray:
 
 
 def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inputs: int = 4,
-           run: bool = False, overwrite: bool = False, objective: str = "latency") -> dict:
+           run: bool = False, overwrite: bool = False, objective: str = "latency", checks: bool = False) -> dict:
     """Write the firmware project for `model` to `out`; returns the report. Each layer's format
-    has the fewest estimated cycles, or with `objective="size"` the fewest flash bytes."""
+    has the fewest estimated cycles, or with `objective="size"` the fewest flash bytes; `checks`
+    keeps TVM's argument checks in the network function (`network_tir.c_source`)."""
     spec = TargetSpec.preset(target)
     if spec.parallelism != "low" or spec.memory is None:
         raise ScalpelError(f"deploy builds Cortex-M firmware; {target} is not a Cortex-M board target "
@@ -78,7 +79,7 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     (out / "arm-none-eabi.cmake").write_text(toolchain)
     x_q = net.quantize_input(calibration[:inputs])
     (out / "src" / "network.h").write_text(cortex_m.network_header(net, x_q))
-    (out / "src" / "network_tvm.c").write_text(network_tir.c_source(net, mcpu))
+    (out / "src" / "network_tvm.c").write_text(network_tir.c_source(net, mcpu, checks))
     network_tir.copy_headers(out / "include")
     cost = CortexMCost.for_core(mcpu)
     report = {
@@ -107,8 +108,8 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
             raise ScalpelError("the firmware's outputs differ from the numpy reference")
         report["qemu_matches_reference"] = True
         built = cortex_m.firmware_memory(elf)
-        report.update(code_bytes=built["code"], stack_bytes=built["stack"],
-                      flash_bytes=use["flash"] + built["code"], sram_bytes=use["sram"] + built["stack"],
+        report.update(code_bytes=built["code"], stack_bytes=built["stack"], weight_bytes=use["flash"],
+                      flash_bytes=built["image"], sram_bytes=use["sram"] + built["stack"],
                       not_counted="the C library's semihosting buffers (the board's own I/O replaces them)")
         for kind in ("flash", "sram"):
             if report[f"{kind}_bytes"] > spec.memory[kind]:
@@ -132,7 +133,8 @@ def report_text(report: dict) -> str:
                  f"{sum(layer['estimated_cycles'] for layer in report['layers'])}")
     lines.append(f"flash {report['flash_bytes'] / 1024:.1f} KB of {board['flash'] / 1024:.0f} KB, "
                  f"SRAM {report['sram_bytes'] / 1024:.1f} KB of {board['sram'] / 1024:.0f} KB"
-                 + (f" (code {report['code_bytes'] / 1024:.1f} KB, stack {report['stack_bytes']} B included)"
+                 + (f" (flash: the whole image, weights {report['weight_bytes'] / 1024:.1f} KB and code "
+                    f"{report['code_bytes'] / 1024:.1f} KB in it; SRAM: stack {report['stack_bytes']} B included)"
                     if "code_bytes" in report else "") + f"; not counted: {report['not_counted']}")
     if report["dead_nodes_removed"]:
         lines.append("node-shrunk (dead neurons / filters removed with their inputs downstream): "

@@ -29,7 +29,7 @@ import tvm
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .cortex_m import ARRAY_NAMES
+from .cortex_m import ARRAY_NAMES, index16
 
 FUNCTION = "scalpel_network"
 # The headers TVM's C output includes (see `c_source`), relative to tvm-ffi's and TVM's include
@@ -59,7 +59,7 @@ def layer_arrays(net) -> list[tuple[str, np.ndarray]]:
         arrays = dict(layer.arrays(), bias=layer.bias)
         _, names = KERNELS[(layer.op, layer.format)]
         for name in names + ["bias"]:
-            flat = np.ravel(arrays[name]).astype(np.uint16 if name == "indices" else arrays[name].dtype)
+            flat = np.ravel(index16(arrays[name]) if name == "indices" else arrays[name])
             params.append((f"{ARRAY_NAMES[name]}{index}", flat if flat.size else np.zeros(1, flat.dtype)))
     return params
 
@@ -111,11 +111,18 @@ def _kernel_call(layer, index, x, y, window, col, weights):
     return tvm.tirx.call_extern("void", kernel, x, *arrays, y, 1, layer.w_nk.shape[1], n, shift, relu)
 
 
-def c_source(net, mcpu: str = "cortex-m4") -> str:
+def c_source(net, mcpu: str = "cortex-m4", checks: bool = False) -> str:
     """TVM's C for `network_primfunc(net)`: `__tvm_ffi_scalpel_network`, the packed function the
-    firmware calls."""
+    firmware calls.
+
+    `checks` keeps the checks TVM puts on every argument (type, dtype, shape, device, not null),
+    each with its message. They cost some 12 KB of flash for LeNet-300-100's 14 tensors (the
+    function is 0.4 KB without them) and 0.6% of its cycles, and they can only fail if the header
+    and this source come from different networks, which the build never does; so they are off,
+    as they were in microTVM's AOT executor, and on for debugging a hand-edited project."""
     module = tvm.IRModule({FUNCTION: network_primfunc(net)})
-    return tvm.compile(module, tvm.target.Target({"kind": "c", "mcpu": mcpu})).mod.inspect_source()
+    with tvm.transform.PassContext(config={"tirx.disable_assert": not checks}):
+        return tvm.compile(module, tvm.target.Target({"kind": "c", "mcpu": mcpu})).mod.inspect_source()
 
 
 def include_dirs() -> list[Path]:

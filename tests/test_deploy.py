@@ -63,6 +63,7 @@ def test_a_cnn_deploys_runs_and_counts_its_code_and_stack(tmp_path):
     assert [layer["op"] for layer in report["layers"]] == ["conv", "maxpool", "conv", "maxpool", "fc", "fc"]
     assert report["qemu_matches_reference"]
     assert 1024 < report["code_bytes"] < 64 * 1024 and 0 < report["stack_bytes"] < 4096
+    assert report["flash_bytes"] > report["weight_bytes"] + report["code_bytes"]  # the whole image
     assert report["sram_bytes"] > report["stack_bytes"]
     assert "stack" in (tmp_path / "cnn" / "report.txt").read_text()
 

@@ -45,14 +45,14 @@ def test_tvms_network_function_on_the_emulated_m4_equals_the_reference(lenet5, t
     np.testing.assert_array_equal(cortex_m.run_network(net, x_q, tmp_path, M4_MEMORY), net.forward(x_q))
 
 
-def test_arguments_that_do_not_match_the_function_are_refused_on_the_device(tmp_path, monkeypatch):
-    """TVM's generated C checks every tensor it is given; on the board the stub prints the check's
-    message and the firmware stops, instead of running a network on the wrong arrays."""
+def test_with_checks_arguments_that_do_not_match_are_refused_on_the_device(tmp_path, monkeypatch):
+    """With `checks`, TVM's C checks every tensor it is given; on the board the stub prints the
+    check's message and the firmware stops, instead of running a network on the wrong arrays."""
     calibration = np.random.default_rng(0).random((8, 8))
     dense = {"gemm1": "dense", "gemm2": "dense"}
     net = quantize_net(mlp([8, 6, 4]), calibration, formats=dense)
     other = quantize_net(mlp([8, 5, 4]), calibration, formats=dense)  # a smaller arena
     real_source = network_tir.c_source
-    monkeypatch.setattr(network_tir, "c_source", lambda _net, mcpu: real_source(other, mcpu))
+    monkeypatch.setattr(network_tir, "c_source", lambda _net, mcpu, checks: real_source(other, mcpu, checks))
     with pytest.raises(ScalpelError, match=r"(?s)Invalid arena\.shape\[0\].*scalpel_network\(.*refused its arguments"):
-        cortex_m.run_network(net, net.quantize_input(calibration[:1]), tmp_path, M4_MEMORY)
+        cortex_m.run_network(net, net.quantize_input(calibration[:1]), tmp_path, M4_MEMORY, checks=True)
