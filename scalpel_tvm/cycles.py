@@ -21,9 +21,9 @@ Technical Reference Manual (section 3.3, "Cortex-M4 instruction set summary"), s
 A block is priced whole (an instruction an IT block skips is priced as if it ran; the M4 spends a
 cycle on it anyway). The emulator also ends blocks where no branch is (at a page boundary, for
 one), so a block that falls through into the next is priced as one: a load pipelined with the
-load before it stays pipelined across the split, wherever the linker placed the code. The same table prices every form, so ratios between forms (dense / pairs /
-CSR) are what it is made for. Flash wait states, the bus matrix and caches (an M4 has none) are
-not modelled.
+load before it stays pipelined across the split, wherever the linker placed the code. The same
+table prices every form, so ratios between forms (dense / pairs / CSR) are what it is made for.
+Flash wait states, the bus matrix and caches (an M4 has none) are not modelled.
 """
 from __future__ import annotations
 

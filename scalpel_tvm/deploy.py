@@ -10,8 +10,8 @@ start-up code and linker script, a runner that prints the outputs over semihosti
 the layers whose outputs saturate on the calibration data, and flash and SRAM against the board. A model
 that does not fit is refused with the numbers before anything is written. With `run=True` the
 project is built and run under QEMU's mps2-an386 on the first calibration inputs and must equal
-the numpy reference bit for bit; the report then adds the code size and the stack of one
-inference (from the built firmware) to flash and SRAM.
+the numpy reference bit for bit; the report's flash is then the whole built image (weights,
+code, tables, test inputs) and its SRAM adds the stack of one inference.
 
 The network function is TVM's: `network_tir` writes the network as a TIR function that calls
 the micro-kernels layer by layer, and TVM's C code generator emits it (`src/network_tvm.c`) in
@@ -83,7 +83,8 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     network_tir.copy_headers(out / "include")
     cost = CortexMCost.for_core(mcpu)
     report = {
-        "target": target, "objective": objective, "board_memory": spec.memory, "flash_bytes": use["flash"],
+        "target": target, "objective": objective, "argument_checks": checks,
+        "board_memory": spec.memory, "flash_bytes": use["flash"],
         "sram_bytes": use["sram"], "input_frac_bits": net.input_bits,
         "formats": list(formats_for(mcpu)),
         "layers": [{"name": layer.name, "op": layer.op, "format": layer.format,

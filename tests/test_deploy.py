@@ -89,6 +89,17 @@ def test_a_core_without_the_dual_mac_gets_scalar_groups_and_is_told(pruned, tmp_
     assert "groups fall back to G = 1" in (tmp_path / "m3" / "report.txt").read_text()
 
 
+def test_tvms_argument_checks_are_kept_only_when_asked(pruned, tmp_path, calibration):
+    """Off, the network function calls nothing of TVM's runtime; --checks keeps TVM's checks, which
+    report through the stub."""
+    for flags, kept in [([], False), (["--checks"], True)]:
+        out = tmp_path / str(kept)
+        assert main(["deploy", str(pruned), "--out", str(out), "--calibration", str(calibration), *flags]) == 0
+        source = (out / "src" / "network_tvm.c").read_text()
+        assert ("TVMFFIErrorSetRaisedFromCStrParts" in source) is kept
+        assert '"argument_checks": ' + str(kept).lower() in (out / "report.json").read_text()
+
+
 def test_a_model_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, calibration, capsys):
     out = tmp_path / "dense"
     assert main(["deploy", str(DENSE), "--out", str(out), "--calibration", str(calibration)]) == 2
