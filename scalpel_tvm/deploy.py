@@ -79,8 +79,9 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     (out / "arm-none-eabi.cmake").write_text(toolchain)
     x_q = net.quantize_input(calibration[:inputs])
     (out / "src" / "network.h").write_text(cortex_m.network_header(net, x_q))
-    (out / "src" / "network_tvm.c").write_text(network_tir.c_source(net, mcpu, checks))
-    network_tir.copy_headers(out / "include")
+    network_c = network_tir.c_source(net, mcpu, checks)
+    (out / "src" / "network_tvm.c").write_text(network_c)
+    network_tir.copy_headers(network_c, out / "include")
     cost = CortexMCost.for_core(mcpu)
     report = {
         "target": target, "objective": objective, "argument_checks": checks,

@@ -10,7 +10,7 @@ where each activation lives in the shared arena, the conv windows, and the weigh
 Why the C target rather than the thumbv7em LLVM object: it gives source that any arm-none-eabi-gcc
 builds for any Cortex-M, and `scalpel deploy`'s project stays buildable without TVM. TVM 0.27 emits
 the function in tvm-ffi's packed convention (arguments as `TVMFFIAny`, tensors as `DLTensor`), which
-needs the headers `HEADERS` names and one runtime symbol, `TVMFFIErrorSetRaisedFromCStrParts`, that
+needs five headers of tvm-ffi and DLPack (`copy_headers`) and one runtime symbol, `TVMFFIErrorSetRaisedFromCStrParts`, that
 the generated argument checks call; `firmware/tvm_ffi_stub.c` provides it (it prints the message).
 No TVM runtime runs on the board.
 
@@ -22,6 +22,7 @@ outputs are where the last layer wrote them (`output_offset`).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,7 @@ from tvm.script.ir_builder import tirx as T
 from .cortex_m import ARRAY_NAMES, index16
 
 FUNCTION = "scalpel_network"
-# The headers TVM's C output includes (see `c_source`), relative to tvm-ffi's and TVM's include
-# directories; `scalpel deploy` copies them into the project.
-HEADERS = {"tvm_ffi": ["tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h", "dlpack/dlpack.h"],
-           "tvm": ["tvm/runtime/base.h", "tvm/runtime/c_backend_api.h"]}
+INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)
 # The kernel each (op, format) calls, and the weight arrays it takes before the bias.
 KERNELS = {("fc", "dense"): ("scalpel_fc_q15_dense", ["values"]),
            ("fc", "gsparse2"): ("scalpel_fc_q15_gsparse2", ["indptr", "indices", "values"]),
@@ -132,10 +130,19 @@ def include_dirs() -> list[Path]:
     return [Path(tvm_ffi.libinfo.find_include_path()), Path(tvm.__file__).parent / "include"]
 
 
-def copy_headers(out: Path) -> None:
-    """Copy the headers TVM's C output includes into `out` (a deployed project's include/)."""
-    roots = dict(zip(["tvm_ffi", "tvm"], include_dirs()))
-    for package, names in HEADERS.items():
-        for name in names:
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_bytes((roots[package] / name).read_bytes())
+def copy_headers(source: str, out: Path) -> list[str]:
+    """Copy the headers TVM's C `source` includes, and those they include in turn, from the
+    installed TVM into `out` (a deployed project's include/); the system headers among them
+    (<stdint.h>, ...) are the toolchain's. Returns the headers copied."""
+    roots, copied = include_dirs(), []
+    pending = INCLUDE.findall(source)
+    while pending:
+        name = pending.pop()
+        found = [root / name for root in roots if (root / name).is_file()]
+        if name in copied or not found:
+            continue
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(found[0].read_bytes())
+        copied.append(name)
+        pending += INCLUDE.findall(found[0].read_text())
+    return sorted(copied)
