@@ -9,10 +9,10 @@ where each activation lives in the shared arena, the conv windows, and the weigh
 
 Why the C target rather than the thumbv7em LLVM object: it gives source that any arm-none-eabi-gcc
 builds for any Cortex-M, and `scalpel deploy`'s project stays buildable without TVM. TVM 0.27 emits
-the function in tvm-ffi's packed convention (arguments as `TVMFFIAny`, tensors as `DLTensor`), which
-needs five headers of tvm-ffi and DLPack (`copy_headers`) and one runtime symbol, `TVMFFIErrorSetRaisedFromCStrParts`, that
-the generated argument checks call; `firmware/tvm_ffi_stub.c` provides it (it prints the message).
-No TVM runtime runs on the board.
+the function in tvm-ffi's packed convention (arguments as `TVMFFIAny`, tensors as `DLTensor`),
+which needs five headers of tvm-ffi and DLPack (`copy_headers`); with TVM's argument checks kept
+(`c_source(checks=True)`) also one runtime symbol, `TVMFFIErrorSetRaisedFromCStrParts`, which
+`firmware/tvm_ffi_stub.c` provides (it prints the message). No TVM runtime runs on the board.
 
 The function's parameters, in order: `arena` (the activations, the input at its start), `col`
 (im2col scratch), then each weighted layer's arrays in `layer_arrays` order. Layer l writes at the
