@@ -14,8 +14,8 @@ the numpy reference bit for bit; the report's flash is then the whole built imag
 code, tables, test inputs) and its SRAM adds the stack of one inference.
 
 The network function is TVM's: `network_tir` writes the network as a TIR function that calls
-the micro-kernels layer by layer, and TVM's C code generator emits it (`src/network_tvm.c`) in
-tvm-ffi's packed convention. The project carries the five tvm-ffi / DLPack headers that C includes
+the micro-kernels layer by layer (`src/network_tir.py`, its TVMScript), and TVM's C code generator
+emits it (`src/network_tvm.c`) in tvm-ffi's packed convention. The project carries the five tvm-ffi / DLPack headers that C includes
 (`include/`, copied from the installed TVM) and `tvm_ffi_stub.c` for the one runtime symbol it
 calls, so it builds without TVM and runs without a TVM runtime (microTVM's C runtime was removed).
 
@@ -82,6 +82,8 @@ def deploy(model, target: str, out: str | Path, calibration: np.ndarray, *, inpu
     network_c = network_tir.c_source(net, mcpu, checks)
     (out / "src" / "network_tvm.c").write_text(network_c)
     network_tir.copy_headers(network_c, out / "include")
+    # what TVM compiled into network_tvm.c, as TVMScript: to read, or to take into a TVM flow
+    (out / "src" / "network_tir.py").write_text(network_tir.network_primfunc(net).script())
     cost = CortexMCost.for_core(mcpu)
     report = {
         "target": target, "objective": objective, "argument_checks": checks,

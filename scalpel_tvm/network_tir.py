@@ -84,7 +84,7 @@ def network_primfunc(net) -> tvm.tirx.PrimFunc:
             col = T.arg("col", T.buffer((net.column_values(),), "int16"))
             weights = {name: T.arg(name, T.buffer(array.shape, str(array.dtype)))
                        for name, array in layer_arrays(net)}
-            window = T.alloc_buffer((11,), "int32")  # struct scalpel_window: 11 ints, in order
+            window = IRBuilder.name("window", T.alloc_buffer((11,), "int32"))  # struct scalpel_window
             source = 0
             for index, (layer, target) in enumerate(zip(net.layers, output_offsets(net))):
                 if layer.window is not None:

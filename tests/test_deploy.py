@@ -41,6 +41,7 @@ def test_cli_writes_a_project_that_builds_and_runs_under_qemu(pruned, tmp_path, 
     assert "cortex-m4" in (out / "arm-none-eabi.cmake").read_text()
     # the network function is TVM's C, and the project needs nothing of the TVM it came from
     assert "__tvm_ffi_scalpel_network" in (out / "src" / "network_tvm.c").read_text()
+    assert 'T.call_extern("void", "scalpel_fc_q15_gsparse2"' in (out / "src" / "network_tir.py").read_text()
     assert (out / "include" / "tvm" / "ffi" / "c_api.h").exists()
     project = "".join(path.read_text() for path in [out / "CMakeLists.txt", *(out / "src").iterdir()])
     assert "site-packages" not in project
