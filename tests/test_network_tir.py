@@ -52,7 +52,11 @@ def test_with_checks_arguments_that_do_not_match_are_refused_on_the_device(tmp_p
     dense = {"gemm1": "dense", "gemm2": "dense"}
     net = quantize_net(mlp([8, 6, 4]), calibration, formats=dense)
     other = quantize_net(mlp([8, 5, 4]), calibration, formats=dense)  # a smaller arena
+    x_q = net.quantize_input(calibration[:2])
+    assert "TVMFFIErrorSetRaisedFromCStrParts" in network_tir.c_source(net, checks=True)
+    np.testing.assert_array_equal(cortex_m.run_network(net, x_q, tmp_path / "same", M4_MEMORY, checks=True),
+                                  net.forward(x_q))  # the checks pass what the build gives them
     real_source = network_tir.c_source
     monkeypatch.setattr(network_tir, "c_source", lambda _net, mcpu, checks: real_source(other, mcpu, checks))
     with pytest.raises(ScalpelError, match=r"(?s)Invalid arena\.shape\[0\].*scalpel_network\(.*refused its arguments"):
-        cortex_m.run_network(net, net.quantize_input(calibration[:1]), tmp_path, M4_MEMORY, checks=True)
+        cortex_m.run_network(net, x_q, tmp_path / "other", M4_MEMORY, checks=True)
