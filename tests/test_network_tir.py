@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nets import mlp
 from scalpel_tvm import ScalpelError, TargetSpec, cortex_m, network_tir, paper_nets
@@ -37,6 +39,24 @@ def test_each_layer_is_a_call_to_its_formats_kernel_in_order(lenet5):
     source = network_tir.c_source(net)
     assert "__tvm_ffi_scalpel_network" in source
     assert source.index("scalpel_conv_q15_csr(") < source.index("scalpel_fc_q15_dense(")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 40), min_size=2, max_size=6), st.data())
+def test_no_layer_reads_what_it_writes_and_the_arena_holds_every_layer(dims, data):
+    """Any chain of widths and formats: each layer's input and output are disjoint slices of the
+    arena, the network's outputs are where the last layer wrote, and each call has its arrays."""
+    formats = {f"gemm{i + 1}": data.draw(st.sampled_from(list(network_tir.KERNELS)))[1] for i in range(len(dims) - 1)}
+    net = quantize_net(mlp(dims), np.random.default_rng(0).random((4, dims[0])), formats=formats)
+    arena, offsets = net.arena_values(), network_tir.output_offsets(net)
+    source = 0
+    for layer, target in zip(net.layers, offsets):
+        assert 0 <= target and target + layer.out_size <= arena and source + layer.in_size <= arena
+        assert source + layer.in_size <= target or target + layer.out_size <= source
+        source = target
+    assert network_tir.output_offset(net) == offsets[-1]
+    calls = extern_calls(network_tir.network_primfunc(net))
+    assert calls == [network_tir.KERNELS[("fc", layer.format)][0] for layer in net.layers]
 
 
 def test_tvms_network_function_on_the_emulated_m4_equals_the_reference(lenet5, tmp_path):
