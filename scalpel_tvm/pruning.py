@@ -281,6 +281,7 @@ class PruneResult:
     nodes: object = None  # node_pruning.NodeResult when layers were node-pruned
     reverted: list = field(default_factory=list)  # layers given their unpruned weights back
     skipped: dict = field(default_factory=dict)  # a user module's layers left alone: name -> why
+    consumers_unknown: dict = field(default_factory=dict)  # a user module's layers whose consumer is not known: -> why
 
 
 @dataclass
@@ -473,15 +474,17 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
 def prune_module(module, target, train, evaluate, example, *, confirm=None, test=None, tolerance: float = 0.001,
                  epochs: float = 1.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80, seed: int = 0,
                  penalty: float = 1e-4, node_penalty: str = "cost", method: str = "scalpel",
-                 grouping: str = "aligned", objective: str = "latency", recover: bool = False, checkpoint=None,
-                 restart: bool = False):
+                 grouping: str = "aligned", objective: str = "latency", recover: bool = False,
+                 order_neurons: bool = False, checkpoint=None, restart: bool = False):
     """Prune a user's own `torch.nn.Module` for `target` (`torch_module`): `train(module, epochs)`
     is the user's training loop (it builds its optimizer from `module.parameters()` each call),
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
     `confirm(module)` — accuracy on other held-out data — checks the end result, `test(module)`
     only reports. Returns (a pruned copy of the module, PruneResult, {"dense", "pruned"} test
-    accuracy or None). Options as `prune_onnx`; the module is never changed."""
-    from . import torch_module
+    accuracy or None). Options as `prune_onnx`; the module is never changed. `order_neurons`
+    reorders the Linear layers whose consumer `module_graph` finds (`PruneResult.consumers_unknown`
+    names the others and why)."""
+    from . import neuron_order, torch_module
 
     if method not in METHODS:
         raise ScalpelError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
@@ -490,7 +493,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     net, layers, skipped = torch_module.module_net(module, example)
     settings = {"target": spec.name, "loop": LOOP_OF[method], "tolerance": tolerance, "epochs": epochs, "step": step,
                 "how": how, "max_rounds": max_rounds, "seed": seed, "penalty": penalty, "node_penalty": node_penalty,
-                "grouping": grouping, "objective": objective, "recover": recover, "module": type(module).__name__,
+                "grouping": grouping, "objective": objective, "recover": recover, "order_neurons": order_neurons,
+                "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
 
@@ -500,13 +504,19 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
             train(net, epochs)
         net.eval()
 
-    hooks = SimpleNamespace(train_first=lambda: None, retrain=retrain, evaluate=lambda: evaluate(net),
+    def train_first():
+        if order_neurons and method == "scalpel":
+            for name, order in neuron_order.orders_for_groups(net, layer_strategy(spec, layers, grouping)).items():
+                neuron_order.reorder_neurons(net, name, order)
+
+    hooks = SimpleNamespace(train_first=train_first, retrain=retrain, evaluate=lambda: evaluate(net),
                             confirm=(lambda: confirm(net)) if confirm else None,
                             test=(lambda: test(net)) if test else (lambda: None))
     result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                               objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
                               tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover)
     result.skipped = skipped
+    result.consumers_unknown = net.consumers_unknown
     ck.finish()
     return torch_module.unwrap(net), result, accuracy if test else None
 

@@ -5,8 +5,10 @@ gives it what `torch_chain`'s pruning helpers use: the prunable layers by name (
 `nn.Linear` and `nn.Conv2d` in call order, shapes read from one forward pass of `example`), their
 weights, and node masks. A mask multiplies a layer's output before whatever follows it, so
 folding β into the layer is exact for any activation; a removed node's weights and bias are
-zeroed, and the consumer's inputs are left alone (after a non-ReLU activation or a BatchNorm a
-dead node feeds a constant, which `scalpel_tvm.Pass` folds into the consumer's bias).
+zeroed, and so are the consumer's inputs it fed where `module_graph` proves the consumer reads
+it through ops that keep zero at zero (ReLU, GELU, pooling, a flatten, ...). Elsewhere they are
+left alone and `consumers_unknown` says why: after a sigmoid or a BatchNorm a dead node feeds a
+constant, which `scalpel_tvm.Pass` folds into the consumer's bias.
 
 The user's `train(module, epochs)` runs each retraining, on the wrapper (it must build its
 optimizer from the module it is handed, on every call). The frontend's part rides on a global
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import module_graph
 from .errors import ScalpelError
 from .fixed_point import Window
 
@@ -97,6 +100,7 @@ def module_net(module, example):
     torch = _torch()
     own = copy.deepcopy(module)
     layers, skipped = read_module(own, example)
+    found, unknown = module_graph.consumers(own, example, [layer["name"] for layer in layers])
 
     class ModuleNet(torch.nn.Module):
         def __init__(self):
@@ -105,6 +109,7 @@ def module_net(module, example):
             self.names = [layer["name"] for layer in layers]
             self.beta = torch.nn.ParameterDict()
             self.removed, self.penalty_scale = {}, {}
+            self.consumers_unknown = unknown  # layer -> why its consumer is not known (module doc)
             self._by_name = dict(own.named_modules())
             self._handles = [self._by_name[name].register_forward_hook(
                 self._gate(name.replace(".", "_"), isinstance(self._by_name[name], torch.nn.Linear)))
@@ -137,7 +142,7 @@ def module_net(module, example):
             return self._by_name[name].weight
 
         def consumer(self, name):
-            return None  # see the module doc: consumers' inputs are left to the compiler
+            return found.get(name)
 
     return ModuleNet(), layers, skipped
 

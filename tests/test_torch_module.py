@@ -138,6 +138,12 @@ def test_token_wise_linears_are_node_pruned_and_the_pass_shrinks_them():
                                                 penalty=1e-3, max_rounds=8, epochs=4)
     nodes = result.nodes.nodes
     assert nodes["mlp.0"][1] < 32 or nodes["mlp.2"][1] < 16  # features went
+    # torch.fx finds each layer's consumer (through the GELU, and the mean over the tokens), so
+    # the consumer's inputs that dead features fed are zeroed too
+    assert result.consumers_unknown == {"head": "its output is the module's output"}
+    for layer, consumer in ((pruned.mlp[0], pruned.mlp[2]), (pruned.mlp[2], pruned.head)):
+        dead = ~layer.weight.detach().any(1)
+        assert not consumer.weight.detach()[:, dead].any()
     assert test["pruned"] >= test["dense"] - 0.03 - 0.02
     buffer = io.BytesIO()
     pruned.eval()
@@ -152,3 +158,48 @@ def test_token_wise_linears_are_node_pruned_and_the_pass_shrinks_them():
     with torch.no_grad():
         np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(VALID[0][:2].numpy())).numpy(),
                                    pruned(VALID[0][:2]).numpy(), atol=1e-5)
+
+
+class MLP(nn.Module):
+    """Functional ReLUs between the layers: the graph, not the module list, says who feeds whom."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(nn.functional.relu(self.fc1(x.flatten(1))))))
+
+
+def test_a_users_module_gets_its_neurons_ordered_for_the_groups():
+    """On x86 the FC layers lose groups of 8 outputs; `order_neurons` first gathers alike
+    neurons into those groups, moving the consumers' inputs with them (found in the traced
+    graph), so the module computes what it did."""
+    from scalpel_tvm import neuron_order, torch_module
+
+    torch.manual_seed(0)
+    model = MLP()
+    user_train(model, 3)
+    net, layers, _ = torch_module.module_net(model, TRAIN[0][:4])
+    orders = neuron_order.orders_for_groups(net, pruning.layer_strategy(scalpel_tvm.TargetSpec.preset("x86-avx2"), layers))
+    assert set(orders) == {"fc1", "fc2"}
+    with torch.no_grad():
+        before = net(VALID[0]).numpy()
+        for name, order in orders.items():
+            assert not np.array_equal(order, np.arange(len(order)))
+            neuron_order.reorder_neurons(net, name, order)
+        np.testing.assert_allclose(net(VALID[0]).numpy(), before, rtol=1e-5, atol=1e-5)
+
+    # with no pruning rounds the result is the reordered module itself
+    ordered, result, _ = pruning.prune_module(model, "x86-avx2", user_train, accuracy(VALID), TRAIN[0][:4],
+                                              max_rounds=0, order_neurons=True)
+    assert result.consumers_unknown == {"fc3": "its output is the module's output"}
+    original = dict(model.named_parameters())
+    np.testing.assert_array_equal(ordered.fc1.weight.detach(), original["fc1.weight"].detach()[orders["fc1"]])
+    np.testing.assert_array_equal(ordered.fc3.weight.detach(), original["fc3.weight"].detach()[:, orders["fc2"]])
+
+    pruned, result, test = pruning.prune_module(model, "x86-avx2", user_train, accuracy(VALID), TRAIN[0][:4],
+                                                test=accuracy(VALID), tolerance=0.03, max_rounds=3, step=0.5,
+                                                order_neurons=True)
+    assert pruning.groups_alive(pruned.fc1.weight.detach().numpy(), 8, "gx1") < 4 * 64  # whole groups of 8 outputs
+    assert test["pruned"] >= test["dense"] - 0.03 - 0.02
