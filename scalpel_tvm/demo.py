@@ -99,6 +99,7 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
         record = {
             "network": network, "batch": batch, "target": spec.name,
             "weights_removed": models.weights_removed(pruned_onnx),
+            "frontend": frontend_facts(pruned_onnx),
             "max_abs_diff_vs_no_pass": float(np.abs(outputs["pruned"] - outputs["pruned_no_pass"]).max()),
             "max_abs_diff_vs_onnxruntime": float(np.abs(outputs["pruned"] - ort_out["pruned"]).max()),
             "dense_max_abs_diff_vs_onnxruntime": float(np.abs(outputs["dense"] - ort_out["dense"]).max()),
@@ -118,6 +119,13 @@ def run_demo(target: str = "host", networks=("lenet_300_100", "lenet5"), batches
     _plot(results, out / "demo.png")
     print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")
     return results
+
+
+def frontend_facts(model: onnx.ModelProto) -> dict | None:
+    """What `python/make_demo_models.py` recorded when the pruning frontend made this model
+    (test accuracies, weights removed, settings); None for a model it did not make."""
+    props = {p.key: p.value for p in model.metadata_props}
+    return json.loads(props["scalpel.frontend"]) if "scalpel.frontend" in props else None
 
 
 def check_runs_here(spec) -> None:
@@ -162,12 +170,21 @@ def _bias_bytes(model) -> int:
                if not init.name.endswith(".weight"))
 
 
+def _origin(r) -> str:
+    f = r["frontend"]
+    if f is None:
+        return "  random weights in the paper's pruned structure (no accuracy to report)\n"
+    return (f"  trained on {f['data']} and pruned for {f['target']} by the frontend: test accuracy "
+            f"{f['test_accuracy_dense']:.2%} dense, {f['test_accuracy_pruned']:.2%} pruned\n")
+
+
 def _summary(r) -> str:
     s = r["seconds"]
     return (
         f"{r['network']} batch {r['batch']}: {r['weights_removed']:.1%} of weights removed; "
         f"max |diff| vs no-pass {r['max_abs_diff_vs_no_pass']:.2e}, vs onnxruntime "
         f"{r['max_abs_diff_vs_onnxruntime']:.2e}\n"
+        + _origin(r) +
         f"  model bytes {r['model_bytes_dense']:,} -> {r['model_bytes_pruned']:,} "
         f"({r['model_bytes_pruned'] / r['model_bytes_dense']:.1%})\n"
         f"  latency us: (a) dense via pass {s['scalpel_dense'] * 1e6:.1f}  (b) pruned via pass "

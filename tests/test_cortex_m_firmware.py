@@ -1,20 +1,16 @@
 """The int16 kernels, and a whole int16 network, on an emulated Cortex-M4 (QEMU mps2-an386,
 semihosting) give exactly the numpy reference's integers."""
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
 from nets import run_ort
-from scalpel_tvm import ScalpelError, TargetSpec, cortex_m
+from scalpel_tvm import ScalpelError, TargetSpec, cortex_m, models
 from scalpel_tvm import fixed_point as fp
 from scalpel_tvm.cortex_m import Q15Layer, run_selftest
 from scalpel_tvm.int16_net import quantize_net
 from scalpel_tvm.schedules.csr import CSRWeight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight
-
-DATA = Path(cortex_m.__file__).parent / "data"
 
 
 def random_layers(rng):
@@ -115,11 +111,13 @@ M4_MEMORY = TargetSpec.preset("cortex-m4").memory
 
 
 def lenet_300_100(pruned=True):
-    return onnx.load(str(DATA / ("lenet_300_100_scalpel.onnx" if pruned else "lenet_300_100_dense.onnx")))
+    """Random He weights pruned to the paper's structure (`models.lenet_300_100`, what the demo
+    shipped before the frontend trained its models)."""
+    return models.lenet_300_100(pruned=pruned)
 
 
 def test_int16_lenet_300_100_on_the_emulated_m4_equals_the_reference_and_tracks_float(tmp_path):
-    """The demo's LeNet-300-100, pruned for x86 (8x1 groups: 8 outputs sharing an input), quantized
+    """LeNet-300-100 pruned for x86 (8x1 groups: 8 outputs sharing an input), quantized
     per layer from calibration data: its pairs of inputs mostly hold one weight, so the planner
     stores fc1 and fc2 as CSR. The emulated M4's outputs are the reference's, and they track the
     float model within a fraction of a percent."""

@@ -1,23 +1,19 @@
 """The Cortex-M4 cycle estimate: executed instructions, weighted by the M4's timing table."""
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pytest
 
 from nets import mlp
-from scalpel_tvm import ScalpelError, cortex_m, cycles
+from scalpel_tvm import ScalpelError, cortex_m, cycles, models
 from scalpel_tvm.int16_net import quantize_net
-
-DATA = Path(cortex_m.__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory):
-    """The pruned demo LeNet-300-100 as int16 firmware: fc1 and fc2 as pairs, fc3 dense."""
-    model = onnx.load(str(DATA / "lenet_300_100_scalpel.onnx"))
+    """A pruned LeNet-300-100 (`models`, random weights) as int16 firmware: fc1 and fc2 as pairs, fc3 dense."""
+    model = models.lenet_300_100(pruned=True)
     rng = np.random.default_rng(0)
     net = quantize_net(model, rng.random((32, 784)), formats={"fc1": "gsparse2", "fc2": "gsparse2", "fc3": "dense"})
     x_q = net.quantize_input(rng.random((1, 784)))
@@ -40,7 +36,7 @@ def test_every_stored_pair_is_one_executed_smuad(lenet):
 def test_pairs_with_8_bit_steps_run_one_smuad_per_stored_pair(tmp_path):
     """fc1 with 8-bit steps: one SMUAD per stored pair, the zero pairs that bridge long gaps
     included, and the same outputs as with 16-bit indices."""
-    model = onnx.load(str(DATA / "lenet_300_100_scalpel.onnx"))
+    model = models.lenet_300_100(pruned=True)
     rng = np.random.default_rng(0)
     net = quantize_net(model, rng.random((32, 784)), formats={"fc1": "gsparse2_delta", "fc2": "dense", "fc3": "dense"})
     x_q = net.quantize_input(rng.random((1, 784)))
