@@ -35,7 +35,7 @@ def main():
     args = parser.parse_args()
     torch = torch_chain._torch()
     data = datasets.load("mnist")
-    validation = min(10000, len(data.train_x) // 10)
+    validation = pruning.validation_images(data)
     model = bench_pruning.trained("lenet_300_100", data, args.train_epochs, validation)
     _, layers = read_chain(model)
     strategy = pruning.layer_strategy(TargetSpec.preset("x86-avx2"), layers)
@@ -45,8 +45,7 @@ def main():
         for way in ORDERS:
             net = torch_chain.chain_net(model)
             if way == "similar":
-                for name, order in neuron_order.orders_for_groups(net, strategy).items():
-                    neuron_order.reorder_neurons(net, name, order)
+                neuron_order.reorder_for_groups(net, strategy)
             weights = torch_chain.weights(net)
             masks = {}
             for name in ("fc1", "fc2"):

@@ -70,7 +70,7 @@ def main():
         parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}")
     spec = TargetSpec.preset(args.target)
     data = datasets.load(DATA[args.net][0], limit=args.limit)
-    validation = min(10000, len(data.train_x) // 10)
+    validation = pruning.validation_images(data)
     model = trained(args.net, data, args.train_epochs, validation)
     runs = {}
     # traditional and optimized share their loop: the optimized run resumes the traditional run's

@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
     data = datasets.load("mnist")
-    validation = min(10000, len(data.train_x) // 10)
+    validation = pruning.validation_images(data)
     model = bench_pruning.trained("lenet_300_100", data, args.train_epochs, validation)
     _, layers = read_chain(model)
     windows = {layer["name"]: layer["window"] for layer in layers}

@@ -41,7 +41,7 @@ def trained_and_pruned(net: str) -> tuple[onnx.ModelProto, onnx.ModelProto, dict
     from scalpel_tvm import datasets, pruning
 
     data = datasets.load("mnist")
-    validation = min(10000, len(data.train_x) // 10)
+    validation = pruning.validation_images(data)
     started = time.time()
     dense = trained(net, data, TRAIN_EPOCHS, validation)
     pruned, result, test = pruning.prune_onnx(dense, TARGET, data, validation=validation, **SETTINGS[net])

@@ -42,11 +42,11 @@ def consumers(module, example, names: list[str]) -> tuple[dict[str, str], dict[s
         if name not in calls:
             why[name] = "not called as a module in the traced graph"
             continue
-        result = _walk(calls[name], modules, set(names))
-        if isinstance(result, tuple):
-            found[name] = result[0]
+        consumer, reason = _walk(calls[name], modules, set(names))
+        if consumer:
+            found[name] = consumer
         else:
-            why[name] = result
+            why[name] = reason
     return found, why
 
 
@@ -67,7 +67,7 @@ def _shape(node):
 
 
 def _walk(start, modules, prunable: set):
-    """(consumer,) or why not, from layer node `start` forward."""
+    """(consumer, None) or (None, why not), from layer node `start` forward."""
     import torch
 
     layer = modules[start.target]
@@ -77,20 +77,20 @@ def _walk(start, modules, prunable: set):
     while True:
         users = [u for u in node.users if not _reads_shape_only(u)]
         if any(u.op == "output" for u in users):
-            return "its output is the module's output"
+            return None, "its output is the module's output"
         if not users:
-            return "its output is not used"
+            return None, "its output is not used"
         if len(users) > 1:
-            return f"its output is read by {len(users)} operations ({', '.join(u.name for u in users)})"
+            return None, f"its output is read by {len(users)} operations ({', '.join(u.name for u in users)})"
         user = users[0]
         shape_in, shape_out = _shape(node), _shape(user)
         step = _step(node, user, modules, conv, shape_in, shape_out, nodes, prunable)
         if step == "consumer":
-            return (user.target,)
+            return user.target, None
         if step == "flattened":
             conv = False  # the conv's channels are now ranges of a Linear's features
         elif step != "through":
-            return step
+            return None, step
         node = user
 
 

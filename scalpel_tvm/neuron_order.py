@@ -62,6 +62,14 @@ def orders_for_groups(net, strategy: dict) -> dict[str, np.ndarray]:
     return orders
 
 
+def reorder_for_groups(net, strategy: dict) -> dict[str, np.ndarray]:
+    """Put every layer `orders_for_groups` finds in its order (exact); returns the orders."""
+    orders = orders_for_groups(net, strategy)
+    for name, order in orders.items():
+        reorder_neurons(net, name, order)
+    return orders
+
+
 def reorder_neurons(net, name: str, order: np.ndarray) -> None:
     """Put layer `name`'s neurons in `order` and its consumer's inputs with them (exact)."""
     import torch

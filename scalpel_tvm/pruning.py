@@ -378,6 +378,12 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
     return result
 
 
+def validation_images(data) -> int:
+    """How many of `data`'s training images `prune_onnx` holds out by default: a tenth, at most
+    10,000 (a script that trains the model first holds out the same ones)."""
+    return min(10000, len(data.train_x) // 10)
+
+
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
@@ -426,7 +432,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                            f"retraining, and this model is not one: {err}. Prune the torch.nn.Module it came from "
                            "with scalpel_tvm.prune(module, target, train, evaluate, example)") from None
     data.check_fits(input_shape, [lay for lay in layers if lay["op"] in ("fc", "conv")][-1]["w_nk"].shape[0])
-    validation = validation or min(10000, len(data.train_x) // 10)
+    validation = validation or validation_images(data)
     if not 1 < validation < len(data.train_x):
         raise ScalpelError(f"validation must be between 2 and {len(data.train_x) - 1} images")
     train_x, train_y = data.train_x[:-validation], data.train_y[:-validation]
@@ -447,8 +453,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
             torch_chain.set_dropout(net, dropout)
             torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
         if order_neurons and method == "scalpel":
-            for name, order in neuron_order.orders_for_groups(net, layer_strategy(spec, layers, grouping)).items():
-                neuron_order.reorder_neurons(net, name, order)
+            neuron_order.reorder_for_groups(net, layer_strategy(spec, layers, grouping))
 
     def retrain(round_seed, masks=None, **kwargs):
         torch_chain.set_dropout(net, dropout)  # scaled to the connections left
@@ -506,8 +511,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
 
     def train_first():
         if order_neurons and method == "scalpel":
-            for name, order in neuron_order.orders_for_groups(net, layer_strategy(spec, layers, grouping)).items():
-                neuron_order.reorder_neurons(net, name, order)
+            neuron_order.reorder_for_groups(net, layer_strategy(spec, layers, grouping))
 
     hooks = SimpleNamespace(train_first=train_first, retrain=retrain, evaluate=lambda: evaluate(net),
                             confirm=(lambda: confirm(net)) if confirm else None,
