@@ -113,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--order-neurons", action="store_true",
                        help="SIMD-aware pruning: first reorder each hidden FC layer's neurons so alike ones share "
                             "groups (exact; more accuracy kept at the same groups cut, see the README)")
+    prune.add_argument("--anneal", action="store_true",
+                       help="bring the training rate down to zero along a cosine in every training call, so the "
+                            "first training and each round end on a settled model (see the README)")
+    prune.add_argument("--finetune", type=float, default=0.0, metavar="EPOCHS",
+                       help="end with EPOCHS of retraining annealed from 1e-3, pruned weights held at zero; kept "
+                            "unless the confirmation images score it lower")
+    prune.add_argument("--distill", action="store_true",
+                       help="retrain against the unpruned model's softened outputs as well as the labels "
+                            "(knowledge distillation, half of the loss)")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prune.add_argument("--checkpoint", help="where the run's state is kept after every round (default: OUT.checkpoint); "
@@ -203,7 +212,8 @@ def _prune(args) -> None:
                                           how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
                                           node_penalty=args.node_penalty, method=args.method, grouping=args.groups,
                                           objective=args.objective, dropout=args.dropout, recover=args.recover,
-                                          order_neurons=args.order_neurons, checkpoint=checkpoint, restart=args.restart)
+                                          order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune,
+                                          distill=args.distill, checkpoint=checkpoint, restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
     onnx.save(pruned, out)
@@ -211,7 +221,8 @@ def _prune(args) -> None:
         "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "groups": args.groups,
         "objective": args.objective, "dropout": args.dropout, "recover": args.recover, "train_epochs": args.train_epochs,
-        "order_neurons": args.order_neurons, "limit": args.limit})
+        "order_neurons": args.order_neurons, "anneal": args.anneal, "finetune": args.finetune, "distill": args.distill,
+        "limit": args.limit})
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))

@@ -13,7 +13,7 @@ def as_dict(result, test: dict, target: str, settings: dict) -> dict:
             "validation_accuracy": {"baseline": result.baseline_accuracy, "final": result.final_accuracy,
                                     "confirmation_baseline": result.confirmed_baseline,
                                     "confirmation_final": result.confirmed_accuracy},
-            "rounds_walked_back": result.walked_back, "reverted": result.reverted,
+            "rounds_walked_back": result.walked_back, "reverted": result.reverted, "finetuned": result.finetuned,
             "weights_removed": result.weights_removed,
             "layers": result.layers, "rounds": [asdict(r) for r in result.rounds],
             "predicted_speedup": sum(lay["predicted_dense"] for lay in result.layers.values())
@@ -61,6 +61,9 @@ def table(report: dict) -> str:
     if report["rounds_walked_back"]:
         lines.append(f"{report['rounds_walked_back']} kept rounds walked back: images no round was judged on "
                      "disagreed with the validation images (the accuracy target could not be kept further)")
+    if report.get("finetuned") is not None:
+        lines.append(f"final retraining ({report['settings'].get('finetune', '?')} epochs, annealed): "
+                     + ("kept" if report["finetuned"] else "undone, the confirmation images scored it lower"))
     rounds = len(report["rounds"]) + (len(nodes["rounds"]) if nodes else 0)
     if report["weights_removed"] == 0:
         lines.append(f"no round kept accuracy within the tolerance ({100 * report['settings']['tolerance']:.2g} points): "

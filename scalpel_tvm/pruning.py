@@ -282,6 +282,7 @@ class PruneResult:
     reverted: list = field(default_factory=list)  # layers given their unpruned weights back
     skipped: dict = field(default_factory=dict)  # a user module's layers left alone: name -> why
     consumers_unknown: dict = field(default_factory=dict)  # a user module's layers whose consumer is not known: -> why
+    finetuned: bool | None = None  # the final retraining kept (None: none asked for)
 
 
 @dataclass
@@ -388,8 +389,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
-               recover: bool = False, order_neurons: bool = False, checkpoint=None, restart: bool = False,
-               keep_checkpoint: bool = False):
+               recover: bool = False, order_neurons: bool = False, anneal: bool = False, finetune: float = 0.0,
+               distill: bool = False, checkpoint=None, restart: bool = False, keep_checkpoint: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -416,12 +417,25 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     (`torch_chain.set_dropout`). `recover` gives a node-pruning round that loses accuracy one
     recovery round before it is undone (`node_pruning`). `order_neurons` first puts each hidden FC
     layer's neurons in an order that gathers alike ones into the groups SIMD-aware pruning cuts
-    (`neuron_order`; exact, the written model computes the same function)."""
+    (`neuron_order`; exact, the written model computes the same function).
+
+    `anneal` brings Adam's rates down to zero along a cosine in every training call — the first
+    training (so `train_epochs` gives a settled model rather than a last noisy step) and each
+    round's retraining, which then starts at the training rate 1e-3 instead of holding 3e-4, so
+    every round is judged on a settled model too (node pruning's rounds included, β's rate with
+    the weights'). `finetune` epochs of retraining, annealed from 1e-3, end a run that pruned
+    something, the pruned weights held at zero (Han et al.'s final retraining); they are kept
+    unless the confirmation images score the model lower than before them (so those images have
+    then seen one decision, this one). `distill`
+    retrains against the unpruned model's softened outputs as well as the labels (half each,
+    `torch_chain.train`'s `teacher`)."""
     from . import neuron_order, torch_chain
     from .int16_net import read_chain
 
     if method not in METHODS:
         raise ScalpelError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
+    if finetune < 0:
+        raise ScalpelError(f"finetune is a number of epochs, 0 for none; got {finetune}")
     torch = torch_chain._torch()
     torch.manual_seed(seed)
     spec = TargetSpec.preset(target) if isinstance(target, str) else target
@@ -445,22 +459,44 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                 "dropout": dropout, "recover": recover, "order_neurons": order_neurons,
                 "data": (data.name, len(data.train_x)),
                 "model": model_digest(model)}
+    # named only when asked for, so the checkpoints of runs from before these options still resume
+    settings.update({key: value for key, value in
+                     {"anneal": anneal, "finetune": finetune, "distill": distill}.items() if value})
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
+    teacher = []  # with distill: the unpruned model, as trained
 
     def train_first():
         if train_epochs:
             torch_chain.set_dropout(net, dropout)
-            torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, desc="train")
+            torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, anneal=anneal, desc="train")
         if order_neurons and method == "scalpel":
             neuron_order.reorder_for_groups(net, layer_strategy(spec, layers, grouping))
+        if distill:
+            teacher.append(copy.deepcopy(net).eval())
+
+    def the_teacher():
+        if distill and not teacher:  # a resumed run: its checkpoint holds the teacher
+            if ck.get("teacher") is None:
+                raise ScalpelError(f"{checkpoint} holds no unpruned model to distill from; pass --restart")
+            with torch.random.fork_rng():  # building it draws initial weights: keep the run's random stream
+                teacher.append(torch_chain.chain_net(model))
+            teacher[0].load_state_dict(ck.get("teacher"))
+            teacher[0].eval()
+        return teacher[0] if teacher else None
 
     def retrain(round_seed, masks=None, **kwargs):
         torch_chain.set_dropout(net, dropout)  # scaled to the connections left
-        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=3e-4, seed=round_seed,
-                          desc="retrain", **kwargs)
+        torch_chain.train(net, train_x, train_y, epochs=epochs, masks=masks, lr=1e-3 if anneal else 3e-4,
+                          anneal=anneal, teacher=the_teacher(), seed=round_seed, desc="retrain", **kwargs)
 
-    hooks = SimpleNamespace(train_first=train_first, retrain=retrain,
+    def final_retrain(round_seed, masks):
+        torch_chain.set_dropout(net, dropout)
+        torch_chain.train(net, train_x, train_y, epochs=finetune, masks=masks, lr=1e-3, anneal=True,
+                          teacher=the_teacher(), seed=round_seed, desc="fine-tune")
+
+    hooks = SimpleNamespace(train_first=train_first, retrain=retrain, finetune=final_retrain if finetune else None,
+                            saved=lambda: {"teacher": teacher[0].state_dict()} if teacher else {},
                             evaluate=lambda: torch_chain.accuracy(net, val_x, val_y),
                             confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y),
                             test=lambda: torch_chain.accuracy(net, data.test_x, data.test_y))
@@ -486,7 +522,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
     `confirm(module)` — accuracy on other held-out data — checks the end result, `test(module)`
     only reports. Returns (a pruned copy of the module, PruneResult, {"dense", "pruned"} test
-    accuracy or None). Options as `prune_onnx`; the module is never changed. `order_neurons`
+    accuracy or None). Options as `prune_onnx` but for the training schedule's (`anneal`,
+    `finetune`, `distill`, `dropout`), which the user's loop owns; the module is never changed. `order_neurons`
     reorders the Linear layers whose consumer `module_graph` finds (`PruneResult.consumers_unknown`
     names the others and why)."""
     from . import neuron_order, torch_module
@@ -513,7 +550,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
         if order_neurons and method == "scalpel":
             neuron_order.reorder_for_groups(net, layer_strategy(spec, layers, grouping))
 
-    hooks = SimpleNamespace(train_first=train_first, retrain=retrain, evaluate=lambda: evaluate(net),
+    hooks = SimpleNamespace(train_first=train_first, retrain=retrain, finetune=None, saved=dict,
+                            evaluate=lambda: evaluate(net),
                             confirm=(lambda: confirm(net)) if confirm else None,
                             test=(lambda: test(net)) if test else (lambda: None))
     result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
@@ -550,7 +588,8 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     if not ck.resuming:
         if node_layers:
             torch_chain.add_node_masks(net, node_layers, scale)
-        ck.save(original=original, dense_test=dense_test, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1)
+        ck.save(original=original, dense_test=dense_test, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1,
+                **hooks.saved())
     seeds = [ck.get("seed", seed + 1)]
 
     def retrain(masks=None, **kwargs):
@@ -583,11 +622,30 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
         result.confirmed_accuracy = hooks.confirm() if hooks.confirm else None
         weights = torch_chain.weights(net)
     result.reverted = reverted
+    if hooks.finetune and any(not w.all() for w in weights.values()):  # nothing pruned: nothing to retrain
+        _finetune(net, hooks, result, retrain_seed=seeds[0])
+        weights = torch_chain.weights(net)
     result.nodes = node_result
     result.layers = layer_summary(strategy, weights, cost, baseline_forms(method, weights))
     prunable = [name for name, s in strategy.items() if s.method != "none"]
     result.weights_removed = 1 - sum(np.count_nonzero(weights[n]) for n in prunable) / sum(weights[n].size for n in prunable)
     return result, {"dense": dense_test, "pruned": hooks.test()}
+
+
+def _finetune(net, hooks, result, retrain_seed) -> None:
+    """The final retraining, pruned weights held at zero; undone when the confirmation images
+    (which no decision saw) score the model lower than before it."""
+    from . import torch_chain
+
+    before = torch_chain.snapshot(net)
+    confirmed = hooks.confirm() if hooks.confirm else None
+    hooks.finetune(retrain_seed, {name: (w != 0).astype(np.float32) for name, w in torch_chain.weights(net).items()})
+    after = hooks.confirm() if hooks.confirm else None
+    result.finetuned = after is None or after >= confirmed
+    if not result.finetuned:
+        torch_chain.restore(net, before)
+    result.final_accuracy = hooks.evaluate()
+    result.confirmed_accuracy = hooks.confirm() if hooks.confirm else None
 
 
 def _progress(ck) -> str:

@@ -227,12 +227,15 @@ def _pool(nn, layer):
 
 def train(net, x: np.ndarray, y: np.ndarray, *, epochs: float, masks: dict | None = None, lr: float = 1e-3,
           batch: int = 128, seed: int = 0, desc: str = "train", penalty: float = 0.0, beta_lr: float = 1e-2,
-          after_step=None) -> None:
-    """Adam on cross-entropy for `epochs` passes (fractions allowed); with `masks` (layer name ->
+          after_step=None, anneal: bool = False, teacher=None, temperature: float = 4.0) -> None:
+    """Adam on cross-entropy for `epochs` passes (fractions allowed), with `anneal` its rate
+    brought down to zero along a cosine over the steps; with `masks` (layer name ->
     0/1 array of the weight's shape) pruned weights are set back to zero after every step, and so
     are removed nodes (`remove_masked_nodes`). Node masks' β learn at `beta_lr` with an L1
     `penalty` on them and are clipped to [0, 1]; `after_step(net)` runs after every step (the α
-    update of node pruning)."""
+    update of node pruning). With `teacher` (a module, usually the unpruned model) half the loss
+    is the KL divergence from its softened outputs at `temperature` (Hinton et al.'s
+    distillation, scaled by T²): retraining learns what the unpruned model knew, not only the labels."""
     torch = _torch()
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
     masks = {name: torch.from_numpy(np.asarray(m, np.float32)).reshape(net.weight(name).shape)
@@ -246,17 +249,36 @@ def train(net, x: np.ndarray, y: np.ndarray, *, epochs: float, masks: dict | Non
     order = torch.cat([torch.randperm(len(xt), generator=generator) for _ in range(int(np.ceil(epochs)) or 1)])
     from tqdm import tqdm
 
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if anneal else None
     net.train()
     hold_masks(net, masks)
     for step in tqdm(range(steps), desc=desc, file=sys.stderr, leave=False):
         index = order[step * batch:(step + 1) * batch]
-        loss = torch.nn.functional.cross_entropy(net(xt[index]), yt[index])
+        logits = net(xt[index])
+        if teacher is None:
+            loss = torch.nn.functional.cross_entropy(logits, yt[index])
+        else:
+            with torch.no_grad():
+                taught = teacher(xt[index])
+            loss = distillation_loss(logits, yt[index], taught, temperature)
         if penalty and betas:
             loss = loss + penalty * sum(net.penalty_scale[key] * b.sum() for key, b in betas.items())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule:
+            schedule.step()
         hold_masks(net, masks, after_step)
+
+
+def distillation_loss(logits, labels, teacher_logits, temperature: float):
+    """Half cross-entropy on the labels, half T² · KL(teacher ‖ student) on outputs softened at
+    T (Hinton et al.; T² keeps the soft part's gradients on the scale of the hard part's)."""
+    torch = _torch()
+    soft = torch.nn.functional.log_softmax(teacher_logits / temperature, dim=1)
+    kl = torch.nn.functional.kl_div(torch.nn.functional.log_softmax(logits / temperature, dim=1), soft,
+                                    reduction="batchmean", log_target=True)
+    return 0.5 * torch.nn.functional.cross_entropy(logits, labels) + 0.5 * temperature ** 2 * kl
 
 
 def hold_masks(net, masks: dict, after_step=None) -> None:

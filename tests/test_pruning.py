@@ -93,15 +93,16 @@ def test_the_loop_prunes_the_slowest_layer_first_and_undoes_a_round_that_costs_a
 @pytest.mark.slow
 def test_scalpel_prune_on_mnist_writes_a_pruned_model_in_pairs_and_a_report(tmp_path, capsys):
     """The whole path, reduced: LeNet-300-100 trained one epoch on 6,000 MNIST images, three
-    rounds of pruning for a Cortex-M4; the pruned ONNX model has its zeros in aligned pairs of
+    rounds of pruning for a Cortex-M4 and a short final retraining; the pruned ONNX model has its zeros in aligned pairs of
     inputs, runs in onnxruntime, and is not overwritten without asking."""
     model_path, out = tmp_path / "lenet.onnx", tmp_path / "pruned.onnx"
     onnx.save(paper_nets.network("lenet_300_100"), model_path)
     args = ["prune", str(model_path), "--target", "cortex-m4", "--data", "mnist", "--out", str(out),
             "--report", str(tmp_path / "report"), "--limit", "6000", "--train-epochs", "1", "--epochs", "0.3",
-            "--rounds", "3", "--tolerance", "3"]
+            "--rounds", "3", "--tolerance", "3", "--finetune", "0.3"]
     assert main(args) == 0
-    assert "weights removed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "weights removed" in printed and "final retraining (0.3 epochs, annealed): " in printed
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"prune.json", "prune.txt", "prune.png"}
     pruned = onnx.load(str(out))
     _, layers = read_chain(pruned)
@@ -129,6 +130,8 @@ def test_data_that_does_not_fit_the_model_is_a_clear_error():
     bad = datasets.Dataset("mine", data.train_x, data.train_y + 5, data.test_x, data.test_y, 10)
     with pytest.raises(ScalpelError, match=r"mine's training labels run 5..14, outside the 10 classes 0..9"):
         pruning.prune_onnx(paper_nets.network("lenet_300_100"), "cortex-m4", bad)
+    with pytest.raises(ScalpelError, match="finetune is a number of epochs, 0 for none; got -1"):
+        pruning.prune_onnx(paper_nets.network("lenet_300_100"), "cortex-m4", data, finetune=-1)
 
 
 def test_rounds_the_confirmation_images_reject_are_walked_back():
@@ -203,10 +206,13 @@ def test_optimized_pruning_gives_half_pruned_layers_their_weights_back_and_deplo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_at, where", [(3, "node pruning round 1 done"), (9, r"pruning round \d done")])
+@pytest.mark.parametrize("stop_at, where, schedule", [
+    (3, "node pruning round 1 done", []), (9, r"pruning round \d done", []),
+    (9, r"pruning round \d done", ["--anneal", "--distill", "--finetune", "0.2"])])
 def test_an_interrupted_run_resumes_from_its_last_finished_round_and_ends_where_an_uninterrupted_one_does(
-        tmp_path, capsys, monkeypatch, stop_at, where):
-    """Interrupted in node pruning, and in the FC groups' rounds after it."""
+        tmp_path, capsys, monkeypatch, stop_at, where, schedule):
+    """Interrupted in node pruning, and in the FC groups' rounds after it; with the training
+    schedule's options too (the resumed run gets its teacher back from the checkpoint)."""
     from onnx import numpy_helper
 
     from scalpel_tvm import torch_chain
@@ -216,7 +222,8 @@ def test_an_interrupted_run_resumes_from_its_last_finished_round_and_ends_where_
 
     def args(out):
         return ["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--limit", "3000",
-                "--train-epochs", "0.5", "--epochs", "0.2", "--rounds", "4", "--tolerance", "5", "--penalty", "3e-3"]
+                "--train-epochs", "0.5", "--epochs", "0.2", "--rounds", "4", "--tolerance", "5", "--penalty", "3e-3",
+                *schedule]
 
     assert main(args(tmp_path / "straight.onnx")) == 0
     assert not (tmp_path / "straight.onnx.checkpoint").exists()  # removed once the run completes
@@ -384,3 +391,121 @@ def test_the_pruning_benchmark_builds_every_method_as_firmware_and_prices_it(tmp
     scalpel = report["methods"]["scalpel"]
     assert scalpel["speedup"] > 1 and scalpel["size_vs_dense"] < 1
     assert (tmp_path / "bench_pruning_lenet_300_100_cortex-m4.png").exists()
+
+
+def test_annealed_training_brings_the_rate_down_to_zero_along_a_cosine(monkeypatch):
+    import torch
+
+    from scalpel_tvm import torch_chain
+
+    rates = []
+    step = torch.optim.Adam.step
+
+    def record(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    data = datasets.load("mnist", limit=1280)
+    net = torch_chain.chain_net(paper_nets.network("lenet_300_100"))
+    torch_chain.train(net, data.train_x, data.train_y, epochs=1, anneal=True)
+    assert len(rates) == 10 and rates[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.03 * rates[0]
+    assert rates[5] == pytest.approx(0.5e-3)  # half way down the cosine
+    rates.clear()
+    torch_chain.train(net, data.train_x, data.train_y, epochs=1)
+    assert rates == [1e-3] * 10
+
+
+def _finetune_setup(confirmations):
+    """A LeNet-300-100 chain with half of fc1's weights pruned, and the hooks `_finetune` reads;
+    the confirmation images score it `confirmations` in turn."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from scalpel_tvm import torch_chain
+
+    data = datasets.load("mnist", limit=2000)
+    net = torch_chain.chain_net(paper_nets.network("lenet_300_100"))
+    with torch.no_grad():
+        net.weight("fc1")[: net.weight("fc1").shape[0] // 2] = 0
+    scores = iter(confirmations)
+    hooks = SimpleNamespace(
+        finetune=lambda seed, masks: torch_chain.train(net, data.train_x, data.train_y, epochs=0.2, masks=masks,
+                                                       anneal=True, seed=seed),
+        evaluate=lambda: torch_chain.accuracy(net, data.train_x[:500], data.train_y[:500]),
+        confirm=lambda: next(scores))
+    return net, hooks
+
+
+def test_the_final_retraining_holds_the_pruned_zeros_and_is_kept_when_confirmed():
+    from scalpel_tvm import torch_chain
+
+    net, hooks = _finetune_setup([0.80, 0.85, 0.85])
+    before = torch_chain.weights(net)
+    result = pruning.PruneResult(0.9, 0.9)
+    pruning._finetune(net, hooks, result, retrain_seed=1)
+    after = torch_chain.weights(net)
+    assert result.finetuned and result.confirmed_accuracy == 0.85
+    assert np.all(after["fc1"][:150] == 0) and np.any(after["fc1"][150:] != before["fc1"][150:])
+    assert np.any(after["fc2"] != before["fc2"])
+
+
+def test_a_final_retraining_the_confirmation_images_score_lower_is_undone():
+    from scalpel_tvm import torch_chain
+
+    net, hooks = _finetune_setup([0.85, 0.80, 0.85])
+    before = torch_chain.weights(net)
+    result = pruning.PruneResult(0.9, 0.9)
+    pruning._finetune(net, hooks, result, retrain_seed=1)
+    assert result.finetuned is False and result.confirmed_accuracy == 0.85
+    assert all(np.array_equal(w, before[name]) for name, w in torch_chain.weights(net).items())
+
+
+def test_distillation_adds_the_teachers_softened_outputs_to_the_loss():
+    """With the student as its own teacher the KL term and its gradient are zero, so one Adam
+    step (which normalises the gradient's scale) moves the weights as without a teacher, but for
+    the few whose gradient is near Adam's epsilon; another teacher pulls them elsewhere."""
+    import copy
+
+    import torch
+
+    from scalpel_tvm import torch_chain
+
+    data = datasets.load("mnist", limit=128)
+    start = torch_chain.chain_net(paper_nets.network("lenet_300_100"))
+    plain, itself, other = (copy.deepcopy(start) for _ in range(3))
+    stranger = torch_chain.chain_net(paper_nets.network("lenet_300_100"))
+    with torch.no_grad():
+        for p in stranger.parameters():
+            p.mul_(3.0)
+    torch_chain.train(plain, data.train_x, data.train_y, epochs=1)
+    torch_chain.train(itself, data.train_x, data.train_y, epochs=1, teacher=copy.deepcopy(start).eval())
+    torch_chain.train(other, data.train_x, data.train_y, epochs=1, teacher=stranger.eval())
+    def differ(net):  # the fraction of weights a step (of 1e-3) moved by a tenth of it otherwise than without a teacher
+        w = torch_chain.weights(net)
+        return np.mean(np.concatenate([np.abs(w[n] - p).ravel() > 1e-4 for n, p in torch_chain.weights(plain).items()]))
+
+    assert differ(itself) < 1e-3 and differ(other) > 0.1
+
+
+def test_the_distillation_loss_is_half_labels_half_the_teachers_softened_outputs():
+    import torch
+
+    from scalpel_tvm.torch_chain import distillation_loss
+
+    student = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    teacher = np.array([[1.0, 1.5, -2.0], [0.0, -1.0, 2.0]])
+    labels = np.array([0, 2])
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    t = 4.0
+    hard = -np.mean(np.log(softmax(student)[[0, 1], labels]))
+    p, q = softmax(teacher / t), softmax(student / t)
+    kl = np.mean(np.sum(p * np.log(p / q), axis=1))
+    got = distillation_loss(torch.tensor(student), torch.tensor(labels), torch.tensor(teacher), t)
+    assert float(got) == pytest.approx(0.5 * hard + 0.5 * t * t * kl, rel=1e-6)
