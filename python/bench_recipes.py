@@ -1,0 +1,110 @@
+"""How much the training recipe decides "no accuracy loss": the SIMD-aware loop on one network
+for one target, from a short-trained and from a converged dense model, with the frontend's
+training-schedule options, over several seeds.
+
+    python python/bench_recipes.py [--net lenet_300_100] [--target x86-avx2] [--seeds 0 1 2] --out out
+
+Per seed it trains the network twice on MNIST (the training images `prune_onnx` does not hold
+out): 3 epochs at a constant rate (`--train-epochs 3`, the recipe of the README's frontend
+figures) and 8 epochs annealed (`--anneal`), which converges. Then it prunes through
+`scalpel_tvm.pruning.prune_onnx` (two retraining epochs a round, `order_neurons`):
+
+* short: the 3-epoch model, the loop as it is by default;
+* short+finetune: the same and 4 final annealed epochs (`finetune=4`);
+* converged: the 8-epoch model, the default loop (rounds at a constant 3e-4);
+* converged+anneal: each round's retraining annealed from 1e-3 (`anneal=True`);
+* converged+anneal+distill: and half of its loss from the unpruned model's outputs (`distill=True`).
+
+It prints and writes (`bench_recipes_<net>_<target>.json`, `.png`) each run's weights removed and
+test accuracy against its own dense model. About 2.5 min a run on this 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+from scalpel_tvm import datasets, paper_nets, pruning, torch_chain
+
+VARIANTS = {
+    "short": ("short", {}),
+    "short+finetune": ("short", {"finetune": 4.0}),
+    "converged": ("converged", {}),
+    "converged+anneal": ("converged", {"anneal": True}),
+    "converged+anneal+distill": ("converged", {"anneal": True, "distill": True}),
+}
+TRAINING = {"short": {"epochs": 3.0}, "converged": {"epochs": 8.0, "anneal": True}}
+
+
+def trained(net_name: str, data, seed: int, recipe: dict):
+    """The dense model as `prune_onnx(..., train_epochs=E[, anneal=True], seed=seed)` trains it."""
+    torch_chain._torch().manual_seed(seed)
+    model = paper_nets.network(net_name)
+    net = torch_chain.chain_net(model)
+    validation = pruning.validation_images(data)
+    torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], seed=seed, **recipe)
+    return torch_chain.write_weights(model, net)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default="lenet_300_100", choices=["lenet_300_100", "lenet5"])
+    parser.add_argument("--target", default="x86-avx2")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=float, default=2.0, help="retraining epochs per round")
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    args = parser.parse_args()
+    data = datasets.load("mnist")
+    runs = []
+    for seed in args.seeds:
+        models = {name: trained(args.net, data, seed, recipe) for name, recipe in TRAINING.items()
+                  if any(VARIANTS[v][0] == name for v in args.variants)}
+        for variant in args.variants:
+            start, options = VARIANTS[variant]
+            began = time.time()
+            _, result, test = pruning.prune_onnx(models[start], args.target, data, epochs=args.epochs, seed=seed,
+                                                 order_neurons=True, **options)
+            layers = result.layers.values()
+            run = {"variant": variant, "seed": seed, "dense_test": test["dense"], "pruned_test": test["pruned"],
+                   "change_points": round(100 * (test["pruned"] - test["dense"]), 2),
+                   "weights_removed": result.weights_removed, "walked_back": result.walked_back,
+                   "finetuned": result.finetuned, "rounds": len(result.rounds),
+                   "predicted_speedup": sum(lay["predicted_dense"] for lay in layers) / sum(lay["predicted"] for lay in layers),
+                   "seconds": round(time.time() - began, 1)}
+            runs.append(run)
+            print(f"seed {seed} {variant:<26} dense {run['dense_test']:.2%}  pruned {run['pruned_test']:.2%} "
+                  f"({run['change_points']:+.2f})  removed {run['weights_removed']:.1%}  "
+                  f"predicted {run['predicted_speedup']:.2f}x  {run['seconds']:.0f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench_recipes_{args.net}_{args.target}"
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"net": args.net, "target": args.target, "date": datetime.date.today().isoformat(),
+         "retraining_epochs": args.epochs, "training": TRAINING, "runs": runs}, indent=2))
+    _plot(runs, stem.with_suffix(".png"), args.net, args.target)
+    print(f"wrote {stem}.json and .png")
+
+
+def _plot(runs, path, net, target) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == variant]
+        ax.plot([100 * r["weights_removed"] for r in mine], [r["change_points"] for r in mine], "o", label=variant)
+    ax.axhline(-0.1, color="k", lw=0.8, ls="--", label="tolerance (−0.1 points)")
+    ax.set_xlabel("weights removed (%)")
+    ax.set_ylabel("test accuracy change vs its dense model (points)")
+    ax.set_title(f"{net} for {target}: one point per seed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
