@@ -38,11 +38,13 @@ METHODS = ("scalpel", "traditional", "optimized")
 DATA = {"lenet_300_100": ("mnist", None), "lenet5": ("mnist", None), "convnet": ("fashion-mnist", (1, 28, 28))}
 
 
-def trained(name: str, data, epochs: float, validation: int, seed: int = 0):
+def trained(name: str, data, epochs: float, validation: int, seed: int = 0, anneal: bool = False):
+    """The dense model as `prune_onnx(..., train_epochs=epochs, seed=seed, anneal=anneal)` trains it."""
     torch_chain._torch().manual_seed(seed)
     model = paper_nets.network(name, input_shape=DATA[name][1])
     net = torch_chain.chain_net(model)
-    torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], epochs=epochs, seed=seed)
+    torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], epochs=epochs, seed=seed,
+                      anneal=anneal)
     return torch_chain.write_weights(model, net)
 
 

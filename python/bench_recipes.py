@@ -23,10 +23,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 
-from scalpel_tvm import datasets, paper_nets, pruning, torch_chain
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_pruning import trained  # noqa: E402
+
+from scalpel_tvm import datasets, pruning  # noqa: E402
 
 VARIANTS = {
     "short": ("short", {}),
@@ -36,16 +41,6 @@ VARIANTS = {
     "converged+anneal+distill": ("converged", {"anneal": True, "distill": True}),
 }
 TRAINING = {"short": {"epochs": 3.0}, "converged": {"epochs": 8.0, "anneal": True}}
-
-
-def trained(net_name: str, data, seed: int, recipe: dict):
-    """The dense model as `prune_onnx(..., train_epochs=E[, anneal=True], seed=seed)` trains it."""
-    torch_chain._torch().manual_seed(seed)
-    model = paper_nets.network(net_name)
-    net = torch_chain.chain_net(model)
-    validation = pruning.validation_images(data)
-    torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], seed=seed, **recipe)
-    return torch_chain.write_weights(model, net)
 
 
 def main() -> None:
@@ -60,7 +55,8 @@ def main() -> None:
     data = datasets.load("mnist")
     runs = []
     for seed in args.seeds:
-        models = {name: trained(args.net, data, seed, recipe) for name, recipe in TRAINING.items()
+        models = {name: trained(args.net, data, validation=pruning.validation_images(data), seed=seed, **recipe)
+                  for name, recipe in TRAINING.items()
                   if any(VARIANTS[v][0] == name for v in args.variants)}
         for variant in args.variants:
             start, options = VARIANTS[variant]

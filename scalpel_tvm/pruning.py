@@ -645,7 +645,7 @@ def _finetune(net, hooks, result, retrain_seed) -> None:
     if not result.finetuned:
         torch_chain.restore(net, before)
     result.final_accuracy = hooks.evaluate()
-    result.confirmed_accuracy = hooks.confirm() if hooks.confirm else None
+    result.confirmed_accuracy = after if result.finetuned else confirmed
 
 
 def _progress(ck) -> str:
