@@ -9,11 +9,23 @@ sparsity with that K). Prints and writes (out/bench_cost_model.json, .png):
   form the planner would choose — dense, grouped-sparse G×1 or 1×G — against the measured
   fastest, and when wrong, how much slower the chosen form measured (regret);
 * the same for the analytical roofline (the cost model of the compiler-core issue), as a
-  baseline measured on the same records.
+  baseline measured on the same records;
+* with `--remeasure`, the decisions once more against the three forms of every case timed side
+  by side in this run (the kernel the Pass would compile from the log for each form, medians of
+  interleaved rounds). The log's records were measured on different days, and on a shared
+  machine a record can be off by more than the forms differ (dense 784x296 measured 16.1 us one
+  day, 784x300 12.5 us another), so the "measured fastest" of a case is only as sure as the
+  records it is read from; timing the forms together takes the day out of the comparison.
 
-    python python/bench_cost_model.py [--logs DIR] [--out out]
+    python python/bench_cost_model.py [--logs DIR] [--out out] [--remeasure]
 """
 from __future__ import annotations
+
+import os
+
+# One thread, as the tuning runs measured; set before TVM and numpy load.
+os.environ["TVM_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse
 import json
@@ -31,14 +43,65 @@ from scalpel_tvm.tuning import GROUP_SPARSITIES
 from scalpel_tvm.workloads import Workload
 
 
-def held_out_predictions(measured: dict, spec: TargetSpec) -> dict:
+def held_out_predictions(measured: dict, spec: TargetSpec, make_model=None) -> dict:
     predicted = {}
     for k in sorted({q.k for q in measured}):
         train = {q: s for q, s in measured.items() if q.k != k}
         test = [q for q in measured if q.k == k]
-        model = SecondsModel(spec).fit(train)
+        model = (make_model() if make_model else SecondsModel(spec)).fit(train)
         predicted.update(zip(test, model.predict(test)))
     return predicted
+
+
+class WithScheduleFeatures(SecondsModel):
+    """The seconds model with meta_schedule's per-store features (`PerStoreFeature`, the ones
+    its XGBModel learns from; max and mean over the kernel's stores) added to its own: does
+    what meta_schedule sees in a schedule help it price kernels? Trained on the features of the
+    schedule each record measured; a held-out kernel gets those of the template's default
+    knobs, the kernel the Pass would compile for a shape nobody tuned."""
+
+    def __init__(self, spec: TargetSpec, log: TuningLog):
+        super().__init__(spec)
+        self.spec, self.log, self.training = spec, log, False
+
+    def fit(self, seconds_by_query: dict):
+        self.training = True
+        try:
+            return super().fit(seconds_by_query)
+        finally:
+            self.training = False
+
+    def _rows(self, queries):
+        rows, guesses = super()._rows(queries)
+        extra = [schedule_features(self.log, self.spec, q, tuned=self.training) for q in queries]
+        return np.hstack([rows, np.array(extra)]), guesses
+
+
+_FEATURES: dict = {}
+
+
+def schedule_features(log: TuningLog, spec: TargetSpec, query: KernelQuery, tuned: bool) -> np.ndarray:
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from scalpel_tvm.logs import tuned_kernel
+    from scalpel_tvm.tuning import tuning_target
+    from scalpel_tvm.workloads import default_knobs, template_kernel
+
+    if (query, tuned) not in _FEATURES:
+        if "workloads" not in _FEATURES:
+            _FEATURES["workloads"] = best_workloads(log)
+            _FEATURES["extractor"] = ms.feature_extractor.PerStoreFeature(extract_workload=False)
+        workload = _FEATURES["workloads"][query]
+        kernel = (tuned_kernel(log, workload, "main") if tuned
+                  else template_kernel(workload, default_knobs(workload), "main"))
+        mod = tvm.IRModule({"main": kernel})
+        context = ms.TuneContext(mod=mod, target=tuning_target(spec))
+        candidate = ms.MeasureCandidate(s_tir.Schedule(mod), ms.arg_info.ArgInfo.from_prim_func(kernel))
+        stores = _FEATURES["extractor"].extract_from(context, [candidate])[0].numpy()
+        _FEATURES[query, tuned] = np.concatenate([stores.max(0), stores.mean(0)])
+    return _FEATURES[query, tuned]
 
 
 def decision_cases(measured: dict, lanes: int) -> list[dict]:
@@ -61,19 +124,74 @@ def decision_cases(measured: dict, lanes: int) -> list[dict]:
     return cases
 
 
+def best_workloads(log: TuningLog) -> dict:
+    """The logged workload (epilogue included) whose record gives each query its seconds."""
+    chosen: dict = {}
+    for key, records in log.records.items():
+        workload = Workload.from_key(key)
+        seconds = min(m.seconds for m in records)
+        if workload.query not in chosen or seconds < chosen[workload.query][1]:
+            chosen[workload.query] = (workload, seconds)
+    return {query: workload for query, (workload, _) in chosen.items()}
+
+
+def remeasure(cases, log: TuningLog, spec: TargetSpec, budget_s: float = 0.15,
+              rounds: int = 9) -> dict:
+    """Seconds of every form of every case, the three forms of a case timed side by side."""
+    import tvm
+    from tqdm import tqdm
+
+    from scalpel_tvm.logs import tuned_kernel
+    from scalpel_tvm.timing import interleaved_samples, vm_timer
+    from scalpel_tvm.tuning import tuning_target
+    from scalpel_tvm.workloads import measurement_arguments
+
+    target, workloads, timers, seconds = tuning_target(spec), best_workloads(log), {}, {}
+
+    def timer(query):
+        if query not in timers:
+            workload = workloads[query]
+            module = tvm.compile(tvm.IRModule({"main": tuned_kernel(log, workload, "main")}),
+                                 target=target).jit()
+            arrays = [tvm.runtime.tensor(a, tvm.cpu()) for a in measurement_arguments(workload)]
+            timers[query] = vm_timer(module, *arrays)
+        return timers[query]
+
+    for case in tqdm(cases, desc="timing each case's forms side by side", unit="case"):
+        forms = case["forms"]
+        samples = interleaved_samples({f: timer(q) for f, q in forms.items()}, budget_s, rounds)
+        case_seconds = {forms[f]: float(np.median(v)) for f, v in samples.items()}
+        for query, value in case_seconds.items():  # a dense kernel serves three sparsities
+            seconds.setdefault(query, []).append(value)
+    return {query: float(np.median(v)) for query, v in seconds.items()}
+
+
 def decide(cases, measured, price) -> dict:
-    right, regrets = 0, []
+    right, regrets, wrong_cases = 0, [], []
     for case in cases:
         forms = case["forms"]
         chosen = min(forms, key=lambda f: price(forms[f]))
         best = min(forms, key=lambda f: measured[forms[f]])
         right += chosen == best
         regrets.append(measured[forms[chosen]] / measured[forms[best]])
+        if chosen != best:
+            wrong_cases.append({**{k: case[k] for k in ("batch", "k", "n", "sparsity")},
+                                "chosen": chosen, "best": best, "regret": round(regrets[-1], 3),
+                                "measured_us": {f: round(measured[q] * 1e6, 3) for f, q in forms.items()}})
     wrong = [r for r in regrets if r > 1]
-    return {"cases": len(cases), "accuracy": right / max(len(cases), 1),
+    return {"cases": len(cases), "accuracy": right / max(len(cases), 1), "wrong": wrong_cases,
             "worst_regret": max(regrets, default=1.0),
             "mean_regret_when_wrong": float(np.mean(wrong)) if wrong else 1.0,
             "within_10pct_when_wrong": sum(r <= 1.10 for r in wrong) / max(len(wrong), 1)}
+
+
+def score(predicted: dict, measured: dict, cases: list) -> dict:
+    queries = list(predicted)
+    truth = np.array([measured[q] for q in queries])
+    guess = np.array([predicted[q] for q in queries])
+    return {"mape": float(np.mean(np.abs(guess - truth) / truth)),
+            "spearman": float(spearmanr(guess, truth).statistic),
+            "decisions": decide(cases, measured, lambda q: predicted[q])}
 
 
 def main() -> None:
@@ -81,35 +199,51 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=SHIPPED / "x86-avx2")
     parser.add_argument("--target", default="x86-avx2")
     parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--remeasure", action="store_true",
+                        help="also judge the decisions against the forms timed side by side now")
+    parser.add_argument("--schedule-features", action="store_true",
+                        help="also try the model with meta_schedule's per-store features (2 min)")
     args = parser.parse_args()
     spec = TargetSpec.preset(args.target)
     started = time.time()
-    measured = {q: s for q, s in TuningLog(args.logs).seconds_by_query().items() if q.kind == "fc"}
-    predicted = held_out_predictions(measured, spec)
+    log = TuningLog(args.logs)
+    measured = {q: s for q, s in log.seconds_by_query().items() if q.kind == "fc"}
     analytical = AnalyticalCost(spec)
-    queries = list(predicted)
-    truth = np.array([measured[q] for q in queries])
-    guess = np.array([predicted[q] for q in queries])
-    roofline = np.array([analytical.estimate(q).seconds for q in queries])
+    predictions = {"model": held_out_predictions(measured, spec)}
+    predictions["analytical"] = {q: analytical.estimate(q).seconds for q in predictions["model"]}
+    if args.schedule_features:
+        predictions["model_with_schedule_features"] = held_out_predictions(
+            measured, spec, lambda: WithScheduleFeatures(spec, log))
     cases = decision_cases(measured, spec.lanes("float32"))
-    report = {
-        "log": str(args.logs), "kernels": len(queries), "held_out": "one input width K at a time",
-        "model": {"mape": float(np.mean(np.abs(guess - truth) / truth)),
-                  "spearman": float(spearmanr(guess, truth).statistic),
-                  "decisions": decide(cases, measured, lambda q: predicted[q])},
-        "analytical": {"mape": float(np.mean(np.abs(roofline - truth) / truth)),
-                       "spearman": float(spearmanr(roofline, truth).statistic),
-                       "decisions": decide(cases, measured, lambda q: analytical.estimate(q).seconds)},
-        "seconds": round(time.time() - started, 1),
-    }
-    for name in ("model", "analytical"):
+    report = {"log": str(args.logs), "kernels": len(measured),
+              "held_out": "one input width K at a time",
+              **{name: score(p, measured, cases) for name, p in predictions.items()}}
+    if args.remeasure:
+        now = remeasure(cases, log, spec)
+        report["side_by_side"] = {
+            "what": "each case's three forms timed together in this run; medians",
+            **{name: decide(cases, now, lambda q, p=p: p[q]) for name, p in predictions.items()},
+            "log_records": decide(cases, now, lambda q: measured[q]),
+            "records_vs_now_mape": float(np.mean([abs(measured[q] - s) / s for q, s in now.items()])),
+        }
+    report["seconds"] = round(time.time() - started, 1)
+    for name in predictions:
         r, d = report[name], report[name]["decisions"]
         print(f"{name:>10}: MAPE {r['mape']:.1%}  Spearman {r['spearman']:.3f}  decisions "
-              f"{d['accuracy']:.1%} of {d['cases']}  worst regret {d['worst_regret']:.2f}x  "
+              f"{d['accuracy']:.1%} of {d['cases']}  mean regret when wrong "
+              f"{d['mean_regret_when_wrong']:.2f}x  worst {d['worst_regret']:.2f}x  "
               f"wrong within 10%: {d['within_10pct_when_wrong']:.0%}")
+    for name, d in report.get("side_by_side", {}).items():
+        if isinstance(d, dict):
+            print(f"side by side, {name:>11}: decisions {d['accuracy']:.1%} of {d['cases']}  "
+                  f"mean regret when wrong {d['mean_regret_when_wrong']:.2f}x  worst "
+                  f"{d['worst_regret']:.2f}x  wrong within 10%: {d['within_10pct_when_wrong']:.0%}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_cost_model.json").write_text(json.dumps(report, indent=2))
-    _plot(truth, guess, roofline, args.out / "bench_cost_model.png")
+    queries = list(predictions["model"])
+    _plot(*(np.array([source[q] for q in queries])
+            for source in (measured, predictions["model"], predictions["analytical"])),
+          args.out / "bench_cost_model.png")
     print(f"wrote {args.out / 'bench_cost_model.json'} and .png")
 
 

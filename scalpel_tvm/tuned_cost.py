@@ -8,6 +8,8 @@ gradient-boosted trees (XGBoost) on shape, density, group and form features (`Se
 Dense seconds are learnt as a correction to the analytical roofline rather than raw seconds,
 which keeps predictions sensible outside the tuned shapes, where trees alone would flatten out,
 because the roofline scales with MACs and bytes; sparse forms as a ratio to dense.
+meta_schedule's per-store schedule features, added as inputs, did not improve the held-out
+decisions (`python/bench_cost_model.py --schedule-features`), so they are not used.
 """
 from __future__ import annotations
 
