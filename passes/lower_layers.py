@@ -61,8 +61,10 @@ def fc_kernel(form: str, w_kn: np.ndarray, batch: int, group: int, *, bias: bool
 
 def conv_kernel(w_oihw: np.ndarray, x_shape, attrs, *, bias: bool, activation: str | None,
                 lanes: int, name: str, log=None):
-    """The PrimFunc for a conv layer (dense or shrunk) and its packed weight, with the best
-    logged knobs of this conv when a tuning `log` has them."""
+    """The PrimFunc for a conv layer (dense or shrunk) and its weight: the template with the
+    best logged knobs of this conv when a tuning `log` has them (weight packed for them), or a
+    meta_schedule schedule when one of those measured fastest (weight as OIHW)."""
+    from scalpel_tvm.logs import scheduled_kernel  # late: logs pull in meta_schedule
     from scalpel_tvm.workloads import ConvWorkload  # late: workloads pull in the cost models
 
     batch, channels, height, width = x_shape
@@ -72,6 +74,9 @@ def conv_kernel(w_oihw: np.ndarray, x_shape, attrs, *, bias: bool, activation: s
     workload = ConvWorkload(batch, channels, height, width, w_oihw.shape[0],
                             tuple(w_oihw.shape[2:]), **geometry, lanes=lanes, bias=bias,
                             activation=activation)
+    best = log.best(workload) if log is not None else None
+    if best is not None and best.knobs is None:
+        return scheduled_kernel(best, workload, name), [w_oihw]
     knobs = (log.best_knobs(workload) if log is not None else None) or {}
     prim = conv2d_nchw(
         batch, channels, height, width, w_oihw.shape[0], tuple(w_oihw.shape[2:]), **geometry,

@@ -2,14 +2,16 @@
 
 Measures, on this machine, every template setting of the candidate kernels of
 
-* the demo models' FC and conv layers (LeNet-300-100 and LeNet-5 as pruned, batch 1 and 50), so
+* the demo models' FC and conv layers (LeNet-300-100 and LeNet-5 as pruned, batch 1 and 50, and
+  the convs of the unpruned models the demo compares with), so
   `scalpel demo`, `scalpel plan` and `Pass("x86-avx2")` find exact records for them, and
 * a sweep of FC shapes (below) at batch 1 and 50, each dense, node-shrunk to 90/75/50/25% and
   grouped-sparse G×1 / 1×G at 50/70/90% group sparsity: the training data of the seconds model
   that prices everything not tuned;
 
-then runs meta_schedule's search (`--trials`, default 32) on the demo models' dense kernels at
-their pruned shapes, whose records compete with the templates'.
+then runs meta_schedule's search (`--trials`, default 32) on the demo models' dense FC kernels
+at their pruned shapes and on their conv kernels as the Pass lowers them, whose records compete
+with the templates'.
 
 Resumable: re-running tops the log up. The log is shipped xz-compressed (`xz -dk` its files to
 open it with meta_schedule's JSONDatabase). Run on an otherwise idle machine:
@@ -50,10 +52,15 @@ def main() -> None:
     demo, searched = [], []
     for name in NETWORKS:
         for batch in BATCHES:
-            found = model_workloads(import_onnx(load_onnx(demo_model_path(name, pruned=True)), batch), spec)
-            demo += found
+            pruned, dense = (import_onnx(load_onnx(demo_model_path(name, pruned=p)), batch)
+                             for p in (True, False))
+            found = model_workloads(pruned, spec)
             fc = [wl for wl in found if isinstance(wl, Workload)]
-            searched += [wl for wl in fc if wl.form == "dense" and wl.n in _kept_widths(fc)]
+            # The convs as the Pass lowers them, pruned and in the dense baseline.
+            convs = [wl for mod in (pruned, dense)
+                     for wl in model_workloads(mod, spec, kinds=("conv",), conv_fractions=())]
+            demo += found + convs
+            searched += [wl for wl in fc if wl.form == "dense" and wl.n in _kept_widths(fc)] + convs
     tune(demo, spec, args.out)
     sweep = [wl for k, n in SWEEP for batch in BATCHES for wl in layer_workloads(batch, k, n, lanes)]
     tune(sweep, spec, args.out)

@@ -16,6 +16,8 @@ meta_schedule up to `trials`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +38,7 @@ BUILDER_TIMEOUT_S = 300  # meta_schedule's 30 s default fails 1 in 4 builds on a
 KEEP_FRACTIONS = (0.9, 0.75, 0.5, 0.25)  # node-shrunk shapes the pruning frontend considers
 GROUP_SPARSITIES = (0.5, 0.7, 0.9)  # grouped-sparse densities it considers, both orientations
 RPC_RESULT_TIMEOUT_S = 600
+MS_LOGGER = "tvm.s_tir.meta_schedule"
 
 
 def tuning_target(spec: TargetSpec) -> tvm.target.Target:
@@ -216,7 +219,7 @@ def tune(workloads: list[Workload], spec: TargetSpec, log_dir, *, trials: int = 
                         batch_size)
         if trials > 0:
             arguments.table.clear()
-            for wl in tqdm([wl for wl in dict.fromkeys(workloads) if wl.form == "dense"],
+            for wl in tqdm([wl for wl in dict.fromkeys(workloads) if searchable(wl)],
                            desc="meta_schedule", unit="workload", disable=not progress):
                 remaining = trials - (done.search_trials(wl) if done else 0)
                 if remaining > 0:
@@ -300,11 +303,34 @@ def runner_result(future, timeout_s: float = RPC_RESULT_TIMEOUT_S):
     return future.result()
 
 
-def _search(wl: Workload, target, trials: int, builder, runner, database) -> None:
-    """meta_schedule's evolutionary search on the canonical dense function."""
-    with tempfile.TemporaryDirectory(prefix="scalpel-ms-") as work_dir:
+def searchable(wl: Workload | ConvWorkload) -> bool:
+    """Kernels meta_schedule can search: dense FC and conv (dense or node-shrunk). The
+    grouped-sparse loops depend on the pattern's data, so only their template knobs are tuned."""
+    return isinstance(wl, ConvWorkload) or wl.form == "dense"
+
+
+def _search(wl: Workload | ConvWorkload, target, trials: int, builder, runner, database) -> None:
+    """meta_schedule's evolutionary search on the canonical function (FC over the packed
+    weight, conv over the OIHW one)."""
+    with tempfile.TemporaryDirectory(prefix="scalpel-ms-") as work_dir, _foreign_handlers_aside():
         ms.tir_integration.tune_tir(
             canonical_module(wl), target, work_dir, max_trials_global=trials,
             num_trials_per_iter=min(trials, 16), builder=builder, runner=runner,
             database=database, cost_model=ms.cost_model.XGBModel(num_warmup_samples=8),
             num_tuning_cores=max(1, (os.cpu_count() or 2) // 2), seed=0)
+
+
+@contextlib.contextmanager
+def _foreign_handlers_aside():
+    """Takes handlers meta_schedule did not make (pytest's log capture, an application's own)
+    off its logger while it tunes: its logging setup names every handler already there and
+    fails on one without a name, or with a name its own configuration does not define."""
+    logger = logging.getLogger(MS_LOGGER)
+    foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(MS_LOGGER)]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            logger.addHandler(handler)

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from tvm.s_tir import meta_schedule as ms
 
 import scalpel_tvm
-from nets import TARGET, mlp, relax_module, run_relax
+from nets import TARGET, cnn, mlp, relax_module, run_relax
 from scalpel_tvm.cli import main
 from scalpel_tvm.logs import (RECORD_FILE, LogError, TuningLog, scheduled_kernel,
                               tuned_kernel)
@@ -213,6 +213,30 @@ def test_meta_schedule_search_records_replay_and_compute_the_same(tmp_path):
     x = np.random.default_rng(2).standard_normal((1, 24)).astype("float32")
     lowered = scalpel_tvm.Pass("x86-avx2", logs=log)(mod)
     assert "fc1_dense__fc2_dense" in lowered.script()
+    np.testing.assert_allclose(run_relax(lowered, x), run_relax(mod, x), rtol=1e-4, atol=1e-5)
+
+
+def test_meta_schedule_searches_convs_and_the_pass_applies_a_searched_conv(tmp_path):
+    """Conv kernels are searched by meta_schedule too (over the OIHW weight), and a Pass whose
+    log has a searched schedule as a conv's fastest record lowers with it, results kept."""
+    from scalpel_tvm.tuning import searchable
+
+    net = cnn((1, 4), hw=8)
+    mod = relax_module(net)
+    conv = next(w for w in model_workloads(mod, SPEC, kinds=("conv",)) if w.out_channels == 4)
+    assert searchable(conv) and not searchable(SMALL[1])
+    log = tune([conv], SPEC, tmp_path, trials=2, progress=False)
+    searched = [m for m in log.records[conv.key] if m.knobs is None]
+    assert searched, "meta_schedule's search left no conv records"
+    args = measurement_arguments(conv)
+    args[1] = np.random.default_rng(3).standard_normal((4, 1, 3, 3)).astype("float32")  # OIHW
+    np.testing.assert_allclose(_run(scheduled_kernel(searched[0], conv, "main"), args),
+                               _run(canonical_module(conv)["main"], args), rtol=1e-4, atol=1e-4)
+    log.records[conv.key] = searched  # make the searched schedule the fastest record
+    lowered = scalpel_tvm.Pass("x86-avx2", logs=log)(mod)
+    assert any(f.attrs is not None and f.attrs.get("scalpel.workload") == conv.key
+               for f in lowered.functions.values()), "the searched conv schedule was not used"
+    x = np.random.default_rng(4).standard_normal((1, 1, 8, 8)).astype("float32")
     np.testing.assert_allclose(run_relax(lowered, x), run_relax(mod, x), rtol=1e-4, atol=1e-5)
 
 
