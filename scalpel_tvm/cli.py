@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--shapes", help="FC weight shapes K x N, e.g. 784x300,300x100")
     tune.add_argument("--batch", type=int, action="append", help="batch size(s); default 1")
     tune.add_argument("--trials", type=int, default=0,
-                      help="meta_schedule search trials per dense kernel (template knobs are "
+                      help="meta_schedule search trials per dense FC or conv kernel (template knobs are "
                            "always searched); 0 skips the search")
     tune.add_argument("--logs", default="scalpel-logs",
                       help="log directory; an existing log is resumed, never overwritten")
