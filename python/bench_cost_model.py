@@ -17,15 +17,15 @@ sparsity with that K). Prints and writes (out/bench_cost_model.json, .png):
   day, 784x300 12.5 us another), so the "measured fastest" of a case is only as sure as the
   records it is read from; timing the forms together takes the day out of the comparison.
 
-    python python/bench_cost_model.py [--logs DIR] [--out out] [--remeasure]
+    python python/bench_cost_model.py [--logs DIR] [--out out] [--remeasure] [--schedule-features]
 """
 from __future__ import annotations
 
 import os
 
 # One thread, as the tuning runs measured; set before TVM and numpy load.
-os.environ["TVM_NUM_THREADS"] = "1"
-os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import json
@@ -60,9 +60,9 @@ class WithScheduleFeatures(SecondsModel):
     schedule each record measured; a held-out kernel gets those of the template's default
     knobs, the kernel the Pass would compile for a shape nobody tuned."""
 
-    def __init__(self, spec: TargetSpec, log: TuningLog):
+    def __init__(self, spec: TargetSpec, features: ScheduleFeatures):
         super().__init__(spec)
-        self.spec, self.log, self.training = spec, log, False
+        self.features, self.training = features, False
 
     def fit(self, seconds_by_query: dict):
         self.training = True
@@ -73,35 +73,47 @@ class WithScheduleFeatures(SecondsModel):
 
     def _rows(self, queries):
         rows, guesses = super()._rows(queries)
-        extra = [schedule_features(self.log, self.spec, q, tuned=self.training) for q in queries]
+        extra = [self.features(q, tuned=self.training) for q in queries]
         return np.hstack([rows, np.array(extra)]), guesses
 
 
-_FEATURES: dict = {}
+class ScheduleFeatures:
+    """meta_schedule's per-store features of the kernel a query stands for, cached per log."""
 
+    def __init__(self, log: TuningLog, spec: TargetSpec):
+        from tvm.s_tir import meta_schedule as ms
 
-def schedule_features(log: TuningLog, spec: TargetSpec, query: KernelQuery, tuned: bool) -> np.ndarray:
-    import tvm
-    from tvm import s_tir
-    from tvm.s_tir import meta_schedule as ms
+        from scalpel_tvm.tuning import tuning_target
 
-    from scalpel_tvm.logs import tuned_kernel
-    from scalpel_tvm.tuning import tuning_target
-    from scalpel_tvm.workloads import default_knobs, template_kernel
+        self.log, self.target, self.logged = log, tuning_target(spec), logged_workloads(log)
+        self.extractor = ms.feature_extractor.PerStoreFeature(extract_workload=False)
+        self.cache: dict = {}
 
-    if (query, tuned) not in _FEATURES:
-        if "workloads" not in _FEATURES:
-            _FEATURES["workloads"] = best_workloads(log)
-            _FEATURES["extractor"] = ms.feature_extractor.PerStoreFeature(extract_workload=False)
-        workload = _FEATURES["workloads"][query]
-        kernel = (tuned_kernel(log, workload, "main") if tuned
-                  else template_kernel(workload, default_knobs(workload), "main"))
+    def __call__(self, query: KernelQuery, tuned: bool) -> np.ndarray:
+        if (query, tuned) not in self.cache:
+            self.cache[query, tuned] = self._extract(query, tuned)
+        return self.cache[query, tuned]
+
+    def _extract(self, query: KernelQuery, tuned: bool) -> np.ndarray:
+        import tvm
+        from tvm import s_tir
+        from tvm.s_tir import meta_schedule as ms
+
+        from scalpel_tvm.logs import tuned_kernel
+        from scalpel_tvm.workloads import default_knobs, template_kernel
+
+        epilogues = self.logged.get(query, {})
+        workload = epilogues.get(PREFERRED_EPILOGUE) or next(iter(epilogues.values()), None)
+        if workload is None:  # not in the log: the sweep's epilogue
+            workload = Workload(query.form, query.batch, query.k, query.n,
+                                query.group if query.form != "dense" else 8, query.groups)
+        kernel = tuned_kernel(self.log, workload, "main") if tuned else None
+        kernel = kernel or template_kernel(workload, default_knobs(workload), "main")
         mod = tvm.IRModule({"main": kernel})
-        context = ms.TuneContext(mod=mod, target=tuning_target(spec))
+        context = ms.TuneContext(mod=mod, target=self.target)
         candidate = ms.MeasureCandidate(s_tir.Schedule(mod), ms.arg_info.ArgInfo.from_prim_func(kernel))
-        stores = _FEATURES["extractor"].extract_from(context, [candidate])[0].numpy()
-        _FEATURES[query, tuned] = np.concatenate([stores.max(0), stores.mean(0)])
-    return _FEATURES[query, tuned]
+        stores = self.extractor.extract_from(context, [candidate])[0].numpy()
+        return np.concatenate([stores.max(0), stores.mean(0)])
 
 
 def decision_cases(measured: dict, lanes: int) -> list[dict]:
@@ -124,20 +136,31 @@ def decision_cases(measured: dict, lanes: int) -> list[dict]:
     return cases
 
 
-def best_workloads(log: TuningLog) -> dict:
-    """The logged workload (epilogue included) whose record gives each query its seconds."""
-    chosen: dict = {}
-    for key, records in log.records.items():
+PREFERRED_EPILOGUE = (True, "relu")  # the sweep's; the demo's output layers have none
+
+
+def logged_workloads(log: TuningLog) -> dict:
+    """query -> {(bias, activation): the logged workload}: a query (the planner prices forms,
+    not epilogues) can be in the log with several epilogues."""
+    found: dict = {}
+    for key in log.records:
         workload = Workload.from_key(key)
-        seconds = min(m.seconds for m in records)
-        if workload.query not in chosen or seconds < chosen[workload.query][1]:
-            chosen[workload.query] = (workload, seconds)
-    return {query: workload for query, (workload, _) in chosen.items()}
+        if isinstance(workload, Workload):
+            found.setdefault(workload.query, {})[workload.bias, workload.activation] = workload
+    return found
+
+
+def case_workloads(case: dict, logged: dict) -> dict:
+    """The kernels of a case's three forms with one epilogue they all have in the log."""
+    shared = set.intersection(*(set(logged[q]) for q in case["forms"].values()))
+    epilogue = PREFERRED_EPILOGUE if PREFERRED_EPILOGUE in shared else sorted(shared, key=str)[0]
+    return {form: logged[q][epilogue] for form, q in case["forms"].items()}
 
 
 def remeasure(cases, log: TuningLog, spec: TargetSpec, budget_s: float = 0.15,
               rounds: int = 9) -> dict:
-    """Seconds of every form of every case, the three forms of a case timed side by side."""
+    """Seconds of every form of every case, the three forms of a case timed side by side: the
+    kernel the Pass compiles from the log, on a random pattern of the case's group count."""
     import tvm
     from tqdm import tqdm
 
@@ -146,23 +169,21 @@ def remeasure(cases, log: TuningLog, spec: TargetSpec, budget_s: float = 0.15,
     from scalpel_tvm.tuning import tuning_target
     from scalpel_tvm.workloads import measurement_arguments
 
-    target, workloads, timers, seconds = tuning_target(spec), best_workloads(log), {}, {}
+    target, logged, timers, seconds = tuning_target(spec), logged_workloads(log), {}, {}
 
-    def timer(query):
-        if query not in timers:
-            workload = workloads[query]
+    def timer(workload):
+        if workload not in timers:
             module = tvm.compile(tvm.IRModule({"main": tuned_kernel(log, workload, "main")}),
                                  target=target).jit()
             arrays = [tvm.runtime.tensor(a, tvm.cpu()) for a in measurement_arguments(workload)]
-            timers[query] = vm_timer(module, *arrays)
-        return timers[query]
+            timers[workload] = vm_timer(module, *arrays)
+        return timers[workload]
 
     for case in tqdm(cases, desc="timing each case's forms side by side", unit="case"):
-        forms = case["forms"]
-        samples = interleaved_samples({f: timer(q) for f, q in forms.items()}, budget_s, rounds)
-        case_seconds = {forms[f]: float(np.median(v)) for f, v in samples.items()}
-        for query, value in case_seconds.items():  # a dense kernel serves three sparsities
-            seconds.setdefault(query, []).append(value)
+        workloads = case_workloads(case, logged)
+        samples = interleaved_samples({f: timer(wl) for f, wl in workloads.items()}, budget_s, rounds)
+        for form, values in samples.items():  # a dense kernel serves three sparsities
+            seconds.setdefault(case["forms"][form], []).append(float(np.median(values)))
     return {query: float(np.median(v)) for query, v in seconds.items()}
 
 
@@ -212,32 +233,32 @@ def main() -> None:
     predictions = {"model": held_out_predictions(measured, spec)}
     predictions["analytical"] = {q: analytical.estimate(q).seconds for q in predictions["model"]}
     if args.schedule_features:
-        predictions["model_with_schedule_features"] = held_out_predictions(
-            measured, spec, lambda: WithScheduleFeatures(spec, log))
+        features = ScheduleFeatures(log, spec)
+        predictions["model+schedule_features"] = held_out_predictions(
+            measured, spec, lambda: WithScheduleFeatures(spec, features))
     cases = decision_cases(measured, spec.lanes("float32"))
     report = {"log": str(args.logs), "kernels": len(measured),
               "held_out": "one input width K at a time",
               **{name: score(p, measured, cases) for name, p in predictions.items()}}
     if args.remeasure:
         now = remeasure(cases, log, spec)
+        prices = {**predictions, "log_records": measured}
         report["side_by_side"] = {
             "what": "each case's three forms timed together in this run; medians",
-            **{name: decide(cases, now, lambda q, p=p: p[q]) for name, p in predictions.items()},
-            "log_records": decide(cases, now, lambda q: measured[q]),
             "records_vs_now_mape": float(np.mean([abs(measured[q] - s) / s for q, s in now.items()])),
+            "decisions": {name: decide(cases, now, lambda q, p=p: p[q]) for name, p in prices.items()},
         }
     report["seconds"] = round(time.time() - started, 1)
     for name in predictions:
         r, d = report[name], report[name]["decisions"]
-        print(f"{name:>10}: MAPE {r['mape']:.1%}  Spearman {r['spearman']:.3f}  decisions "
+        print(f"{name:>23}: MAPE {r['mape']:.1%}  Spearman {r['spearman']:.3f}  decisions "
               f"{d['accuracy']:.1%} of {d['cases']}  mean regret when wrong "
               f"{d['mean_regret_when_wrong']:.2f}x  worst {d['worst_regret']:.2f}x  "
               f"wrong within 10%: {d['within_10pct_when_wrong']:.0%}")
-    for name, d in report.get("side_by_side", {}).items():
-        if isinstance(d, dict):
-            print(f"side by side, {name:>11}: decisions {d['accuracy']:.1%} of {d['cases']}  "
-                  f"mean regret when wrong {d['mean_regret_when_wrong']:.2f}x  worst "
-                  f"{d['worst_regret']:.2f}x  wrong within 10%: {d['within_10pct_when_wrong']:.0%}")
+    for name, d in report.get("side_by_side", {}).get("decisions", {}).items():
+        print(f"side by side, {name:>23}: decisions {d['accuracy']:.1%} of {d['cases']}  "
+              f"mean regret when wrong {d['mean_regret_when_wrong']:.2f}x  worst "
+              f"{d['worst_regret']:.2f}x  wrong within 10%: {d['within_10pct_when_wrong']:.0%}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_cost_model.json").write_text(json.dumps(report, indent=2))
     queries = list(predictions["model"])

@@ -88,7 +88,7 @@ class TuningLog:
         file = self.path / name
         if file.is_file():
             text = file.read_text()
-        elif file.with_name(name + ".xz").is_file():  # the shipped logs (16 MB -> 60 KB)
+        elif file.with_name(name + ".xz").is_file():  # the shipped logs (27 MB -> 360 KB)
             text = lzma.decompress(file.with_name(name + ".xz").read_bytes()).decode()
         else:
             return

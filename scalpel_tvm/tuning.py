@@ -6,8 +6,8 @@ Two searches fill one log (see `workloads` for the record format):
   meta_schedule's `LocalBuilder` and timed by its runner — `LocalRunner` here, `RPCRunner` through
   a TVM RPC tracker for another machine — with the workload's real argument shapes and a valid
   sparsity pattern (random index arrays would read out of bounds);
-* meta_schedule's own evolutionary search (`tune_tir`), for the dense workloads when
-  `trials > 0`: their canonical functions are plain tensor computations it can schedule.
+* meta_schedule's own evolutionary search (`tune_tir`), for the dense FC and conv workloads
+  when `trials > 0`: their canonical functions are plain tensor computations it can schedule.
 
 Measurements are appended to the log as each batch of builds is timed, so an interrupted run
 loses at most the batch in flight; a re-run skips template settings already measured and tops

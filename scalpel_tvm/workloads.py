@@ -4,7 +4,7 @@ A `Workload` (FC) or `ConvWorkload` names a kernel by what decides its speed —
 shape, group width, number of kept groups, conv geometry, epilogue — never by its weight values.
 Each has a *canonical* PrimFunc: the plain computation with one named block (`fc` / `conv`),
 which is what the tuning logs key records by (TVM's structural hash of the module) and what
-meta_schedule searches for the dense FC forms. Its function attribute `scalpel.workload` repeats
+meta_schedule searches for the dense FC forms and convs. Its function attribute `scalpel.workload` repeats
 the key, so a log read back says which kernel each record is.
 
 Grouped-sparse kernels have data-dependent loops that meta_schedule cannot search; their template
@@ -119,8 +119,9 @@ class Workload:
 @dataclass(frozen=True)
 class ConvWorkload:
     """An NCHW conv2d kernel (dense, or node-shrunk: the same at fewer channels), `act(conv(x, w)
-    [+ b])`; `lanes` is the vector width its weight is packed to. Conv layers have one form on
-    CPUs, so only the template's knobs are tuned."""
+    [+ b])`; `lanes` is the vector width its template packs the weight to. Conv layers have one
+    form on CPUs; the template's knobs and meta_schedule's search (over the OIHW weight) are
+    tuned."""
 
     batch: int
     channels: int

@@ -240,6 +240,24 @@ def test_meta_schedule_searches_convs_and_the_pass_applies_a_searched_conv(tmp_p
     np.testing.assert_allclose(run_relax(lowered, x), run_relax(mod, x), rtol=1e-4, atol=1e-5)
 
 
+def test_handlers_meta_schedule_did_not_make_are_set_aside_while_it_tunes():
+    """meta_schedule's logging setup fails on a nameless handler on its logger (pytest's capture
+    puts one there); the search takes such handlers off and puts them back afterwards."""
+    import logging
+
+    from scalpel_tvm.tuning import MS_LOGGER, _foreign_handlers_aside
+
+    logger = logging.getLogger(MS_LOGGER)
+    ours = logging.NullHandler()
+    logger.addHandler(ours)
+    try:
+        with _foreign_handlers_aside():
+            assert ours not in logger.handlers
+        assert ours in logger.handlers
+    finally:
+        logger.removeHandler(ours)
+
+
 def test_pass_with_a_log_keeps_results(small_log):
     net = mlp([48, 20, 8], zero_groups={0: 0.6})
     mod = relax_module(net)
