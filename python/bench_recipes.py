@@ -68,6 +68,7 @@ def main() -> None:
                    "change_points": round(100 * (test["pruned"] - test["dense"]), 2),
                    "weights_removed": result.weights_removed, "walked_back": result.walked_back,
                    "finetuned": result.finetuned, "rounds": len(result.rounds),
+                   "nodes_kept": {name: lay["nodes"] for name, lay in result.layers.items()},
                    "predicted_speedup": sum(lay["predicted_dense"] for lay in layers) / sum(lay["predicted"] for lay in layers),
                    "seconds": round(time.time() - began, 1)}
             runs.append(run)
