@@ -1,7 +1,7 @@
 """Write the demo's ONNX models (LeNet-300-100 and LeNet-5, each dense and Scalpel-pruned) into the
 package: trained on MNIST and pruned for x86-avx2 by the pruning frontend.
 
-    python python/make_demo_models.py [--nets lenet_300_100,lenet5]     # 2.4 + 13.5 min, needs the train extra
+    python python/make_demo_models.py [--nets lenet_300_100,lenet5]     # 2.4 + 13.0 min, needs the train extra
     python python/make_demo_models.py --random                          # seconds: scalpel_tvm/models.py
 
 Each network is trained with the frontend's recipe (`--train-epochs` 3, seed 0, the last tenth of
