@@ -86,6 +86,7 @@ class ScheduleFeatures:
         from scalpel_tvm.tuning import tuning_target
 
         self.log, self.target, self.logged = log, tuning_target(spec), logged_workloads(log)
+        self.lanes = spec.lanes("float32")  # the dense form's packing
         self.extractor = ms.feature_extractor.PerStoreFeature(extract_workload=False)
         self.cache: dict = {}
 
@@ -106,7 +107,7 @@ class ScheduleFeatures:
         workload = epilogues.get(PREFERRED_EPILOGUE) or next(iter(epilogues.values()), None)
         if workload is None:  # not in the log: the sweep's epilogue
             workload = Workload(query.form, query.batch, query.k, query.n,
-                                query.group if query.form != "dense" else 8, query.groups)
+                                query.group if query.form != "dense" else self.lanes, query.groups)
         kernel = tuned_kernel(self.log, workload, "main") if tuned else None
         kernel = kernel or template_kernel(workload, default_knobs(workload), "main")
         mod = tvm.IRModule({"main": kernel})
