@@ -104,15 +104,15 @@ def _csr_kernel(
             for v in T.unroll(tv):
                 for l in T.vectorized(V):
                     acc[u, v, l] = T.float32(0)
-        start: T.let[T.int32] = indptr[n]
-        part: T.let[T.int32] = (indptr[n + 1] - start) // U
+        start: T.let[T.int64] = T.Cast("int64", indptr[n])
+        part: T.let[T.int64] = (T.Cast("int64", indptr[n + 1]) - start) // U
         for jo in T.serial(part):
             for u in T.unroll(U):
-                j: T.let[T.int32] = start + u * part + jo
+                j: T.let[T.int64] = start + u * part + jo
                 for v in T.unroll(tv):
                     for l in T.vectorized(V):
                         acc[u, v, l] += values[j] * _x_at(xs, B, indices[j], (v0 + v) * V + l)
-        for j in T.serial(start + U * part, indptr[n + 1]):
+        for j in T.serial(start + U * part, T.Cast("int64", indptr[n + 1])):
             for v in T.unroll(tv):
                 for l in T.vectorized(V):
                     acc[0, v, l] += values[j] * _x_at(xs, B, indices[j], (v0 + v) * V + l)

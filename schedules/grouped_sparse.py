@@ -175,15 +175,19 @@ def _gx1_kernel(
             for bi in T.unroll(tb):
                 for l in T.vectorized(G):
                     acc[u, bi, l] = T.float32(0)
-        start: T.let[T.int32] = indptr[r]
-        part: T.let[T.int32] = (indptr[r + 1] - start) // U
+        # Group positions in int64: in int32 LLVM re-derives and sign-extends every stream's
+        # position each step (two more instructions per group); in int64 they become pointer
+        # increments and a group is an index load, a broadcast and an FMA. 784x300 at 95%,
+        # batch 1: 1.06 -> 0.98 us (the CSR and 1xg kernels do the same).
+        start: T.let[T.int64] = T.Cast("int64", indptr[r])
+        part: T.let[T.int64] = (T.Cast("int64", indptr[r + 1]) - start) // U
         for jo in T.serial(part):
             for u in T.unroll(U):
-                j: T.let[T.int32] = start + u * part + jo
+                j: T.let[T.int64] = start + u * part + jo
                 for bi in T.unroll(tb):
                     for l in T.vectorized(G):
                         acc[u, bi, l] += xs[b0 + bi, indices[j]] * values[j, l]
-        for j in T.serial(start + U * part, indptr[r + 1]):
+        for j in T.serial(start + U * part, T.Cast("int64", indptr[r + 1])):
             for bi in T.unroll(tb):
                 for l in T.vectorized(G):
                     acc[0, bi, l] += xs[b0 + bi, indices[j]] * values[j, l]
@@ -396,15 +400,15 @@ def _1xg_kernel(
             for bi in T.unroll(tb):
                 for l in T.vectorized(G):
                     acc[u, bi, l] = T.float32(0)
-        start: T.let[T.int32] = indptr[n]
-        part: T.let[T.int32] = (indptr[n + 1] - start) // U
+        start: T.let[T.int64] = T.Cast("int64", indptr[n])
+        part: T.let[T.int64] = (T.Cast("int64", indptr[n + 1]) - start) // U
         for jo in T.serial(part):
             for u in T.unroll(U):
-                j: T.let[T.int32] = start + u * part + jo
+                j: T.let[T.int64] = start + u * part + jo
                 for bi in T.unroll(tb):
                     for l in T.vectorized(G):
                         acc[u, bi, l] += xs[b0 + bi, indices[j] + l] * values[j, l]
-        for j in T.serial(start + U * part, indptr[n + 1]):
+        for j in T.serial(start + U * part, T.Cast("int64", indptr[n + 1])):
             for bi in T.unroll(tb):
                 for l in T.vectorized(G):
                     acc[0, bi, l] += xs[b0 + bi, indices[j] + l] * values[j, l]
