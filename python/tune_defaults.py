@@ -23,7 +23,6 @@ meta_schedule's JSONDatabase). Run on an otherwise idle machine:
 from __future__ import annotations
 
 import argparse
-import json
 import lzma
 import os
 import time
@@ -31,14 +30,12 @@ from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
-
-from scalpel_tvm.logs import RECORD_FILE, SHIPPED, WORKLOAD_FILE  # noqa: E402
+from scalpel_tvm.logs import SHIPPED, drop_records  # noqa: E402
 from scalpel_tvm.demo import NETWORKS, demo_model_path  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx, load_onnx  # noqa: E402
 from scalpel_tvm.target import TargetSpec  # noqa: E402
 from scalpel_tvm.tuning import layer_workloads, model_workloads, tune  # noqa: E402
-from scalpel_tvm.workloads import FORMS, ConvWorkload, Workload, workload_of  # noqa: E402
+from scalpel_tvm.workloads import FORMS, Workload  # noqa: E402
 
 SWEEP = [(784, 300), (300, 100), (100, 10), (800, 500), (500, 10), (1024, 1024), (2048, 512),
          (4096, 1024), (256, 64), (120, 84), (640, 640), (200, 400), (1600, 128), (3072, 256)]
@@ -57,7 +54,7 @@ def main() -> None:
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     _decompress(args.out)
-    remeasured = _drop_records(args.out, set(args.remeasure)) if args.remeasure else []
+    remeasured = drop_records(args.out, args.remeasure) if args.remeasure else []
     if remeasured:
         print(f"measuring the {len(remeasured)} workloads of {', '.join(args.remeasure)} again")
         tune(remeasured, spec, args.out)
@@ -88,26 +85,6 @@ def _decompress(directory: Path) -> None:
         plain = packed.with_suffix("")
         if not plain.exists():
             plain.write_bytes(lzma.decompress(packed.read_bytes()))
-
-
-def _form(workload) -> str:
-    return "conv" if isinstance(workload, ConvWorkload) else workload.form
-
-
-def _drop_records(directory: Path, forms: set[str]) -> list:
-    """Remove every record of a workload of `forms` from the (decompressed) log in `directory`
-    and return those workloads. The workload lines stay, so the records' indices stay valid."""
-    keys = []  # the workload of each line of the workload file, as the records index them
-    for line in (directory / WORKLOAD_FILE).read_text().splitlines():
-        if line.strip():
-            found = workload_of(ms.database.Workload.from_json(json.loads(line)).mod)
-            keys.append(found.key if found is not None else None)
-    dropped = {key for key in keys if key is not None and _form(Workload.from_key(key)) in forms}
-    records = [line for line in (directory / RECORD_FILE).read_text().splitlines() if line.strip()]
-    kept = [line for line in records if keys[json.loads(line)[0]] not in dropped]
-    (directory / RECORD_FILE).write_text("".join(line + "\n" for line in kept))
-    print(f"dropped {len(records) - len(kept)} records of {len(dropped)} workloads ({', '.join(sorted(forms))})")
-    return [Workload.from_key(key) for key in sorted(dropped)]
 
 
 def _compress(directory: Path) -> None:

@@ -168,6 +168,29 @@ class TuningLog:
         return sum(len(r) for r in self.records.values())
 
 
+def drop_records(directory, forms) -> list:
+    """Remove every record of a workload whose form is in `forms` (the FC forms, or "conv")
+    from the uncompressed log in `directory`, and return those workloads, to be measured again
+    after their kernel changed (`tune` then treats them as never tuned). The workload lines stay,
+    so the other records' indices stay valid."""
+    directory = Path(directory)
+    keys = []  # the workload of each line of the workload file, in the order records index them
+    for line in (directory / WORKLOAD_FILE).read_text().splitlines():
+        if line.strip():
+            found = workload_of(ms.database.Workload.from_json(json.loads(line)).mod)
+            keys.append(found.key if found is not None else None)
+    forms = set(forms)
+    dropped = {key for key in keys if key is not None and _form(Workload.from_key(key)) in forms}
+    records = [line for line in (directory / RECORD_FILE).read_text().splitlines() if line.strip()]
+    kept = [line for line in records if keys[json.loads(line)[0]] not in dropped]
+    (directory / RECORD_FILE).write_text("".join(line + "\n" for line in kept))
+    return [Workload.from_key(key) for key in sorted(dropped)]
+
+
+def _form(workload) -> str:
+    return workload.form if isinstance(workload, Workload) else "conv"
+
+
 def is_log(path) -> bool:
     """A log directory: TVM's files, plain or xz-compressed (`xz -dk` them for JSONDatabase)."""
     path = Path(path)

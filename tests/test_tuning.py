@@ -11,7 +11,7 @@ from tvm.s_tir import meta_schedule as ms
 import scalpel_tvm
 from nets import TARGET, cnn, mlp, relax_module, run_relax
 from scalpel_tvm.cli import main
-from scalpel_tvm.logs import (RECORD_FILE, LogError, TuningLog, scheduled_kernel,
+from scalpel_tvm.logs import (RECORD_FILE, LogError, TuningLog, drop_records, scheduled_kernel,
                               tuned_kernel)
 from scalpel_tvm.passes.lower_layers import fc_kernel
 from scalpel_tvm.schedules.fc import dense_fc
@@ -128,6 +128,22 @@ def test_tune_resumes_without_remeasuring(small_log, tmp_path):
     assert after.startswith(before)  # appended, nothing rewritten
     assert len(after.splitlines()) - len(before.splitlines()) == len(knob_space(more[-1]))
     assert log.best(more[-1]) is not None
+
+
+def test_a_forms_records_are_dropped_and_measured_again(small_log, tmp_path):
+    """After a kernel template changes, its form's records go (`drop_records`) and `tune`
+    measures exactly those workloads again; the other forms' records stay as they were."""
+    shutil.copytree(small_log, tmp_path / "log")
+    before = TuningLog(tmp_path / "log")
+    dropped = drop_records(tmp_path / "log", ["gsparse_gx1"])
+    assert dropped == [SMALL[1]]
+    after = TuningLog(tmp_path / "log")
+    assert after.best(SMALL[1]) is None
+    for wl in (SMALL[0], SMALL[2]):
+        assert [m.seconds for m in after.records[wl.key]] == [m.seconds for m in before.records[wl.key]]
+    log = tune(dropped, SPEC, tmp_path / "log", progress=False)
+    assert len(log.records[SMALL[1].key]) == len(knob_space(SMALL[1]))
+    assert len(log) == len(before)
 
 
 def test_failed_measurements_are_kept_and_not_retried(tmp_path):
