@@ -6,7 +6,7 @@ node-shrunk form: the same template at the smaller shape) or grouped-sparse — 
 add and ReLU fused into the kernel's epilogue. The form per layer comes from the plan; the kernel
 function is named after the layer and its form (`fc1_gsparse_g8x1`, `conv2_shrunk_38of50`).
 Consecutive FC layers with nothing but their epilogues between them run as one kernel call
-(`fc1_gsparse_g8x1__fc2_gsparse_g8x1__fc3_dense`), since at batch 1 the VM's per-call cost is
+(`fc1_gsparse_g8x1__fc2_gsparse_g8x1__fc3_gsparse_g8x1`), since at batch 1 the VM's per-call cost is
 comparable to a pruned layer's work. An FC layer whose input has more than two dimensions
 (`[B, S, K]`) runs as the kernel of its `[B*S, K]` rows between two reshapes, which are free.
 """

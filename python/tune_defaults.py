@@ -15,9 +15,11 @@ with the templates'.
 
 Resumable: re-running tops the log up. After a kernel template changes, `--remeasure FORM ...`
 drops every record of those forms (`gsparse_gx1`, `gsparse_1xg`, `dense`, `conv`) and measures
-their workloads again, the earlier demo models' included, so no record describes code the Pass
-no longer generates (interrupted, the same command starts those forms over). The log is shipped xz-compressed (`xz -dk` its files to open it with
-meta_schedule's JSONDatabase). Run on an otherwise idle machine:
+their template settings again, the earlier demo models' workloads included, so no record
+describes code the Pass no longer generates (interrupted, the same command starts those forms
+over). meta_schedule's searched records of a dropped dense or conv workload come back only for
+the current demo models (the last step). The log is shipped xz-compressed (`xz -dk` its files
+to open it with meta_schedule's JSONDatabase). Run on an otherwise idle machine:
     python python/tune_defaults.py [--out DIR] [--trials N] [--remeasure FORM ...]
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-from scalpel_tvm.logs import SHIPPED, drop_records  # noqa: E402
+from scalpel_tvm.logs import SHIPPED, drop_records, is_log  # noqa: E402
 from scalpel_tvm.demo import NETWORKS, demo_model_path  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx, load_onnx  # noqa: E402
 from scalpel_tvm.target import TargetSpec  # noqa: E402
@@ -54,7 +56,7 @@ def main() -> None:
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     _decompress(args.out)
-    remeasured = drop_records(args.out, args.remeasure) if args.remeasure else []
+    remeasured = drop_records(args.out, args.remeasure) if args.remeasure and is_log(args.out) else []
     if remeasured:
         print(f"measuring the {len(remeasured)} workloads of {', '.join(args.remeasure)} again")
         tune(remeasured, spec, args.out)

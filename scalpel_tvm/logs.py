@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import lzma
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from .errors import ScalpelError
-from .workloads import (Workload, canonical_module, template_kernel, template_knobs,
+from .workloads import (FORMS, Workload, canonical_module, template_kernel, template_knobs,
                         workload_of)
 
 WORKLOAD_FILE = "database_workload.json"
@@ -172,18 +173,24 @@ def drop_records(directory, forms) -> list:
     """Remove every record of a workload whose form is in `forms` (the FC forms, or "conv")
     from the uncompressed log in `directory`, and return those workloads, to be measured again
     after their kernel changed (`tune` then treats them as never tuned). The workload lines stay,
-    so the other records' indices stay valid."""
+    so the other records' indices stay valid; the record file is replaced in one step, so an
+    interruption leaves the old file or the new one."""
     directory = Path(directory)
+    unknown = set(forms) - {*FORMS, "conv"}
+    if unknown:
+        raise ValueError(f"unknown form(s) {sorted(unknown)}: choose from {[*FORMS, 'conv']}")
+    TuningLog(directory)  # names a corrupt line or a record pointing past the workload file
     keys = []  # the workload of each line of the workload file, in the order records index them
     for line in (directory / WORKLOAD_FILE).read_text().splitlines():
         if line.strip():
             found = workload_of(ms.database.Workload.from_json(json.loads(line)).mod)
             keys.append(found.key if found is not None else None)
-    forms = set(forms)
-    dropped = {key for key in keys if key is not None and _form(Workload.from_key(key)) in forms}
+    dropped = {key for key in keys if key is not None and _form(Workload.from_key(key)) in set(forms)}
     records = [line for line in (directory / RECORD_FILE).read_text().splitlines() if line.strip()]
     kept = [line for line in records if keys[json.loads(line)[0]] not in dropped]
-    (directory / RECORD_FILE).write_text("".join(line + "\n" for line in kept))
+    partial = directory / (RECORD_FILE + ".partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, directory / RECORD_FILE)
     return [Workload.from_key(key) for key in sorted(dropped)]
 
 

@@ -144,6 +144,8 @@ def test_a_forms_records_are_dropped_and_measured_again(small_log, tmp_path):
     log = tune(dropped, SPEC, tmp_path / "log", progress=False)
     assert len(log.records[SMALL[1].key]) == len(knob_space(SMALL[1]))
     assert len(log) == len(before)
+    with pytest.raises(ValueError, match="gsparse_g8x1"):  # a typo drops nothing silently
+        drop_records(tmp_path / "log", ["gsparse_g8x1"])
 
 
 def test_failed_measurements_are_kept_and_not_retried(tmp_path):
