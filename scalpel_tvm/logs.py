@@ -62,6 +62,9 @@ class TuningLog:
         self.attempts: dict[str, list[dict | None]] = {}  # knobs (None: meta_schedule) of every record
         workloads = [self._read_workload(line, number, skip_corrupt)
                      for number, line in self._lines(WORKLOAD_FILE)]
+        # The scalpel workload key of each workload line, in the order records index them
+        # (None: corrupt, or written by another tool).
+        self.keys: list[str | None] = [_key(w) for w in workloads]
         for number, line in self._lines(RECORD_FILE):
             self._read_record(line, number, workloads, skip_corrupt)
         if self.skipped:
@@ -124,14 +127,14 @@ class TuningLog:
         except Exception as error:
             self._corrupt(RECORD_FILE, number, _short(error), skip)
             return
-        key = workload_of(workload.mod)
+        key = self.keys[index]
         if key is None:
             return
         knobs = template_knobs(record.trace)
-        self.attempts.setdefault(key.key, []).append(knobs)  # failed ones too: not retried
+        self.attempts.setdefault(key, []).append(knobs)  # failed ones too: not retried
         seconds = _median([float(s) for s in record.run_secs or []])
         if math.isfinite(seconds) and seconds < FAILED_SECONDS:
-            self.records.setdefault(key.key, []).append(Measured(seconds, knobs, record))
+            self.records.setdefault(key, []).append(Measured(seconds, knobs, record))
 
     def best(self, workload: Workload) -> Measured | None:
         """The fastest record of exactly this workload (epilogue included)."""
@@ -176,22 +179,23 @@ def drop_records(directory, forms) -> list:
     so the other records' indices stay valid; the record file is replaced in one step, so an
     interruption leaves the old file or the new one."""
     directory = Path(directory)
-    unknown = set(forms) - {*FORMS, "conv"}
+    forms = set(forms)
+    unknown = forms - {*FORMS, "conv"}
     if unknown:
         raise ValueError(f"unknown form(s) {sorted(unknown)}: choose from {[*FORMS, 'conv']}")
-    TuningLog(directory)  # names a corrupt line or a record pointing past the workload file
-    keys = []  # the workload of each line of the workload file, in the order records index them
-    for line in (directory / WORKLOAD_FILE).read_text().splitlines():
-        if line.strip():
-            found = workload_of(ms.database.Workload.from_json(json.loads(line)).mod)
-            keys.append(found.key if found is not None else None)
-    dropped = {key for key in keys if key is not None and _form(Workload.from_key(key)) in set(forms)}
+    keys = TuningLog(directory).keys  # also names a corrupt line or a record past the workloads
+    dropped = {key for key in keys if key is not None and _form(Workload.from_key(key)) in forms}
     records = [line for line in (directory / RECORD_FILE).read_text().splitlines() if line.strip()]
     kept = [line for line in records if keys[json.loads(line)[0]] not in dropped]
     partial = directory / (RECORD_FILE + ".partial")
     partial.write_text("".join(line + "\n" for line in kept))
     os.replace(partial, directory / RECORD_FILE)
     return [Workload.from_key(key) for key in sorted(dropped)]
+
+
+def _key(workload) -> str | None:
+    found = workload_of(workload.mod) if workload is not None else None
+    return found.key if found is not None else None
 
 
 def _form(workload) -> str:
