@@ -17,7 +17,13 @@ tolerance, retraining and round budget:
 For each it reports test accuracy, weights removed and the predicted speedup over the dense model
 by the target's cost model; on a Cortex-M target also the cycle ESTIMATE of the int16 firmware
 (built, run on QEMU and checked bit for bit against the numpy reference first, then priced by
-`scalpel_tvm.cycles`; dense measured in the same run) and its flash. Writes
+`scalpel_tvm.cycles`; dense measured in the same run) and its flash. On an x86 target this CPU
+can run, each model is compiled through `Pass` and timed side by side with the dense model
+(also through `Pass`), at batch 1 and 50, in interleaved rounds (medians): Scalpel's model as
+`Pass` plans it; the baselines as they deploy (every FC layer CSR, optimized pruning's restored
+layers dense; conv layers run dense, as there is no CSR conv kernel for CPUs) and, to show what
+our compiler makes of their unstructured zeros, as `Pass` plans them. Each compiled model's output
+is checked against the same model compiled without the pass. Writes
 `bench_pruning_<net>_<target>.json` and a plot.
 """
 from __future__ import annotations
@@ -65,6 +71,10 @@ def main():
     parser.add_argument("--tolerance", type=float, default=0.1, help="accuracy points")
     parser.add_argument("--limit", type=int, help="train on the first N images (quick runs)")
     parser.add_argument("--methods", default=",".join(METHODS), help="a comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--order-neurons", action="store_true", help="as scalpel prune's (Scalpel's groups only)")
+    parser.add_argument("--finetune", type=float, default=0.0, help="as scalpel prune's: epochs ending every method")
+    parser.add_argument("--recover", action="store_true", help="as scalpel prune's (node pruning only)")
+    parser.add_argument("--batches", default="1,50", help="x86: the batch sizes timed")
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -83,6 +93,8 @@ def main():
             print(f"--- {method} ---", file=sys.stderr)
             pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                       max_rounds=args.rounds, method=method, validation=validation,
+                                                      order_neurons=args.order_neurons, finetune=args.finetune,
+                                                      recover=args.recover,
                                                       checkpoint=shared if method != "scalpel" else None,
                                                       keep_checkpoint=method == "traditional")
             layers = result.layers
@@ -103,6 +115,9 @@ def main():
                 built = firmware(args.net, run["model"], None if method == "scalpel" else run["forms"], Path(tmp) / method)
                 run.update(cycles=built["cycles"], speedup=dense["cycles"] / built["cycles"],
                            flash_bytes=built["flash_bytes"], size_vs_dense=built["flash_bytes"] / dense["flash_bytes"])
+    if spec.parallelism == "moderate":
+        report["measured"] = measure_cpu(model, {m: run["model"] for m, run in runs.items()}, spec,
+                                         [int(b) for b in args.batches.split(",")])
     for method, run in runs.items():
         report["methods"][method] = {k: v for k, v in run.items() if k != "model"}
     out = Path(args.out)
@@ -111,6 +126,51 @@ def main():
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     print_report(report)
     plot(report, out / f"{stem}.png")
+
+
+def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15) -> dict:
+    """Per batch: µs per call (medians of interleaved rounds) of the dense model and of each
+    method's model through `Pass` on this CPU, each model's speedup over dense, and its largest
+    output difference against the same model compiled without the pass."""
+    import tvm
+    from onnx import numpy_helper
+    from tqdm import tqdm
+
+    from scalpel_tvm import Pass, plan
+    from scalpel_tvm.demo import check_runs_here
+    from scalpel_tvm.onnx_import import import_onnx
+    from scalpel_tvm.timing import median_us, vm_timer
+
+    check_runs_here(spec)
+
+    def compiled(mod):
+        return tvm.relax.VirtualMachine(tvm.compile(mod, target=spec.target), tvm.cpu())
+
+    out = {}
+    for batch in tqdm(batches, desc="time on this CPU", unit="batch"):
+        shape = [batch, *(d.dim_value for d in dense_model.graph.input[0].type.tensor_type.shape.dim[1:])]
+        x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"))
+        vms, diffs, forms = {"dense": compiled(Pass(spec)(import_onnx(dense_model, batch)))}, {}, {}
+        for method, model in models.items():
+            mod = import_onnx(model, batch)
+            reference = compiled(mod)["main"](x).numpy()
+            layer_plan = plan(mod, spec)
+            variants = {method: layer_plan}
+            if method != "scalpel":
+                weights = {i.name.removesuffix(".weight"): numpy_helper.to_array(i)
+                           for i in model.graph.initializer if i.name.endswith(".weight")}
+                fc = {lp.name for lp in layer_plan.layers if lp.kind == "fc"}
+                deployed = pruning.baseline_forms(method, weights)
+                variants = {method: layer_plan.with_forms({k: f for k, f in deployed.items() if k in fc}),
+                            f"{method} as Pass plans it": layer_plan}
+            for name, variant in variants.items():
+                vms[name] = compiled(Pass(spec, plan=variant)(mod))
+                diffs[name] = float(np.abs(vms[name]["main"](x).numpy() - reference).max())
+                forms[name] = {lp.name: lp.chosen for lp in variant.layers}
+        us = median_us({name: vm_timer(vm, x) for name, vm in vms.items()}, budget_s=0.2 * rounds, rounds=rounds)
+        out[str(batch)] = {"us": us, "speedup": {name: us["dense"] / t for name, t in us.items() if name != "dense"},
+                           "max_abs_diff_vs_no_pass": diffs, "forms": forms}
+    return out
 
 
 def print_report(report: dict) -> None:
@@ -123,6 +183,12 @@ def print_report(report: dict) -> None:
         if measured:
             line += f"{run['cycles']:>12,}{run['speedup']:>9.2f}x{run['size_vs_dense']:>8.1%}"
         print(line)
+    for batch, timed in report.get("measured", {}).items():
+        print(f"through Pass on this CPU, batch {batch} (medians of interleaved rounds): dense {timed['us']['dense']:.1f} us")
+        for name, speedup in timed["speedup"].items():
+            forms = ", ".join(f"{layer} {form}" for layer, form in timed["forms"][name].items())
+            print(f"  {name:<32}{timed['us'][name]:>9.1f} us{speedup:>7.2f}x   max diff "
+                  f"{timed['max_abs_diff_vs_no_pass'][name]:.1e}   {forms}")
 
 
 COLORS = {"scalpel": "tab:green", "traditional": "tab:grey", "optimized": "tab:blue"}
@@ -138,8 +204,18 @@ def plot(report: dict, path: Path) -> None:
     runs = report["methods"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     key = "speedup" if "dense_cycles" in report else "predicted_speedup"
-    left.bar(methods, [runs[m][key] for m in methods], color=[COLORS[m] for m in methods])
-    left.set_ylabel("speedup over dense" + (" (cycle estimate)" if key == "speedup" else " (cost model)"))
+    if "measured" in report:  # predicted and measured side by side, per batch
+        bars = {"predicted (cost model, batch 1)": [runs[m][key] for m in methods]}
+        bars.update({f"measured, batch {b}": [t["speedup"][m] for m in methods] for b, t in report["measured"].items()})
+        width = 0.8 / len(bars)
+        for i, (label, values) in enumerate(bars.items()):
+            left.bar(np.arange(len(methods)) + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
+        left.set_xticks(np.arange(len(methods)), methods)
+        left.legend(fontsize=8)
+        left.set_ylabel("speedup over dense")
+    else:
+        left.bar(methods, [runs[m][key] for m in methods], color=[COLORS[m] for m in methods])
+        left.set_ylabel("speedup over dense" + (" (cycle estimate)" if key == "speedup" else " (cost model)"))
     left.set_title(f"{report['net']} on {report['target']}")
     right.bar(methods, [100 * runs[m]["test"]["pruned"] for m in methods], color=[COLORS[m] for m in methods])
     right.axhline(100 * report["dense_test_accuracy"], color="black", linestyle="--", label="dense")

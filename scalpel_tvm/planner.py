@@ -8,7 +8,9 @@ prescribes for moderate and high parallelism.
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -55,7 +57,9 @@ class LayerPlan:
 
     @property
     def chosen_seconds(self) -> float:
-        return self.candidate(self.chosen).seconds
+        """The chosen form's estimate; NaN for a form set by hand that the cost model has no price for."""
+        priced = [c for c in self.candidates if c.form == self.chosen]
+        return priced[0].seconds if priced else math.nan
 
     @property
     def dense_seconds(self) -> float:
@@ -76,6 +80,29 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=_json_default)
 
+    def with_forms(self, forms: dict[str, str]) -> Plan:
+        """A copy of the plan with the layers named in `forms` compiled in the form given there
+        rather than the one the cost model picked: to deploy a model as another tool would (a
+        traditionally pruned model in CSR), or to time a form the model did not choose. FC layers
+        take "dense", "gsparse_gx1", "gsparse_1xg" (not on CUDA) and "csr"; conv layers have
+        only "dense" here (node shrinking is exact, so it stays)."""
+        layers = {lp.name: lp for lp in self.layers}
+        unknown = sorted(set(forms) - set(layers))
+        if unknown:
+            raise ScalpelError(f"the plan has no layer {', '.join(unknown)}; its layers: {', '.join(layers)}")
+        fc_forms = FC_FORMS if as_spec(self.target).parallelism != "high" else ("dense", "gsparse_gx1", "csr")
+        plan = copy.deepcopy(self)
+        for lp in plan.layers:
+            form = forms.get(lp.name, lp.chosen)
+            allowed = fc_forms if lp.kind == "fc" else ("dense",)
+            if form not in allowed:
+                raise ScalpelError(f"layer {lp.name} ({lp.kind}) cannot be compiled as {form!r} for "
+                                   f"{self.target}; its forms: {', '.join(allowed)}")
+            if form != lp.chosen:
+                lp.chosen, lp.reason = form, "form set by hand (Plan.with_forms)"
+                lp.kernel = _kernel_name(lp, form, self.group)
+        return plan
+
     def table(self) -> str:
         """The plan as a text table, one line per layer, then what was left untouched."""
         head = (f"{'layer':<7}{'weight':>14}{'batch':>6}{'density':>9}{'dead':>7}{'removed':>8}"
@@ -95,6 +122,21 @@ class Plan:
         for op in self.untouched:
             lines.append(f"untouched {op['var']} ({op['op']}): {op['reason']}")
         return "\n".join(lines)
+
+
+FC_FORMS = ("dense", "gsparse_gx1", "gsparse_1xg", "csr")
+
+
+def _kernel_name(lp: LayerPlan, form: str, group: int) -> str:
+    """The name that says what a layer's kernel is: `fc1_shrunk_38of50_gsparse_g8x1`, `conv2_dense`."""
+    out = 1 if lp.kind == "fc" else 0
+    shrunk = f"_shrunk_{lp.shrunk_shape[out]}of{lp.shape[out]}" if lp.removed_nodes else ""
+    if form == "dense":
+        return f"{lp.name}{shrunk or '_dense'}"
+    if form == "csr":
+        return f"{lp.name}{shrunk}_csr"
+    tag = f"g{group}x1" if form.endswith("gx1") else f"g1x{group}"
+    return f"{lp.name}{shrunk}_gsparse_{tag}"
 
 
 def _json_default(value):
@@ -159,8 +201,6 @@ def as_spec(target) -> TargetSpec:
 
 def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, cost, group: int):
     """Fill in candidates, the chosen form, its reason and the kernel name."""
-    shrunk = f"_shrunk_{weight.shape[1 if layer.kind == 'fc' else 0]}of{layer.out_channels}" \
-        if lp.removed_nodes else ""
     if layer.kind == "conv":
         o, i, kh, kw = weight.shape
         out = static_shape(layer.var)
@@ -168,7 +208,7 @@ def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, co
         lp.candidates.append(_ask(cost, query, None))
         device = "GPUs" if spec.parallelism == "high" else "CPUs"
         lp.reason = f"conv layers stay dense on {device} (node pruning only)"
-        lp.kernel = f"{layer.name}{shrunk or '_dense'}"
+        lp.kernel = _kernel_name(lp, "dense", group)
         return
     k, n = weight.shape
     lp.candidates.append(_ask(cost, KernelQuery("fc", "dense", lp.batch, k, n), weight))
@@ -189,11 +229,9 @@ def _price(lp: LayerPlan, layer: Layer, weight: np.ndarray, spec: TargetSpec, co
     if best.form == "dense":
         lp.reason = (f"no all-zero groups of {group}" if len(lp.candidates) == 1
                      else "dense is predicted fastest at this group sparsity")
-        lp.kernel = f"{layer.name}{shrunk or '_dense'}"
     else:
         lp.reason = f"{best.form} predicted {dense / best.seconds:.1f}x faster than dense"
-        tag = f"g{group}x1" if best.form.endswith("gx1") else f"g1x{group}"
-        lp.kernel = f"{layer.name}{shrunk}_gsparse_{tag}"
+    lp.kernel = _kernel_name(lp, best.form, group)
 
 
 def _ask(cost, query: KernelQuery, weight) -> Candidate:

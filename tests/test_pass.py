@@ -140,6 +140,30 @@ def test_user_edited_plan_is_applied():
     assert_close(run_relax(out, x), run_relax(mod, x))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_forms_set_by_hand_compile_as_asked_and_keep_results(batch):
+    """`Plan.with_forms` deploys a layer as another tool would (here CSR) and leaves the plan it
+    came from as it was; a form a layer cannot take, or a layer the plan lacks, is named."""
+    net = models.lenet5()
+    mod = relax_module(net, batch)
+    layer_plan = scalpel_tvm.plan(mod, "x86-avx2")
+    chosen = {lp.name: lp.chosen for lp in layer_plan.layers}
+    forced = layer_plan.with_forms({"fc1": "csr", "fc2": "gsparse_1xg", "conv2": "dense"})
+    assert {lp.name: lp.chosen for lp in layer_plan.layers} == chosen
+    by_name = {lp.name: lp for lp in forced.layers}
+    assert (by_name["fc1"].chosen, by_name["fc1"].kernel) == ("csr", "fc1_csr")
+    assert "by hand" in by_name["fc2"].reason and by_name["fc2"].kernel == "fc2_gsparse_g1x8"
+    assert "fc1" in forced.table() and np.isnan(by_name["fc1"].chosen_seconds)  # CSR has no price here
+    out = apply(mod, plan=forced)
+    assert any("fc1_csr" in name for name in kernel_names(out))
+    x = random_input(net, batch)
+    assert_close(run_relax(out, x), run_relax(mod, x))
+    with pytest.raises(ScalpelError, match="conv1 .conv. cannot be compiled as 'csr'"):
+        layer_plan.with_forms({"conv1": "csr"})
+    with pytest.raises(ScalpelError, match="no layer fc9"):
+        layer_plan.with_forms({"fc9": "dense"})
+
+
 def test_non_constant_matmul_is_left_untouched_and_reported():
     from onnx import helper
     net = mlp([8, 8, 4])

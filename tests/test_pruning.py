@@ -393,6 +393,28 @@ def test_the_pruning_benchmark_builds_every_method_as_firmware_and_prices_it(tmp
     assert (tmp_path / "bench_pruning_lenet_300_100_cortex-m4.png").exists()
 
 
+@pytest.mark.slow
+def test_the_pruning_benchmark_compiles_and_times_every_method_on_x86(tmp_path):
+    """`python/bench_pruning.py` for x86, reduced: each method's model goes through `Pass` and
+    computes what it computes without the pass; the baselines run as they deploy (CSR) and as
+    `Pass` plans them; Scalpel's own plan has no CSR layer."""
+    bench = Path(__file__).parents[1] / "python" / "bench_pruning.py"
+    subprocess.run([sys.executable, str(bench), "--net", "lenet_300_100", "--target", "x86-avx2", "--limit", "3000",
+                    "--train-epochs", "0.5", "--epochs", "0.2", "--rounds", "2", "--tolerance", "5", "--batches", "1,3",
+                    "--out", str(tmp_path)], check=True, capture_output=True)
+    report = json.loads((tmp_path / "bench_pruning_lenet_300_100_x86-avx2.json").read_text())
+    assert set(report["measured"]) == {"1", "3"}
+    for timed in report["measured"].values():
+        assert set(timed["us"]) == {"dense", "scalpel", "traditional", "traditional as Pass plans it", "optimized",
+                                    "optimized as Pass plans it"}
+        assert max(timed["max_abs_diff_vs_no_pass"].values()) < 1e-4
+        assert set(timed["forms"]["traditional"].values()) == {"csr"}
+        assert "csr" not in timed["forms"]["scalpel"].values()
+        assert "csr" not in timed["forms"]["traditional as Pass plans it"].values()
+        assert timed["speedup"]["scalpel"] == pytest.approx(timed["us"]["dense"] / timed["us"]["scalpel"])
+    assert (tmp_path / "bench_pruning_lenet_300_100_x86-avx2.png").exists()
+
+
 def test_annealed_training_brings_the_rate_down_to_zero_along_a_cosine(monkeypatch):
     import torch
 
