@@ -129,13 +129,13 @@ def frontend_facts(model: onnx.ModelProto) -> dict | None:
 
 
 def check_runs_here(spec) -> None:
-    """The demo executes what it compiles, so the target must be one this CPU can run."""
+    """The demo and `bench_pruning.py` execute what they compile, so the target must be one this CPU can run."""
     from tvm.target import codegen
 
     check_plan_target(spec)
     if spec.parallelism == "high":
         raise ScalpelError(
-            "the demo times its models on this machine's CPU; for CUDA, run "
+            "timing runs the compiled models on this machine's CPU; for CUDA, run "
             "`python python/bench_gpu.py nets` on a machine with an NVIDIA GPU (or `scalpel plan "
             "--target cuda` to only plan)")
     isa = {"sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
@@ -144,7 +144,7 @@ def check_runs_here(spec) -> None:
         codegen.llvm_get_cpu_features(TargetSpec.host().target))
     if missing:
         raise ScalpelError(
-            f"the demo runs its models on this machine, whose CPU lacks {', '.join(sorted(missing)[:4])} "
+            f"timing runs the compiled models on this machine, whose CPU lacks {', '.join(sorted(missing)[:4])} "
             f"that {spec.name} code uses; use --target host (or `scalpel plan` to only plan for {spec.name})")
 
 
