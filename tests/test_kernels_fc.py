@@ -212,3 +212,22 @@ def test_formats_round_trip(weight, group):
 def test_grouped_sparse_kernel_property(weight, batch):
     w, orientation = weight
     check(orientation, w, batch, bias=True, activation="relu")
+
+
+@pytest.mark.slow
+def test_the_knob_sweep_times_every_setting_of_both_sides_checked_against_numpy():
+    """`python/sweep_fc_knobs.py` on a small layer: every dense and grouped-sparse setting is
+    checked against numpy, timed and listed, fastest first, against the best dense."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "python" / "sweep_fc_knobs.py"
+    out = subprocess.run([sys.executable, str(script), "--shape", "24x40", "--sparsity", "0.5"],
+                         check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert len(rows) == 8 + 8  # dense: 8 (vectors, k_streams) pairs; gx1 and 1xg: 4 streams each
+    times = [float(row[-3]) for row in rows]
+    assert times == sorted(times)
+    assert {row[0] for row in rows} == {"dense", "gx1", "1xg"}
+    assert max(float(row[-1].rstrip("x")) for row in rows if row[0] == "dense") == 1.0
