@@ -146,7 +146,7 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15) -> d
     from tqdm import tqdm
 
     from scalpel_tvm import Pass, plan
-    from scalpel_tvm.onnx_import import import_onnx
+    from scalpel_tvm.onnx_import import import_onnx, input_shapes
     from scalpel_tvm.timing import median_us, vm_timer
 
     def compiled(mod):
@@ -154,7 +154,7 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15) -> d
 
     out = {}
     for batch in tqdm(batches, desc="time on this CPU", unit="batch"):
-        shape = [batch, *(d.dim_value for d in dense_model.graph.input[0].type.tensor_type.shape.dim[1:])]
+        (shape,) = input_shapes(dense_model, batch).values()
         x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"))
         vms, diffs, forms = {"dense": compiled(Pass(spec)(import_onnx(dense_model, batch)))}, {}, {}
         for method, model in models.items():
