@@ -8,12 +8,14 @@ LeNet-300-100 and AlexNet at batch 1 and 50. Variants, all PrimFuncs from ``sche
                ("N"), and (1-s)N outputs of (1-s)K inputs when the previous layer shrank too
                ("NK"); ideal speedup = the MAC ratio;
   * gx1/1xg -- ``grouped_sparse.py``, G = 8, a random fraction s of the aligned groups zero;
-  * csr     -- ``csr.py`` at the same fraction s of (unstructured) zero weights.
+  * csr     -- ``csr.py`` at the same fraction s of (unstructured) zero weights, beside the CSR
+               libraries a user of traditional pruning would call on the same weight: MKL's
+               sparse BLAS (through PyTorch, the paper's CSR baseline) and scipy.sparse.
 Every kernel's output is checked against numpy before it is timed. Times are medians of repeats
 taken in interleaved rounds (dense, then each variant at this sparsity, again), so host noise
 hits them alike; speedups are dense time / variant time from the same rounds.
 
-    python python/bench_kernels.py [--quick] [--out DIR]
+    python python/bench_kernels.py [--quick] [--shape NxK ...] [--out DIR]
 
 writes DIR/bench_kernels.json and DIR/bench_kernels.png (speedup vs sparsity per shape).
 """
@@ -24,10 +26,11 @@ import os
 os.environ["TVM_NUM_THREADS"] = "1"
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 import argparse
 import json
-import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -36,12 +39,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import onnxruntime as ort
+import scipy
+import scipy.sparse
+import torch
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
-from scalpel_tvm.timing import cpu_name, median_us, ort_session, ort_timer, vm_timer
+from scalpel_tvm.timing import call_timer, cpu_name, median_us, ort_session, ort_timer, vm_timer
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
 
@@ -68,13 +74,7 @@ def tvm_timer(prim, *inputs, out_shape):
 
 
 def numpy_timer(x, w, b):
-    def timer(number):
-        start = time.perf_counter()
-        for _ in range(number):
-            np.maximum(x @ w + b, 0)
-        return (time.perf_counter() - start) / number
-
-    return timer
+    return call_timer(lambda: np.maximum(x @ w + b, 0))
 
 
 def ort_timer_fc(x, w, b):
@@ -92,6 +92,41 @@ def ort_timer_fc(x, w, b):
     sess = ort_session(model.SerializeToString())
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], reference(x, w, b), **TOLERANCE)
     return ort_timer(sess, {"x": x})
+
+
+def mkl_csr_timer(x, w, b):
+    """MKL's CSR times dense, as PyTorch calls it: `torch.addmm` with a CSR tensor runs
+    `mkl_sparse_s_mm` in torch's CPU wheel (seen with gdb), MKL being the paper's CSR baseline.
+    W^T is the sparse operand with int32 indices (int64 ones, torch's default, are converted on
+    every call) and x^T comes laid out for it; torch makes MKL's matrix handle on each call, as
+    any torch user gets it."""
+    csr = scipy.sparse.csr_array(w.T)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        weight = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int32)),
+                                         torch.from_numpy(csr.indices.astype(np.int32)),
+                                         torch.from_numpy(csr.data), size=csr.shape,
+                                         check_invariants=True)
+    x_t, bias = torch.from_numpy(np.ascontiguousarray(x.T)), torch.from_numpy(b)[:, None]
+    y_t = torch.empty((w.shape[1], x.shape[0]))
+
+    def run():
+        torch.addmm(bias, weight, x_t, out=y_t).relu_()
+
+    run()
+    np.testing.assert_allclose(y_t.numpy().T, reference(x, w, b), **TOLERANCE)
+    return call_timer(run)
+
+
+def scipy_csr_timer(x, w, b):
+    """scipy.sparse's CSR times dense (its own C++ loops), W^T sparse, x^T laid out for it."""
+    weight, x_t, bias = scipy.sparse.csr_array(w.T), np.ascontiguousarray(x.T), b[:, None]
+
+    def run():
+        return np.maximum(weight @ x_t + bias, 0)
+
+    np.testing.assert_allclose(run().T, reference(x, w, b), **TOLERANCE)
+    return call_timer(run)
 
 
 TOLERANCE = dict(rtol=1e-3, atol=1e-3)
@@ -153,10 +188,12 @@ class Case:
         cw = CSRWeight.from_dense(w)
         prim = csr_fc(cw, self.batch, bias=True, activation="relu")
         timers["csr_us"] = self.timer(prim, cw.indptr, cw.indices, cw.values, w=w)
+        timers["mkl_csr_us"] = mkl_csr_timer(self.x, w, self.b)
+        timers["scipy_csr_us"] = scipy_csr_timer(self.x, w, self.b)
         row["csr_bytes"] = cw.nbytes
         row["dense_bytes"] = self.w.nbytes
         row.update(median_us(timers, budget_s, rounds))
-        for kind in ("gx1", "1xg", "csr"):
+        for kind in ("gx1", "1xg", "csr", "mkl_csr", "scipy_csr"):
             row[f"{kind}_speedup"] = row["dense_us"] / row[f"{kind}_us"]
         return row
 
@@ -198,14 +235,15 @@ def goals(results):
         best = [(g["sparsity"], max(g["gx1_speedup"], g["1xg_speedup"])) for g in r["sparse"]]
         break_even = next((s for s, x in best if all(y >= 1 for t, y in best if t >= s)), None)
         at90 = dict(best).get(0.9)
-        vs_csr = {g["sparsity"]: g["csr_us"] / min(g["gx1_us"], g["1xg_us"]) for g in r["sparse"]}
         out[f"grouped {tag}"] = {
             "break_even_sparsity": break_even,
             "met_break_even_le_30": break_even is not None and break_even <= 0.3,
             "speedup_at_90": at90,
-            "x_faster_than_csr": vs_csr,
-            "sparsities_3x_faster_than_csr": [s for s, v in vs_csr.items() if v >= 3],
         }
+        for csr in ("csr", "mkl_csr", "scipy_csr"):
+            vs = {g["sparsity"]: g[f"{csr}_us"] / min(g["gx1_us"], g["1xg_us"]) for g in r["sparse"]}
+            out[f"grouped {tag}"][f"x_faster_than_{csr}"] = vs
+            out[f"grouped {tag}"][f"sparsities_3x_faster_than_{csr}"] = [s for s, v in vs.items() if v >= 3]
         if r["shape"] == [4096, 4096] and r["batch"] == 1 and at90 is not None:
             out[f"grouped {tag}"]["met_6x_at_90"] = at90 >= 6
     return out
@@ -221,7 +259,9 @@ def plot(results, path):
         sp = [g["sparsity"] * 100 for g in r["sparse"]]
         ax.plot(sp, [g["gx1_speedup"] for g in r["sparse"]], "o-", label="grouped G×1")
         ax.plot(sp, [g["1xg_speedup"] for g in r["sparse"]], "s-", label="grouped 1×G")
-        ax.plot(sp, [g["csr_speedup"] for g in r["sparse"]], "^-", label="CSR (unstructured)")
+        ax.plot(sp, [g["csr_speedup"] for g in r["sparse"]], "^-", label="CSR (unstructured), ours")
+        ax.plot(sp, [g["mkl_csr_speedup"] for g in r["sparse"]], "x--", label="CSR, MKL via PyTorch")
+        ax.plot(sp, [g["scipy_csr_speedup"] for g in r["sparse"]], "+--", label="CSR, scipy.sparse")
         nodes = [s["sparsity"] * 100 for s in r["shrunk"]]
         ax.plot(nodes, [s["n_speedup"] for s in r["shrunk"]], "d-", label="node-shrunk N")
         ax.plot(nodes, [s["nk_speedup"] for s in r["shrunk"]], "v-", label="node-shrunk N,K")
@@ -247,17 +287,21 @@ def print_table(results):
         b = r["baselines"]
         print(f"{r['shape'][0]:>5}x{r['shape'][1]:<5} {r['batch']:>3} {b['dense_us']:10.1f} "
               f"{b['numpy_us']:10.1f} {b['ort_us']:10.1f}")
-    print("\nspeedup vs dense (x); gx1/csr = times faster than CSR at the same sparsity")
-    print(f"{'N x K':>11} {'B':>3} {'sparsity':>8} {'gx1':>7} {'1xg':>7} {'csr':>7} {'gx1/csr':>8}"
+    print("\nspeedup vs dense (x); gx1/csr, gx1/mkl = times faster than our CSR kernel and MKL's at"
+          " the same sparsity")
+    print(f"{'N x K':>11} {'B':>3} {'sparsity':>8} {'gx1':>7} {'1xg':>7} {'csr':>7} {'mkl':>7}"
+          f" {'scipy':>7} {'gx1/csr':>8} {'gx1/mkl':>8}"
           f" | {'nodes':>5} {'shrunk N':>8} {'ideal':>6} {'N,K':>7} {'ideal':>6}")
     for r in results:
         lines = max(len(r["sparse"]), len(r["shrunk"]))
         for i in range(lines):
-            left = " " * 42
+            left = " " * 67
             if i < len(r["sparse"]):
                 g = r["sparse"][i]
                 left = (f"{g['sparsity']:8.0%} {g['gx1_speedup']:7.2f} {g['1xg_speedup']:7.2f} "
-                        f"{g['csr_speedup']:7.2f} {g['csr_us'] / g['gx1_us']:8.2f}")
+                        f"{g['csr_speedup']:7.2f} {g['mkl_csr_speedup']:7.2f} "
+                        f"{g['scipy_csr_speedup']:7.2f} {g['csr_us'] / g['gx1_us']:8.2f} "
+                        f"{g['mkl_csr_us'] / g['gx1_us']:8.2f}")
             right = ""
             if i < len(r["shrunk"]):
                 s = r["shrunk"][i]
@@ -266,10 +310,20 @@ def print_table(results):
             print(f"{r['shape'][0]:>5}x{r['shape'][1]:<5} {r['batch']:>3} {left} | {right}")
 
 
+def parse_shape(text):
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NxK, e.g. 300x784") from None
+    return n, k
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="folder for bench_kernels.json and .png")
     parser.add_argument("--quick", action="store_true", help="a small subset, about a minute")
+    parser.add_argument("--shape", action="append", type=parse_shape, metavar="NxK",
+                        help="only this FC shape (out x in features; repeatable)")
     args = parser.parse_args()
 
     if args.quick:
@@ -278,6 +332,7 @@ def main():
     else:
         shapes, batches = SHAPES, BATCHES
         group, node, (budget_s, rounds) = GROUP_SPARSITY, NODE_SPARSITY, (0.3, 7)
+    shapes = args.shape or shapes
     rng = np.random.default_rng(0)
     cases = [(n, k, batch) for batch in batches for n, k in shapes]
     results = []
@@ -311,6 +366,7 @@ def main():
         "timing": {"budget_s": budget_s, "rounds": rounds, "statistic": "median"},
         "versions": {
             "tvm": tvm.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "torch": torch.__version__, "scipy": scipy.__version__,
         },
         "results": results,
         "goals": summary,

@@ -1,9 +1,10 @@
 """Break-even of grouped-sparse against dense with each side at its best template knobs.
 
-`bench_kernels.py` compares the templates at their default knobs. This sweeps the knobs that
-matter at batch 1 (dense: lane-blocks per tile x K streams; grouped-sparse: streams per block)
-for one FC shape at one group sparsity, timed side by side (one thread, medians of interleaved
-rounds, every output checked against numpy first), and prints every setting, fastest first:
+`bench_kernels.py` compares the templates at their default knobs. This times every setting
+`scalpel tune` would measure at batch 1 (`workloads.knob_space`: dense lane-blocks per tile x K
+streams; grouped-sparse streams per block) for one FC shape at one group sparsity, side by side
+(one thread, medians of interleaved rounds, every output checked against numpy first), and
+prints every setting, fastest first:
 
     python python/sweep_fc_knobs.py --shape 100x300 --sparsity 0.3     # N x K, 1 min
 """
@@ -16,9 +17,17 @@ import argparse  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_kernels import G, Case, zero_fraction  # noqa: E402
-from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight  # noqa: E402
+from scalpel_tvm.schedules.fc import pack_dense_weight  # noqa: E402
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc  # noqa: E402
 from scalpel_tvm.timing import median_us  # noqa: E402
+from scalpel_tvm.workloads import Workload, default_knobs, knob_space, template_kernel  # noqa: E402
+
+
+def describe(knobs: dict, workload: Workload) -> str:
+    """The knobs a setting changes from the template's defaults (`defaults` if none)."""
+    defaults = default_knobs(workload)
+    changed = [f"{key}={value}" for key, value in sorted(knobs.items()) if defaults.get(key) != value]
+    return " ".join(changed) or "defaults"
 
 
 def main():
@@ -30,24 +39,23 @@ def main():
     rng = np.random.default_rng(0)
     case = Case(n, k, 1, rng)
     timers = {}
-    for vectors in (1, 2, 4, 8):
-        for streams in (1, 2, 4):
-            if 2 <= vectors * streams <= 12:
-                prim = dense_fc(1, k, n, bias=True, activation="relu", vectors=vectors, k_streams=streams)
-                timers[f"dense vectors={vectors} k_streams={streams}"] = case.timer(
-                    prim, pack_dense_weight(case.w), w=case.w)
+    dense = Workload("dense", 1, k, n, G)
+    for knobs in knob_space(dense):
+        timers[f"dense {describe(knobs, dense)}"] = case.timer(
+            template_kernel(dense, knobs), pack_dense_weight(case.w), w=case.w)
     for orientation, group_shape in (("gx1", (1, G)), ("1xg", (G, 1))):
         w = zero_fraction(rng, case.w, args.sparsity, group_shape)
         weight = GroupedSparseWeight.from_dense(w, G, orientation)
-        for streams in (1, 2, 4, 8):
-            prim = grouped_sparse_fc(weight, 1, bias=True, activation="relu", streams=streams, name="gsparse")
-            timers[f"{orientation} streams={streams}"] = case.timer(
+        sparse = Workload(f"gsparse_{orientation}", 1, k, n, G, groups=weight.n_groups)
+        for knobs in knob_space(sparse):
+            prim = grouped_sparse_fc(weight, 1, bias=True, activation="relu", name="gsparse", **knobs)
+            timers[f"{orientation} {describe(knobs, sparse)}"] = case.timer(
                 prim, weight.indptr, weight.indices, weight.values, w=w)
     us = median_us(timers, budget_s=3.0, rounds=15)
     best_dense = min(t for name, t in us.items() if name.startswith("dense"))
     print(f"{n}x{k} (N x K), batch 1, {args.sparsity:.0%} of the groups zero; x = best dense / this")
     for name, t in sorted(us.items(), key=lambda item: item[1]):
-        print(f"  {name:<28}{t:8.3f} us  {best_dense / t:5.2f}x")
+        print(f"  {name:<36}{t:8.3f} us  {best_dense / t:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -231,3 +231,30 @@ def test_the_knob_sweep_times_every_setting_of_both_sides_checked_against_numpy(
     assert times == sorted(times)
     assert {row[0] for row in rows} == {"dense", "gx1", "1xg"}
     assert max(float(row[-1].rstrip("x")) for row in rows if row[0] == "dense") == 1.0
+
+
+@pytest.mark.slow
+def test_the_kernel_benchmark_checks_and_times_our_kernels_beside_mkl_and_scipy_csr(tmp_path):
+    """`python/bench_kernels.py` on one small shape: every kernel, ours and the CSR libraries', is
+    checked against numpy before it is timed, and the JSON holds each one's time and ratio."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "python" / "bench_kernels.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--shape", "24x40", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    report = json.loads((tmp_path / "bench_kernels.json").read_text())
+    assert [(r["shape"], r["batch"]) for r in report["results"]] == [([24, 40], 1), ([24, 40], 50)]
+    for result in report["results"]:
+        assert [row["sparsity"] for row in result["sparse"]] == [0.0, 0.3, 0.9]
+        for row in result["sparse"]:
+            for kind in ("gx1", "1xg", "csr", "mkl_csr", "scipy_csr"):
+                assert row[f"{kind}_us"] > 0
+                assert math.isclose(row[f"{kind}_speedup"], row["dense_us"] / row[f"{kind}_us"])
+    goals = report["goals"]["grouped 24x40 b50"]
+    assert set(goals["x_faster_than_mkl_csr"]) == {"0.0", "0.3", "0.9"}
+    assert (tmp_path / "bench_kernels.png").stat().st_size > 0
+    bad = subprocess.run([sys.executable, str(script), "--shape", "24by40"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "'24by40' is not NxK" in bad.stderr
