@@ -45,6 +45,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from scalpel_tvm import datasets, paper_nets, pruning, torch_chain  # noqa: E402
 from scalpel_tvm.demo import check_runs_here
+from scalpel_tvm.paired_accuracy import describe
 from scalpel_tvm.target import TargetSpec
 
 METHODS = ("scalpel", "traditional", "optimized")
@@ -183,12 +184,13 @@ def print_report(report: dict) -> None:
     measured = "dense_cycles" in report
     print(f"{report['net']} on {report['data']} for {report['target']} ({report['date']}); dense test accuracy "
           f"{report['dense_test_accuracy']:.2%}" + (f", {report['dense_cycles']:,} cycles (estimate)" if measured else ""))
-    print(f"{'method':<13}{'test acc':>10}{'removed':>10}{'predicted x':>13}" + (f"{'cycles':>12}{'cycles x':>10}{'size':>8}" if measured else ""))
+    print(f"{'method':<13}{'test acc':>10}{'removed':>10}{'predicted x':>13}" + (f"{'cycles':>12}{'cycles x':>10}{'size':>8}" if measured else "")
+          + "   test change vs dense")
     for method, run in report["methods"].items():
         line = f"{method:<13}{run['test']['pruned']:>10.2%}{run['weights_removed']:>10.1%}{run['predicted_speedup']:>12.2f}x"
         if measured:
             line += f"{run['cycles']:>12,}{run['speedup']:>9.2f}x{run['size_vs_dense']:>8.1%}"
-        print(line)
+        print(line + (f"   {describe(run['test']['paired'])}" if "paired" in run["test"] else ""))
     for batch, timed in report.get("measured", {}).items():
         print(f"through Pass on this CPU, batch {batch} (medians of interleaved rounds): dense {timed['us']['dense']:.1f} us")
         for name, speedup in timed["speedup"].items():

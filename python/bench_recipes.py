@@ -66,6 +66,7 @@ def main() -> None:
             layers = result.layers.values()
             run = {"variant": variant, "seed": seed, "dense_test": test["dense"], "pruned_test": test["pruned"],
                    "change_points": round(100 * (test["pruned"] - test["dense"]), 2),
+                   "change_interval95_points": [round(100 * v, 2) for v in test["paired"]["interval95"]],
                    "weights_removed": result.weights_removed, "walked_back": result.walked_back,
                    "finetuned": result.finetuned, "rounds": len(result.rounds),
                    "nodes_kept": {name: lay["nodes"] for name, lay in result.layers.items()},
@@ -73,7 +74,8 @@ def main() -> None:
                    "seconds": round(time.time() - began, 1)}
             runs.append(run)
             print(f"seed {seed} {variant:<26} dense {run['dense_test']:.2%}  pruned {run['pruned_test']:.2%} "
-                  f"({run['change_points']:+.2f})  removed {run['weights_removed']:.1%}  "
+                  f"({run['change_points']:+.2f}, 95% {run['change_interval95_points'][0]:+.2f} to "
+                  f"{run['change_interval95_points'][1]:+.2f})  removed {run['weights_removed']:.1%}  "
                   f"predicted {run['predicted_speedup']:.2f}x  {run['seconds']:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_recipes_{args.net}_{args.target}"

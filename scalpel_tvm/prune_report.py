@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from .paired_accuracy import describe
+
 
 def as_dict(result, test: dict, target: str, settings: dict) -> dict:
     return {"target": target, "settings": settings, "test_accuracy": test,
@@ -71,6 +73,8 @@ def table(report: dict) -> str:
     lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {rounds} "
                  f"rounds; validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
                  f"test {test['dense']:.2%} -> {test['pruned']:.2%}")
+    if test.get("paired"):
+        lines.append(f"test accuracy change: {describe(test['paired'])}")
     objective = report["settings"].get("objective", "latency")
     if report.get("gains"):
         g = report["gains"]

@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import ScalpelError
 from .objectives import ObjectiveCost
+from .paired_accuracy import paired_difference
 from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
 from .target import TargetSpec
 from .unaligned_groups import cover_count, unaligned_mask
@@ -499,7 +500,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                             saved=lambda: {"teacher": teacher[0].state_dict()} if teacher else {},
                             evaluate=lambda: torch_chain.accuracy(net, val_x, val_y),
                             confirm=lambda: torch_chain.accuracy(net, fresh_x, fresh_y),
-                            test=lambda: torch_chain.accuracy(net, data.test_x, data.test_y))
+                            test=lambda: torch_chain.correct(net, data.test_x, data.test_y))
     result, test = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                           objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
                           tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover)
@@ -521,8 +522,9 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     is the user's training loop (it builds its optimizer from `module.parameters()` each call),
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
     `confirm(module)` — accuracy on other held-out data — checks the end result, `test(module)`
-    only reports. Returns (a pruned copy of the module, PruneResult, {"dense", "pruned"} test
-    accuracy or None). Options as `prune_onnx` but for the training schedule's (`anneal`,
+    only reports: an accuracy, or per test image whether the module got it right (a bool array),
+    which adds the paired difference and its interval (`paired_accuracy`). Returns (a pruned copy
+    of the module, PruneResult, {"dense", "pruned"[, "paired"]} test accuracy or None). Options as `prune_onnx` but for the training schedule's (`anneal`,
     `finetune`, `distill`, `dropout`), which the user's loop owns; the module is never changed. `order_neurons`
     reorders the Linear layers whose consumer `module_graph` finds (`PruneResult.consumers_unknown`
     names the others and why)."""
@@ -567,28 +569,29 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
            how, tolerance, max_rounds, seed, recover=False):
     """The frontend on a model reached through `net` (a `torch_chain` chain or a
     `torch_module` wrapper) and `hooks` (train_first, retrain(seed, masks, ...), evaluate,
-    confirm or None, test): node pruning, then group pruning, then the layers restored that did
-    not pay. Returns (PruneResult, {"dense", "pruned"} test accuracy)."""
+    confirm or None, test: an accuracy, per-image correctness or None): node pruning, then
+    group pruning, then the layers restored that did not pay. Returns (PruneResult, {"dense",
+    "pruned"} test accuracy, with "paired" when `test` scores per image)."""
     from . import torch_chain
 
     strategy = layer_strategy(spec, layers, grouping) if method == "scalpel" else traditional_strategy(layers)
     node_layers = [name for name, s in strategy.items() if s.method == "node"]
     if ck.resuming:
         print(f"scalpel prune: resuming from {checkpoint} ({_progress(ck)})", file=sys.stderr)
-        original, dense_test = ck.get("original"), ck.get("dense_test")
+        original, dense_test, dense_correct = ck.get("original"), ck.get("dense_test"), ck.get("dense_correct")
         if node_layers:  # the snapshots hold the masks' parameters
             torch_chain.add_node_masks(net, node_layers, ck.get("node_scale"))
         torch_chain.restore(net, ck.get("net"))
     else:
         hooks.train_first()
-        dense_test = hooks.test()
+        dense_test, dense_correct = _test_score(hooks.test())
         original = torch_chain.weights(net)
     cost = ObjectiveCost(LayerCost(spec, layers), objective)
     scale = node_penalty_scale(node_layers, original, cost) if node_layers and node_penalty == "cost" else None
     if not ck.resuming:
         if node_layers:
             torch_chain.add_node_masks(net, node_layers, scale)
-        ck.save(original=original, dense_test=dense_test, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1,
+        ck.save(original=original, dense_test=dense_test, dense_correct=dense_correct, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1,
                 **hooks.saved())
     seeds = [ck.get("seed", seed + 1)]
 
@@ -629,7 +632,19 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     result.layers = layer_summary(strategy, weights, cost, baseline_forms(method, weights))
     prunable = [name for name, s in strategy.items() if s.method != "none"]
     result.weights_removed = 1 - sum(np.count_nonzero(weights[n]) for n in prunable) / sum(weights[n].size for n in prunable)
-    return result, {"dense": dense_test, "pruned": hooks.test()}
+    pruned_test, pruned_correct = _test_score(hooks.test())
+    test = {"dense": dense_test, "pruned": pruned_test}
+    if dense_correct is not None and pruned_correct is not None:
+        test["paired"] = paired_difference(dense_correct, pruned_correct)
+    return result, test
+
+
+def _test_score(score):
+    """(accuracy, per-image correctness or None) of what a `test` hook returned."""
+    if score is None or np.ndim(score) == 0:
+        return score, None
+    correct = np.asarray(score, dtype=bool)
+    return float(correct.mean()), correct
 
 
 def _finetune(net, hooks, result, retrain_seed) -> None:

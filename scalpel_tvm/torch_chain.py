@@ -297,14 +297,19 @@ def hold_masks(net, masks: dict, after_step=None) -> None:
 
 
 def accuracy(net, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    return float(correct(net, x, y, batch).mean())
+
+
+def correct(net, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Per image, whether `net`'s top-1 class is the label (what a paired comparison needs)."""
     torch = _torch()
     net.eval()
-    correct = 0
+    hits = []
     with torch.no_grad():
         for start in range(0, len(x), batch):
             logits = net(torch.from_numpy(np.ascontiguousarray(x[start:start + batch], np.float32)))
-            correct += int((logits.argmax(1).numpy() == y[start:start + batch]).sum())
-    return correct / len(x)
+            hits.append(logits.argmax(1).numpy() == y[start:start + batch])
+    return np.concatenate(hits)
 
 
 def weights(net) -> dict[str, np.ndarray]:

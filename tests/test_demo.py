@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from nets import run_ort
-from scalpel_tvm import TargetSpec, datasets, models
+from scalpel_tvm import TargetSpec, datasets, models, paper_nets
 from scalpel_tvm.cli import main
 from scalpel_tvm.demo import NETWORKS, _input_shape, check_runs_here, demo_model_path, frontend_facts
 
@@ -57,3 +57,30 @@ def test_demo_refuses_targets_this_machine_cannot_run(capsys, monkeypatch):
     monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: old_cpu))
     assert main(["demo", "--target", "x86-avx2"]) == 2
     assert "lacks avx" in capsys.readouterr().err
+
+
+def test_accuracy_change_scores_both_models_and_counts_the_images_that_changed(tmp_path):
+    """`python/accuracy_change.py DENSE PRUNED`: the accuracies the frontend recorded in the pruned
+    file, and the change as fixed minus broken images of the 10,000."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "python" / "accuracy_change.py"
+    dense, pruned = (demo_model_path("lenet_300_100", p) for p in (False, True))
+    out = subprocess.run([sys.executable, str(script), str(dense), str(pruned)],
+                         check=True, capture_output=True, text=True).stdout
+    match = re.search(r" ([\d.]+)% -> .* ([\d.]+)%: ([+-][\d.]+) points \(95% interval ([+-][\d.]+) to ([+-][\d.]+); "
+                      r"of 10,000 images (\d+) fixed, (\d+) broken\)", out)
+    assert match, out
+    before, after, change, low, high, fixed, broken = (float(v) for v in match.groups())
+    facts = frontend_facts(onnx.load(pruned))
+    assert before == pytest.approx(100 * facts["test_accuracy_dense"], abs=0.03)
+    assert after == pytest.approx(100 * facts["test_accuracy_pruned"], abs=0.03)
+    assert change == pytest.approx((fixed - broken) / 100) == pytest.approx(after - before, abs=0.011)
+    assert low < change < high
+    wrong = tmp_path / "convnet.onnx"
+    onnx.save(paper_nets.network("convnet"), wrong)
+    bad = subprocess.run([sys.executable, str(script), str(wrong), str(wrong)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "mnist images are (1, 28, 28), the model takes (3, 32, 32)" in bad.stderr

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nets import run_ort
-from scalpel_tvm import ScalpelError, TargetSpec, datasets, paper_nets, pruning
+from scalpel_tvm import ScalpelError, TargetSpec, datasets, paired_accuracy, paper_nets, pruning
 from scalpel_tvm.cli import main
 from scalpel_tvm.int16_net import read_chain
 
@@ -103,6 +103,8 @@ def test_scalpel_prune_on_mnist_writes_a_pruned_model_in_pairs_and_a_report(tmp_
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "weights removed" in printed and "final retraining (0.3 epochs, annealed): " in printed
+    paired = json.loads((tmp_path / "report" / "prune.json").read_text())["test_accuracy"]["paired"]
+    assert paired["images"] == 10_000 and f"of 10,000 images {paired['fixed']} fixed" in printed
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"prune.json", "prune.txt", "prune.png"}
     pruned = onnx.load(str(out))
     _, layers = read_chain(pruned)
@@ -531,3 +533,34 @@ def test_the_distillation_loss_is_half_labels_half_the_teachers_softened_outputs
     kl = np.mean(np.sum(p * np.log(p / q), axis=1))
     got = distillation_loss(torch.tensor(student), torch.tensor(labels), torch.tensor(teacher), t)
     assert float(got) == pytest.approx(0.5 * hard + 0.5 * t * t * kl, rel=1e-6)
+
+
+def test_the_paired_accuracy_change_counts_the_images_that_changed():
+    """Ten images: the pruned model fixes one and breaks three, so it is 0.2 down, and the Wald
+    interval of paired proportions is 0.2 ± 1.96 · sqrt((4/10 - 0.2²) / 10)."""
+    before = np.array([1, 1, 1, 1, 1, 0, 0, 1, 0, 1], bool)
+    after = np.array([1, 0, 0, 0, 1, 1, 0, 1, 0, 1], bool)
+    paired = paired_accuracy.paired_difference(before, after)
+    half = 1.959963984540054 * np.sqrt((0.4 - 0.04) / 10)
+    assert (paired["fixed"], paired["broken"], paired["images"]) == (1, 3, 10)
+    assert paired["difference"] == pytest.approx(-0.2)
+    assert paired["interval95"] == pytest.approx([-0.2 - half, -0.2 + half])
+    assert paired_accuracy.describe(paired) == (
+        f"-20.00 points (95% interval {100 * (-0.2 - half):+.2f} to {100 * (-0.2 + half):+.2f}; "
+        "of 10 images 1 fixed, 3 broken)")
+    same = paired_accuracy.paired_difference(before, before)
+    assert same["difference"] == 0 and same["interval95"] == [0, 0]
+    with pytest.raises(ScalpelError, match="two per-image score vectors of one length"):
+        paired_accuracy.paired_difference(before, after[:5])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=300))
+def test_the_paired_interval_holds_the_difference_and_swapping_the_models_mirrors_it(scores):
+    before, after = (np.array(side, bool) for side in zip(*scores))
+    forward = paired_accuracy.paired_difference(before, after)
+    backward = paired_accuracy.paired_difference(after, before)
+    low, high = forward["interval95"]
+    assert low <= forward["difference"] <= high
+    assert forward["difference"] == pytest.approx(after.mean() - before.mean())
+    assert backward["interval95"] == pytest.approx([-high, -low])
