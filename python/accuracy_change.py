@@ -10,29 +10,11 @@ onnxruntime and prints each one's accuracy and the paired change with its 95% in
 import argparse
 import sys
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
 from scalpel_tvm import ScalpelError, datasets
 from scalpel_tvm.demo import NETWORKS, demo_model_path
-from scalpel_tvm.onnx_import import input_shapes
-from scalpel_tvm.paired_accuracy import describe, paired_difference
-
-
-def correct(model: onnx.ModelProto, data: datasets.Dataset, batch: int = 1000) -> np.ndarray:
-    """Per test image, whether the model's top-1 class is the label."""
-    (name, shape), = input_shapes(model, batch).items()  # a fixed batch stays as exported
-    data.check_fits(tuple(shape[1:]), data.classes)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    hits = []
-    for start in range(0, len(data.test_x), shape[0]):
-        x = np.zeros(shape, np.float32)  # the last batch padded when the batch is fixed
-        images = data.test_x[start:start + shape[0]]
-        x[:len(images)] = images.reshape(-1, *shape[1:])
-        labels = data.test_y[start:start + shape[0]]
-        hits.append(session.run(None, {name: x})[0][:len(labels)].argmax(1) == labels)
-    return np.concatenate(hits)
+from scalpel_tvm.paired_accuracy import describe, onnx_correct, paired_difference
 
 
 def main(argv=None) -> int:
@@ -47,7 +29,7 @@ def main(argv=None) -> int:
     data = datasets.load(args.data)
     try:
         for dense_path, pruned_path in pairs:
-            dense, pruned = (correct(onnx.load(str(path)), data) for path in (dense_path, pruned_path))
+            dense, pruned = (onnx_correct(onnx.load(str(path)), data) for path in (dense_path, pruned_path))
             print(f"{dense_path} {dense.mean():.2%} -> {pruned_path} {pruned.mean():.2%}: "
                   f"{describe(paired_difference(dense, pruned))}")
     except ScalpelError as error:

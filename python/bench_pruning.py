@@ -23,8 +23,10 @@ can run, each model is compiled through `Pass` and timed side by side with the d
 `Pass` plans it; the baselines as they deploy (every FC layer CSR, optimized pruning's restored
 layers dense; conv layers run dense, as there is no CSR conv kernel for CPUs) and, to show what
 our compiler makes of their unstructured zeros, as `Pass` plans them. Each compiled model's output
-is checked against the same model compiled without the pass. Writes
-`bench_pruning_<net>_<target>.json` and a plot.
+is checked against the same model compiled without the pass. Scalpel's test accuracy is
+compared with each baseline's image by image (the paired change and its 95% interval,
+`scalpel_tvm.paired_accuracy`). Writes `bench_pruning_<net>_<target>.json`, a plot, and each
+method's pruned model as `bench_pruning_<net>_<target>_<method>.onnx`.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 # One TVM thread, as `scalpel demo` and onnxruntime there: with a pool of two, TVM's own
 # parallel loops for the ops between our kernels (LeNet-5's pooling) cost a pool launch each, and LeNet-5 at
@@ -45,7 +48,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from scalpel_tvm import datasets, paper_nets, pruning, torch_chain  # noqa: E402
 from scalpel_tvm.demo import check_runs_here
-from scalpel_tvm.paired_accuracy import describe
+from scalpel_tvm.paired_accuracy import describe, onnx_correct, paired_difference
 from scalpel_tvm.target import TargetSpec
 
 METHODS = ("scalpel", "traditional", "optimized")
@@ -128,11 +131,17 @@ def main():
     if spec.parallelism == "moderate":
         report["measured"] = measure_cpu(model, {m: run["model"] for m, run in runs.items()}, spec,
                                          [int(b) for b in args.batches.split(",")])
+    if "scalpel" in runs:  # "at equal or better accuracy": Scalpel against each baseline, image by image
+        correct = {method: onnx_correct(run["model"], data) for method, run in runs.items()}
+        report["scalpel_vs"] = {method: paired_difference(correct[method], correct["scalpel"])
+                                for method in runs if method != "scalpel"}
     for method, run in runs.items():
         report["methods"][method] = {k: v for k, v in run.items() if k != "model"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_pruning_{args.net}_{args.target}"
+    for method, run in runs.items():  # kept, to score or time them again later
+        onnx.save(run["model"], out / f"{stem}_{method}.onnx")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     print_report(report)
     plot(report, out / f"{stem}.png")
@@ -191,6 +200,8 @@ def print_report(report: dict) -> None:
         if measured:
             line += f"{run['cycles']:>12,}{run['speedup']:>9.2f}x{run['size_vs_dense']:>8.1%}"
         print(line + (f"   {describe(run['test']['paired'])}" if "paired" in run["test"] else ""))
+    for method, paired in report.get("scalpel_vs", {}).items():
+        print(f"scalpel's test accuracy against {method}'s: {describe(paired)}")
     for batch, timed in report.get("measured", {}).items():
         print(f"through Pass on this CPU, batch {batch} (medians of interleaved rounds): dense {timed['us']['dense']:.1f} us")
         for name, speedup in timed["speedup"].items():

@@ -43,3 +43,23 @@ def describe(paired: dict) -> str:
     low, high = (100 * v for v in paired["interval95"])
     return (f"{100 * paired['difference']:+.2f} points (95% interval {low:+.2f} to {high:+.2f}; "
             f"of {paired['images']:,} images {paired['fixed']} fixed, {paired['broken']} broken)")
+
+
+def onnx_correct(model, data, batch: int = 1000) -> np.ndarray:
+    """Per test image of `data` (a `datasets.Dataset`), whether the ONNX `model`'s top-1 class,
+    run by onnxruntime, is the label."""
+    import onnxruntime as ort
+
+    from .onnx_import import input_shapes
+
+    (name, shape), = input_shapes(model, batch).items()  # a fixed batch stays as exported
+    data.check_fits(tuple(shape[1:]), data.classes)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    hits = []
+    for start in range(0, len(data.test_x), shape[0]):
+        x = np.zeros(shape, np.float32)  # the last batch padded when the batch is fixed
+        images = data.test_x[start:start + shape[0]]
+        x[:len(images)] = images.reshape(-1, *shape[1:])
+        labels = data.test_y[start:start + shape[0]]
+        hits.append(session.run(None, {name: x})[0][:len(labels)].argmax(1) == labels)
+    return np.concatenate(hits)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nets import run_ort
-from scalpel_tvm import ScalpelError, TargetSpec, datasets, paired_accuracy, paper_nets, pruning
+from scalpel_tvm import ScalpelError, TargetSpec, datasets, models, paired_accuracy, paper_nets, pruning
 from scalpel_tvm.cli import main
 from scalpel_tvm.int16_net import read_chain
 
@@ -415,6 +415,13 @@ def test_the_pruning_benchmark_compiles_and_times_every_method_on_x86(tmp_path):
         assert "csr" not in timed["forms"]["traditional as Pass plans it"].values()
         assert timed["speedup"]["scalpel"] == pytest.approx(timed["us"]["dense"] / timed["us"]["scalpel"])
     assert (tmp_path / "bench_pruning_lenet_300_100_x86-avx2.png").exists()
+    accuracy = {method: run["test"]["pruned"] for method, run in report["methods"].items()}
+    for baseline in ("traditional", "optimized"):  # scored again by onnxruntime: float order may move an image
+        paired = report["scalpel_vs"][baseline]
+        assert paired["images"] == 10_000
+        assert paired["difference"] == pytest.approx(accuracy["scalpel"] - accuracy[baseline], abs=3e-4)
+        saved = onnx.load(tmp_path / f"bench_pruning_lenet_300_100_x86-avx2_{baseline}.onnx")
+        assert models.weights_removed(saved) == pytest.approx(report["methods"][baseline]["weights_removed"], abs=0.01)
 
 
 def test_annealed_training_brings_the_rate_down_to_zero_along_a_cosine(monkeypatch):
