@@ -524,7 +524,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     `confirm(module)` — accuracy on other held-out data — checks the end result, `test(module)`
     only reports: an accuracy, or per test image whether the module got it right (a bool array),
     which adds the paired difference and its interval (`paired_accuracy`). Returns (a pruned copy
-    of the module, PruneResult, {"dense", "pruned"[, "paired"]} test accuracy or None). Options as `prune_onnx` but for the training schedule's (`anneal`,
+    of the module, PruneResult, {"dense", "pruned"[, "paired"]} test accuracy or None). Options
+    as `prune_onnx` but for the training schedule's (`anneal`,
     `finetune`, `distill`, `dropout`), which the user's loop owns; the module is never changed. `order_neurons`
     reorders the Linear layers whose consumer `module_graph` finds (`PruneResult.consumers_unknown`
     names the others and why)."""
@@ -591,8 +592,8 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     if not ck.resuming:
         if node_layers:
             torch_chain.add_node_masks(net, node_layers, scale)
-        ck.save(original=original, dense_test=dense_test, dense_correct=dense_correct, node_scale=scale, net=torch_chain.snapshot(net), seed=seed + 1,
-                **hooks.saved())
+        ck.save(original=original, dense_test=dense_test, dense_correct=dense_correct, node_scale=scale,
+                net=torch_chain.snapshot(net), seed=seed + 1, **hooks.saved())
     seeds = [ck.get("seed", seed + 1)]
 
     def retrain(masks=None, **kwargs):
