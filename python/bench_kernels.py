@@ -94,38 +94,39 @@ def ort_timer_fc(x, w, b):
     return ort_timer(sess, {"x": x})
 
 
-def mkl_csr_timer(x, w, b):
+def mkl_csr_timer(csr: CSRWeight, x, b):
     """MKL's CSR times dense, as PyTorch calls it: `torch.addmm` with a CSR tensor runs
     `mkl_sparse_s_mm` in torch's CPU wheel (seen with gdb), MKL being the paper's CSR baseline.
-    W^T is the sparse operand with int32 indices (int64 ones, torch's default, are converted on
-    every call) and x^T comes laid out for it; torch makes MKL's matrix handle on each call, as
-    any torch user gets it."""
-    csr = scipy.sparse.csr_array(w.T)
+    The sparse operand is W^T, the arrays of our own kernel's `CSRWeight` (int32 indices; int64
+    ones, torch's default, are converted on every call), and x^T comes laid out for it; torch
+    makes MKL's matrix handle on each call, as any torch user gets it."""
+    k, n = csr.shape
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
-        weight = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int32)),
-                                         torch.from_numpy(csr.indices.astype(np.int32)),
-                                         torch.from_numpy(csr.data), size=csr.shape,
-                                         check_invariants=True)
+        weight = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr), torch.from_numpy(csr.indices),
+                                         torch.from_numpy(csr.values), size=(n, k), check_invariants=True)
     x_t, bias = torch.from_numpy(np.ascontiguousarray(x.T)), torch.from_numpy(b)[:, None]
-    y_t = torch.empty((w.shape[1], x.shape[0]))
+    y_t = torch.empty((n, x.shape[0]))
 
     def run():
         torch.addmm(bias, weight, x_t, out=y_t).relu_()
 
     run()
-    np.testing.assert_allclose(y_t.numpy().T, reference(x, w, b), **TOLERANCE)
+    np.testing.assert_allclose(y_t.numpy().T, reference(x, csr.to_dense(), b), **TOLERANCE)
     return call_timer(run)
 
 
-def scipy_csr_timer(x, w, b):
-    """scipy.sparse's CSR times dense (its own C++ loops), W^T sparse, x^T laid out for it."""
-    weight, x_t, bias = scipy.sparse.csr_array(w.T), np.ascontiguousarray(x.T), b[:, None]
+def scipy_csr_timer(csr: CSRWeight, x, b):
+    """scipy.sparse's CSR times dense (its own C++ loops): W^T from the same `CSRWeight` arrays,
+    x^T laid out for it."""
+    k, n = csr.shape
+    weight = scipy.sparse.csr_array((csr.values, csr.indices, csr.indptr), shape=(n, k))
+    x_t, bias = np.ascontiguousarray(x.T), b[:, None]
 
     def run():
         return np.maximum(weight @ x_t + bias, 0)
 
-    np.testing.assert_allclose(run().T, reference(x, w, b), **TOLERANCE)
+    np.testing.assert_allclose(run().T, reference(x, csr.to_dense(), b), **TOLERANCE)
     return call_timer(run)
 
 
@@ -188,8 +189,8 @@ class Case:
         cw = CSRWeight.from_dense(w)
         prim = csr_fc(cw, self.batch, bias=True, activation="relu")
         timers["csr_us"] = self.timer(prim, cw.indptr, cw.indices, cw.values, w=w)
-        timers["mkl_csr_us"] = mkl_csr_timer(self.x, w, self.b)
-        timers["scipy_csr_us"] = scipy_csr_timer(self.x, w, self.b)
+        timers["mkl_csr_us"] = mkl_csr_timer(cw, self.x, self.b)
+        timers["scipy_csr_us"] = scipy_csr_timer(cw, self.x, self.b)
         row["csr_bytes"] = cw.nbytes
         row["dense_bytes"] = self.w.nbytes
         row.update(median_us(timers, budget_s, rounds))
