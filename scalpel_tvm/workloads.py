@@ -330,8 +330,8 @@ def knob_space(wl: Workload) -> list[dict]:
         grid = [{"batch_tile": 1, "streams": s} for s in (1, 2, 4, 8)]
     else:
         grid = [{"batch_tile": t, "streams": 1} for t in (4, 8, 10, 16)]
+        grid += [{**g, "batch_outer": outer} for g in grid for outer in (True, False)]
         if wl.form == "gsparse_gx1":
-            grid += [{**g, "batch_outer": True} for g in grid]
             if wl.batch >= wl.group:
                 grid += [{"batch_lanes": True, "batch_tile": t * wl.group, "tile_outputs": o}
                          for t, o in itertools.product((1, 2, 3), (4, wl.group))]

@@ -119,7 +119,10 @@ def test_zero_weight_gives_bias(kind):
         ("gx1", 21, dict(batch_lanes=True, batch_tile=24, tile_outputs=8)),  # tail tile only
         ("gx1", 8, dict(batch_lanes=True, batch_tile=8, tile_outputs=2)),
         ("gx1", 3, dict(batch_lanes=True)),  # batch < G: the row-broadcast kernel
-        ("1xg", 7, dict(batch_tile=4, streams=2, parallel=True)),
+        ("1xg", 7, dict(batch_tile=4, streams=2, batch_outer=False, parallel=True)),
+        ("1xg", 7, dict(batch_tile=3, batch_outer=True, parallel=True)),  # batch tiles outermost
+        ("1xg", 7, dict(batch_tile=2, batch_outer=True)),
+        ("1xg", 1, dict(streams=1)),
         ("csr", 21, dict(batch_tile=2, streams=3, parallel=True)),  # 3 batch vectors, 1 tail
         ("csr", 1, dict(streams=1)),
     ],
