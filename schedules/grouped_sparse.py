@@ -22,6 +22,7 @@ reads a zero-padded copy of x, so nothing reads or writes out of bounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import tvm
 from tvm.script import tirx as T
