@@ -123,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--distill", action="store_true",
                        help="retrain against the unpruned model's softened outputs as well as the labels "
                             "(knowledge distillation, half of the loss)")
+    prune.add_argument("--sparsity", type=float, metavar="FRACTION",
+                       help="prune the grouped layers gradually to this fraction of their groups instead of "
+                            "Scalpel's keep/undo rounds (the output layer left whole; accuracy reported, not kept: "
+                            "see the README, 'Which groups keep accuracy')")
+    prune.add_argument("--steps", type=int, default=10, help="with --sparsity: the gradual steps, each retrained")
+    prune.add_argument("--orientation", choices=["1xg", "gx1"],
+                       help="x86 FC groups: G inputs of one output (1xg) or G outputs of one input (gx1, default)")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prune.add_argument("--checkpoint", help="where the run's state is kept after every round (default: OUT.checkpoint); "
@@ -214,7 +221,9 @@ def _prune(args) -> None:
                                           node_penalty=args.node_penalty, method=args.method, grouping=args.groups,
                                           objective=args.objective, dropout=args.dropout, recover=args.recover,
                                           order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune,
-                                          distill=args.distill, checkpoint=checkpoint, restart=args.restart)
+                                          distill=args.distill, orientation=args.orientation,
+                                          sparsity=args.sparsity, steps=args.steps, checkpoint=checkpoint,
+                                          restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
     onnx.save(pruned, out)
@@ -223,7 +232,8 @@ def _prune(args) -> None:
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "groups": args.groups,
         "objective": args.objective, "dropout": args.dropout, "recover": args.recover, "train_epochs": args.train_epochs,
         "order_neurons": args.order_neurons, "anneal": args.anneal, "finetune": args.finetune, "distill": args.distill,
-        "limit": args.limit})
+        "limit": args.limit, "orientation": args.orientation, "sparsity": args.sparsity,
+        "steps": args.steps if args.sparsity else None})
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))

@@ -67,11 +67,19 @@ def table(report: dict) -> str:
         lines.append(f"final retraining ({report['settings'].get('finetune', '?')} epochs, annealed): "
                      + ("kept" if report["finetuned"] else "undone, the confirmation images scored it lower"))
     rounds = len(report["rounds"]) + (len(nodes["rounds"]) if nodes else 0)
+    sparsity = report["settings"].get("sparsity")
+    if sparsity and val["final"] < val["baseline"] - report["settings"]["tolerance"]:
+        lines.append(f"validation accuracy ended below the tolerance ({100 * report['settings']['tolerance']:.2g} "
+                     "points): choose a lower --sparsity, more --steps or more --finetune epochs")
     if report["weights_removed"] == 0:
         lines.append(f"no round kept accuracy within the tolerance ({100 * report['settings']['tolerance']:.2g} points): "
                      "the model is returned unpruned; allow more (--tolerance) or retrain longer (--epochs)")
-    lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {rounds} "
-                 f"rounds; validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
+    how = f"{rounds} rounds"
+    if sparsity:
+        how = (f"{len(report['rounds'])} gradual steps to {sparsity:.0%} of the groups"
+               + (f" after {len(nodes['rounds'])} node-pruning rounds" if nodes else ""))
+    lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {how}; "
+                 f"validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "
                  f"test {test['dense']:.2%} -> {test['pruned']:.2%}")
     if test.get("paired"):
         lines.append(f"test accuracy change: {describe(test['paired'])}")

@@ -107,12 +107,25 @@ class LayerStrategy:
         return unaligned_mask(w_nk, keep, self.group, self.grouping)
 
 
-def layer_strategy(spec: TargetSpec, layers: list[dict], grouping: str = "aligned") -> dict[str, LayerStrategy]:
+def layer_strategy(spec: TargetSpec, layers: list[dict], grouping: str = "aligned",
+                   orientation: str | None = None) -> dict[str, LayerStrategy]:
     """What each Conv / Gemm layer gets on `spec`'s hardware class (see module doc). `grouping`
     "dp" or "greedy" lets groups start anywhere in a row (Lee et al.; `unaligned_groups`), which
-    only a kernel that indexes every group can use: the Cortex-M pairs format."""
+    only a kernel that indexes every group can use: the Cortex-M pairs format. `orientation`
+    "1xg" prunes a CPU's FC layers in groups of G inputs of one output instead of G outputs of
+    one input ("gx1", the default): the x86 kernels run both, and from a converged model the
+    input-wise groups keep more accuracy at the same sparsity (README, "Which groups keep
+    accuracy"); on other targets the groups' direction is fixed by their kernels."""
     if grouping not in GROUPINGS:
         raise ScalpelError(f"unknown grouping {grouping!r}; known: {', '.join(GROUPINGS)}")
+    if orientation not in (None, "1xg", "gx1"):
+        raise ScalpelError(f"unknown orientation {orientation!r}; known: 1xg (G inputs of one output), "
+                           "gx1 (G outputs of one input)")
+    if orientation and spec.parallelism != "moderate":
+        fixed = ("prunes whole nodes, not groups" if spec.parallelism == "high"
+                 else "stores groups of inputs (1xg) only, as its int16 pairs")
+        raise ScalpelError(f"the groups' orientation is a choice for a CPU's FC layers (x86); {spec.name} {fixed}: "
+                           "leave --orientation out")
     if grouping != "aligned" and spec.parallelism != "low":
         raise ScalpelError(f"unaligned groups need a kernel that stores an index per group (the Cortex-M pairs "
                            f"format); {spec.name}'s grouped kernels vectorise aligned lanes: use --groups aligned")
@@ -132,11 +145,31 @@ def layer_strategy(spec: TargetSpec, layers: list[dict], grouping: str = "aligne
                                                "(int16 lanes)", grouping if unaligned else "aligned")
         elif layer["op"] == "fc":
             group = spec.lanes("float32")
-            out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, "gx1",
-                                               f"SIMD-aware, groups of {group} outputs (fp32 lanes)")
+            along = orientation or "gx1"
+            what = "outputs" if along == "gx1" else "inputs"
+            out[layer["name"]] = LayerStrategy(layer["name"], "simd", group, along,
+                                               f"SIMD-aware, groups of {group} {what} (fp32 lanes)")
         else:
             out[layer["name"]] = LayerStrategy(layer["name"], "node", reason="node pruning (conv on a CPU)")
     return out
+
+
+def pruning_strategy(spec: TargetSpec, layers: list[dict], method: str, grouping: str = "aligned",
+                     orientation: str | None = None, gradual: bool = False) -> dict[str, LayerStrategy]:
+    """The strategy a pruning run follows: Scalpel's per hardware class (`layer_strategy`) or the
+    traditional baseline's; pruned gradually, the output layer is left whole (`gradual_pruning`)."""
+    from .gradual_pruning import gradual_layers
+
+    if method == "scalpel":
+        strategy = layer_strategy(spec, layers, grouping, orientation)
+    else:
+        strategy = traditional_strategy(layers)
+    if gradual:
+        cut = set(gradual_layers(strategy))
+        for name, s in strategy.items():
+            if s.method in GROUP_METHODS and name not in cut:
+                strategy[name] = LayerStrategy(name, "none", reason="gradual pruning leaves the output layer whole")
+    return strategy
 
 
 def nodes_alive(w_nk: np.ndarray) -> int:
@@ -298,6 +331,15 @@ class SimdState:
     net: object = None  # the model's snapshot at the checkpoint
 
 
+def starting_result(strategy: dict, evaluate, confirm, reference: tuple | None) -> PruneResult:
+    """A pruning loop's result before its first round: the unpruned model's validation (and
+    confirmation) accuracy, measured now or, after an earlier phase, its `reference`."""
+    baseline = reference[0] if reference else evaluate()
+    result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
+    result.confirmed_baseline = (reference[1] if reference else confirm()) if confirm else None
+    return result
+
+
 def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, cost: LayerCost, *,
                tolerance: float, step: float = 0.3, min_step: float = 0.05, how: str = "rms",
                max_rounds: int = 80, progress=None, confirm=None, reference: tuple | None = None,
@@ -324,11 +366,10 @@ def prune_simd(net_weights, set_mask, retrain, evaluate, snapshot, restore, stra
         state = resume
         restore(state.net)
     else:
-        baseline = reference[0] if reference else evaluate()
+        result = starting_result(strategy, evaluate, confirm, reference)
         masks = {name: (weights[name] != 0).astype(np.float32) for name in active}
-        result = PruneResult(baseline, baseline, strategy={n: s.__dict__ for n, s in strategy.items()})
-        result.confirmed_baseline = (reference[1] if reference else confirm()) if confirm else None
-        state = SimdState(result, masks, dict.fromkeys(active, step), set(), [(snapshot(), copy.deepcopy(masks), baseline)])
+        state = SimdState(result, masks, dict.fromkeys(active, step), set(),
+                          [(snapshot(), copy.deepcopy(masks), result.baseline_accuracy)])
     result, masks = state.result, state.masks
     floor = result.baseline_accuracy - tolerance
     while state.round < max_rounds:
@@ -391,7 +432,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
                recover: bool = False, order_neurons: bool = False, anneal: bool = False, finetune: float = 0.0,
-               distill: bool = False, checkpoint=None, restart: bool = False, keep_checkpoint: bool = False):
+               distill: bool = False, orientation: str | None = None, sparsity: float | None = None, steps: int = 10,
+               checkpoint=None, restart: bool = False, keep_checkpoint: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -429,7 +471,12 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     unless the confirmation images score the model lower than before them (so those images have
     then seen one decision, this one). `distill`
     retrains against the unpruned model's softened outputs as well as the labels (half each,
-    `torch_chain.train`'s `teacher`)."""
+    `torch_chain.train`'s `teacher`).
+
+    `sparsity` replaces the keep/undo rounds of the group-pruned layers by gradual pruning to that
+    fraction of each layer's groups in `steps` steps (`gradual_pruning`; the output layer left
+    whole): the user names the sparsity, and a result below `tolerance` is reported, not undone.
+    `orientation` "1xg" or "gx1" chooses the x86 FC groups (`layer_strategy`)."""
     from . import neuron_order, torch_chain
     from .int16_net import read_chain
 
@@ -462,7 +509,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                 "model": model_digest(model)}
     # named only when asked for, so the checkpoints of runs from before these options still resume
     settings.update({key: value for key, value in
-                     {"anneal": anneal, "finetune": finetune, "distill": distill}.items() if value})
+                     {"anneal": anneal, "finetune": finetune, "distill": distill, "orientation": orientation,
+                      "sparsity": sparsity, "steps": steps if sparsity else None}.items() if value})
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
     teacher = []  # with distill: the unpruned model, as trained
@@ -472,7 +520,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
             torch_chain.set_dropout(net, dropout)
             torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, anneal=anneal, desc="train")
         if order_neurons and method == "scalpel":
-            neuron_order.reorder_for_groups(net, layer_strategy(spec, layers, grouping))
+            neuron_order.reorder_for_groups(net, pruning_strategy(spec, layers, method, grouping, orientation,
+                                                                  sparsity is not None))
         if distill:
             teacher.append(copy.deepcopy(net).eval())
 
@@ -503,7 +552,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                             test=lambda: torch_chain.correct(net, data.test_x, data.test_y))
     result, test = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                           objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
-                          tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover)
+                          tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover,
+                          orientation=orientation, sparsity=sparsity, steps=steps)
     if test["dense"] < 2.0 / data.classes:
         print(f"scalpel prune: the model scored {test['dense']:.1%} on {data.name}'s test set, near chance: was it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
@@ -517,7 +567,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                  epochs: float = 1.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80, seed: int = 0,
                  penalty: float = 1e-4, node_penalty: str = "cost", method: str = "scalpel",
                  grouping: str = "aligned", objective: str = "latency", recover: bool = False,
-                 order_neurons: bool = False, checkpoint=None, restart: bool = False):
+                 order_neurons: bool = False, orientation: str | None = None, sparsity: float | None = None,
+                 steps: int = 10, checkpoint=None, restart: bool = False):
     """Prune a user's own `torch.nn.Module` for `target` (`torch_module`): `train(module, epochs)`
     is the user's training loop (it builds its optimizer from `module.parameters()` each call),
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
@@ -541,6 +592,9 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                 "grouping": grouping, "objective": objective, "recover": recover, "order_neurons": order_neurons,
                 "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
+    settings.update({key: value for key, value in
+                     {"orientation": orientation, "sparsity": sparsity, "steps": steps if sparsity else None}.items()
+                     if value})
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
 
     def retrain(_round_seed, masks=None, penalty=0.0, after_step=None):
@@ -551,7 +605,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
 
     def train_first():
         if order_neurons and method == "scalpel":
-            neuron_order.reorder_for_groups(net, layer_strategy(spec, layers, grouping))
+            neuron_order.reorder_for_groups(net, pruning_strategy(spec, layers, method, grouping, orientation,
+                                                                  sparsity is not None))
 
     hooks = SimpleNamespace(train_first=train_first, retrain=retrain, finetune=None, saved=dict,
                             evaluate=lambda: evaluate(net),
@@ -559,7 +614,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                             test=(lambda: test(net)) if test else (lambda: None))
     result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                               objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
-                              tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover)
+                              tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover,
+                              orientation=orientation, sparsity=sparsity, steps=steps)
     result.skipped = skipped
     result.consumers_unknown = net.consumers_unknown
     ck.finish()
@@ -567,15 +623,19 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
 
 
 def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, objective, node_penalty, penalty, step,
-           how, tolerance, max_rounds, seed, recover=False):
+           how, tolerance, max_rounds, seed, recover=False, orientation=None, sparsity=None, steps=10):
     """The frontend on a model reached through `net` (a `torch_chain` chain or a
     `torch_module` wrapper) and `hooks` (train_first, retrain(seed, masks, ...), evaluate,
     confirm or None, test: an accuracy, per-image correctness or None): node pruning, then
-    group pruning, then the layers restored that did not pay. Returns (PruneResult, {"dense",
+    group pruning (gradual, to `sparsity`, when that is given), then the layers restored that did
+    not pay. Returns (PruneResult, {"dense",
     "pruned"} test accuracy, with "paired" when `test` scores per image)."""
     from . import torch_chain
+    from .gradual_pruning import ramp
 
-    strategy = layer_strategy(spec, layers, grouping) if method == "scalpel" else traditional_strategy(layers)
+    strategy = pruning_strategy(spec, layers, method, grouping, orientation, sparsity is not None)
+    if sparsity is not None:
+        ramp(sparsity, steps)  # a bad sparsity or step count is refused before any training
     node_layers = [name for name, s in strategy.items() if s.method == "node"]
     if ck.resuming:
         print(f"scalpel prune: resuming from {checkpoint} ({_progress(ck)})", file=sys.stderr)
@@ -608,7 +668,10 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
         ck.save(node_result=node_result, node_state=None, net=torch_chain.snapshot(net), seed=seeds[0])
     if any(s.method in GROUP_METHODS for s in strategy.values()):
         reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
-        result = _prune_simd(run, strategy, cost if method == "scalpel" else WeightCount(), step, how, reference)
+        if sparsity is not None:
+            result = _prune_gradual(run, strategy, sparsity, steps, how, reference)
+        else:
+            result = _prune_simd(run, strategy, cost if method == "scalpel" else WeightCount(), step, how, reference)
     else:
         result = PruneResult(node_result.baseline_accuracy, node_result.final_accuracy,
                              strategy={n: s.__dict__ for n, s in strategy.items()}, walked_back=node_result.walked_back,
@@ -629,6 +692,11 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     if hooks.finetune and any(not w.all() for w in weights.values()):  # nothing pruned: nothing to retrain
         _finetune(net, hooks, result, retrain_seed=seeds[0])
         weights = torch_chain.weights(net)
+    if sparsity is not None and result.final_accuracy < result.baseline_accuracy - tolerance:
+        print(f"scalpel prune: at {sparsity:.0%} of the groups, validation accuracy ended "
+              f"{100 * (result.baseline_accuracy - result.final_accuracy):.2f} points below the unpruned model's "
+              f"(tolerance {100 * tolerance:.2g}); choose a lower sparsity, more steps or a "
+              "longer final retraining", file=sys.stderr)
     result.nodes = node_result
     result.layers = layer_summary(strategy, weights, cost, baseline_forms(method, weights))
     prunable = [name for name, s in strategy.items() if s.method != "none"]
@@ -666,7 +734,9 @@ def _finetune(net, hooks, result, retrain_seed) -> None:
 
 def _progress(ck) -> str:
     """Where a checkpointed run stopped, in words."""
-    simd, nodes = ck.get("simd_state"), ck.get("node_state")
+    simd, nodes, gradual = ck.get("simd_state"), ck.get("node_state"), ck.get("gradual_state")
+    if gradual is not None:
+        return f"gradual step {gradual.step} done"
     if simd is not None:
         return f"pruning round {simd.round} done"
     if ck.get("node_result") is not None:
@@ -747,19 +817,26 @@ def _prune_nodes(run, penalty, recover):
     return result
 
 
+def _mask_setter(net):
+    """`set_mask(layer, mask)` for the torch chain `net`: zero the layer's weights the mask drops."""
+    from . import torch_chain
+
+    torch = torch_chain._torch()
+
+    def set_mask(name, mask):
+        with torch.no_grad():
+            net.weight(name).mul_(torch.from_numpy(mask).reshape(net.weight(name).shape))
+
+    return set_mask
+
+
 def _prune_simd(run, strategy, cost, step, how, reference):
     """`prune_simd` on the torch chain `run.net`."""
     from tqdm import tqdm
 
     from . import torch_chain
 
-    torch = torch_chain._torch()
     net = run.net
-
-    def set_mask(name, mask):
-        with torch.no_grad():
-            net.weight(name).mul_(torch.from_numpy(mask).reshape(net.weight(name).shape))
-
     resume = run.ck.get("simd_state")
     bar = tqdm(total=run.max_rounds, initial=resume.round if resume else 0, desc="pruning rounds", file=sys.stderr)
 
@@ -768,10 +845,35 @@ def _prune_simd(run, strategy, cost, step, how, reference):
         bar.set_postfix_str(f"{round_.layer} {'kept' if round_.kept else 'undone'}, "
                             f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
 
-    result = prune_simd(lambda: torch_chain.weights(net), set_mask, lambda masks: run.retrain(masks), run.evaluate,
-                        lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
+    result = prune_simd(lambda: torch_chain.weights(net), _mask_setter(net), lambda masks: run.retrain(masks),
+                        run.evaluate, lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
                         strategy, cost, tolerance=run.tolerance, step=step, how=how, max_rounds=run.max_rounds,
                         progress=report, confirm=run.confirm, reference=reference, resume=resume,
                         checkpoint=lambda state: run.ck.save(simd_state=state, seed=run.seeds[0]))
+    bar.close()
+    return result
+
+
+def _prune_gradual(run, strategy, sparsity, steps, how, reference):
+    """`gradual_pruning.prune_gradual` on the torch chain `run.net`."""
+    from tqdm import tqdm
+
+    from . import torch_chain
+    from .gradual_pruning import prune_gradual
+
+    net = run.net
+    resume = run.ck.get("gradual_state")
+    bar = tqdm(total=steps, initial=resume.step if resume else 0, desc="gradual pruning steps", file=sys.stderr)
+
+    def report(round_):
+        bar.update(1)
+        bar.set_postfix_str(f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
+
+    result = prune_gradual(lambda: torch_chain.weights(net), _mask_setter(net), lambda masks: run.retrain(masks),
+                           run.evaluate, lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
+                           strategy,
+                           sparsity=sparsity, steps=steps, how=how, progress=report, confirm=run.confirm,
+                           reference=reference, resume=resume,
+                           checkpoint=lambda state: run.ck.save(gradual_state=state, seed=run.seeds[0]))
     bar.close()
     return result

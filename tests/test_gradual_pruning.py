@@ -1,0 +1,188 @@
+"""Gradual pruning to a named sparsity (`gradual_pruning`) and the x86 FC groups' orientation:
+the ramp, the loop on a stand-in model, resuming, and the whole path through `scalpel prune`
+and `Pass`."""
+import copy
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nets import relax_module, run_ort
+from scalpel_tvm import ScalpelError, TargetSpec, datasets, paper_nets, pruning
+from scalpel_tvm.cli import main
+from scalpel_tvm.gradual_pruning import GradualState, gradual_layers, prune_gradual, ramp
+from scalpel_tvm.int16_net import read_chain
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(0.01, 0.99), st.integers(1, 60))
+def test_the_ramp_cuts_most_early_least_late_and_ends_at_the_sparsity(sparsity, steps):
+    fractions = ramp(sparsity, steps)
+    assert len(fractions) == steps and fractions[-1] == pytest.approx(sparsity)
+    cuts = np.diff([0.0, *fractions])
+    assert np.all(cuts > 0)
+    assert np.all(np.diff(cuts) <= 1e-12)  # each step cuts no more than the one before
+    assert fractions[0] >= sparsity / steps
+
+
+def test_a_sparsity_or_step_count_out_of_range_is_a_clear_error():
+    with pytest.raises(ScalpelError, match=r"sparsity is the fraction of each layer's groups removed, in \(0, 1\); got 1.5"):
+        ramp(1.5, 10)
+    with pytest.raises(ScalpelError, match="steps must be at least 1; got 0"):
+        ramp(0.9, 0)
+
+
+def test_the_orientation_chooses_the_x86_fc_groups_and_is_refused_where_the_kernels_fix_it():
+    _, layers = read_chain(paper_nets.network("lenet5"))
+    x86 = TargetSpec.preset("x86-avx2")
+    inputs = pruning.layer_strategy(x86, layers, orientation="1xg")
+    assert (inputs["fc1"].orientation, inputs["fc1"].group, inputs["conv1"].method) == ("1xg", 8, "node")
+    assert "groups of 8 inputs" in inputs["fc1"].reason
+    assert pruning.layer_strategy(x86, layers, orientation="gx1")["fc1"].orientation == "gx1"
+    with pytest.raises(ScalpelError, match="cortex-m4 stores groups of inputs .* leave --orientation out"):
+        pruning.layer_strategy(TargetSpec.preset("cortex-m4"), layers, orientation="gx1")
+    with pytest.raises(ScalpelError, match="cuda prunes whole nodes, not groups"):
+        pruning.layer_strategy(TargetSpec.preset("cuda"), layers, orientation="1xg")
+    with pytest.raises(ScalpelError, match="unknown orientation '8x8'; known: 1xg"):
+        pruning.layer_strategy(x86, layers, orientation="8x8")
+
+
+def test_gradual_pruning_leaves_the_output_layer_whole_and_says_why():
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    for method in ("scalpel", "traditional"):
+        strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, method, gradual=True)
+        assert gradual_layers(strategy) == ["fc1", "fc2"]
+        assert (strategy["fc3"].method, strategy["fc3"].reason) == ("none", "gradual pruning leaves the output layer whole")
+    with pytest.raises(ScalpelError, match=r"gradual pruning \(--sparsity\) found no layer to cut.* leave --sparsity out"):
+        pruning.pruning_strategy(TargetSpec.preset("cuda"), layers, "scalpel", gradual=True)
+    data = datasets.load("mnist", limit=100)
+    with pytest.raises(ScalpelError, match="steps must be at least 1; got 0"):
+        pruning.prune_onnx(paper_nets.network("lenet_300_100"), "x86-avx2", data, sparsity=0.9, steps=0)
+
+
+class StandIn:
+    """A model reached through the loop's callables: random weights, a no-op retraining that
+    records the masks it was asked to hold, and a validation accuracy falling with the weights
+    removed."""
+
+    def __init__(self, layers, seed=0):
+        rng = np.random.default_rng(seed)
+        self.w = {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers}
+        self.held = []
+
+    def weights(self):
+        return {k: v.copy() for k, v in self.w.items()}
+
+    def set_mask(self, name, mask):
+        self.w[name] = self.w[name] * mask
+
+    def retrain(self, masks):
+        self.held.append({k: v.copy() for k, v in masks.items()})
+
+    def evaluate(self):
+        total = sum(w.size for w in self.w.values())
+        return 0.99 - 0.05 * (1 - sum(np.count_nonzero(w) for w in self.w.values()) / total)
+
+    def run(self, strategy, **kwargs):
+        return prune_gradual(self.weights, self.set_mask, self.retrain, self.evaluate, self.weights,
+                             lambda saved: setattr(self, "w", saved), strategy, **kwargs)
+
+
+@pytest.mark.parametrize("orientation", ["1xg", "gx1"])
+def test_each_step_cuts_every_layer_to_the_ramp_in_whole_aligned_groups_and_nothing_revives(orientation):
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", orientation=orientation,
+                                        gradual=True)
+    model = StandIn(layers)
+    output = model.w["fc3"].copy()
+    result = model.run(strategy, sparsity=0.9, steps=5, confirm=lambda: 0.5)
+    assert len(result.rounds) == len(model.held) == 5 and all(r.kept for r in result.rounds)
+    assert [r.layer for r in result.rounds] == ["fc1+fc2"] * 5
+    np.testing.assert_array_equal(model.w["fc3"], output)
+    for name in ("fc1", "fc2"):
+        w = model.w[name] if orientation == "1xg" else model.w[name].T
+        alive = np.any(pruning._blocks(w, 8, "1xg") != 0, axis=2)
+        assert alive.sum() == int(np.ceil(alive.size * (1 - 0.9)))  # the ramp's last fraction of all groups
+        np.testing.assert_array_equal(w != 0, np.repeat(alive, 8, axis=1)[:, :w.shape[1]])  # whole groups
+    for before, after in zip(model.held, model.held[1:]):
+        for name in ("fc1", "fc2"):
+            assert np.all(after[name] <= before[name])  # a cut group never comes back
+    totals = [pruning._blocks(model.w[name], 8, orientation).shape[:2] for name in ("fc1", "fc2")]
+    assert [r.groups_after for r in result.rounds] == [  # each step follows the ramp
+        sum(int(np.ceil(rows * groups * (1 - f))) for rows, groups in totals) for f in ramp(0.9, 5)]
+    removed = [r.weights_removed for r in result.rounds]
+    assert removed == sorted(removed) and removed[-1] == pytest.approx(result.weights_removed)
+    assert 0.89 < result.weights_removed < 0.91
+    assert result.baseline_accuracy == 0.99 and result.final_accuracy == pytest.approx(model.evaluate())
+    assert (result.confirmed_baseline, result.confirmed_accuracy) == (0.5, 0.5)
+
+
+def test_the_most_important_groups_are_the_ones_kept():
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", orientation="1xg",
+                                        gradual=True)
+    model = StandIn(layers, seed=3)
+    rms = pruning.group_importance(model.w["fc2"], 8, "1xg")
+    model.run(strategy, sparsity=0.75, steps=1)
+    alive = np.any(pruning._blocks(model.w["fc2"], 8, "1xg") != 0, axis=2)
+    assert rms[alive].min() >= rms[~alive].max()
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does():
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", gradual=True)
+    straight = StandIn(layers)
+    straight.run(strategy, sparsity=0.8, steps=4)
+    saved = []
+    interrupted = StandIn(layers)
+    with pytest.raises(KeyboardInterrupt):
+        def checkpoint(state):
+            saved.append(copy.deepcopy(state))
+            if state.step == 2:
+                raise KeyboardInterrupt
+        interrupted.run(strategy, sparsity=0.8, steps=4, checkpoint=checkpoint)
+    assert isinstance(saved[-1], GradualState) and saved[-1].step == 2
+    resumed = StandIn(layers, seed=99)  # other weights: the checkpoint's must replace them
+    result = resumed.run(strategy, sparsity=0.8, steps=4, resume=saved[-1])
+    assert len(result.rounds) == 4 and len(resumed.held) == 2
+    for name in straight.w:
+        np.testing.assert_array_equal(resumed.w[name], straight.w[name])
+
+
+@pytest.mark.slow
+def test_scalpel_prune_gradually_in_input_groups_compiles_to_the_1xg_kernel_and_keeps_its_outputs(tmp_path, capsys):
+    """The whole path, reduced: LeNet-300-100 trained half an epoch on 3,000 images, pruned for
+    x86 to 90% of its 1xg groups in 3 steps; the ONNX model holds the zeros in whole groups of 8
+    inputs, the pass turns fc1 into the 1xg kernel, and the compiled module agrees with onnxruntime."""
+    import tvm
+
+    import scalpel_tvm
+
+    model_path, out = tmp_path / "lenet.onnx", tmp_path / "pruned.onnx"
+    onnx.save(paper_nets.network("lenet_300_100"), model_path)
+    assert main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--report", str(tmp_path / "r"),
+                 "--limit", "3000", "--train-epochs", "0.5", "--epochs", "0.2", "--sparsity", "0.9", "--steps", "3",
+                 "--orientation", "1xg", "--order-neurons"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"weights removed (89|90)\.\d% of the prunable layers in 3 gradual steps to 90% of the groups", printed)
+    assert re.search(r"fc3 .* none .*\(gradual pruning leaves the output layer whole\)", printed)
+    report = json.loads((tmp_path / "r" / "prune.json").read_text())
+    assert report["settings"]["orientation"] == "1xg" and len(report["rounds"]) == 3
+    pruned = onnx.load(str(out))
+    _, layers = read_chain(pruned)
+    fc1 = layers[0]["w_nk"]
+    groups = fc1.reshape(300, 98, 8)
+    assert np.all((groups == 0).all(axis=2) | (groups != 0).all(axis=2))
+    assert 1 - np.count_nonzero(groups.any(axis=2)) / (300 * 98) == pytest.approx(0.9, abs=1e-3)
+    assert np.count_nonzero(layers[2]["w_nk"]) == layers[2]["w_nk"].size
+    mod = relax_module(pruned)
+    fc1_plan = scalpel_tvm.plan(mod, "x86-avx2").layers[0]
+    assert fc1_plan.chosen == "gsparse_1xg" and fc1_plan.group_sparsity["1xg"] == pytest.approx(0.9, abs=1e-3)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
+    vm = tvm.relax.VirtualMachine(tvm.compile(scalpel_tvm.Pass("x86-avx2")(mod), target=target), tvm.cpu())
+    x = datasets.load("mnist").test_x[:1].reshape(1, -1).astype(np.float32)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run_ort(pruned, x), rtol=1e-4, atol=1e-4)
