@@ -3,6 +3,8 @@ for one target, from a short-trained and from a converged dense model, with the 
 training-schedule options, over several seeds.
 
     python python/bench_recipes.py [--net lenet_300_100] [--target x86-avx2] [--seeds 0 1 2] --out out
+    python python/bench_recipes.py --variants converged+gradual-1xg converged+gradual-1xg+distill \
+        converged+gradual-gx1 converged+gradual-gx1+distill --time --out out
 
 Per seed it trains the network twice on MNIST (the training images `prune_onnx` does not hold
 out): 3 epochs at a constant rate (`--train-epochs 3`, the recipe of the README's frontend
@@ -13,10 +15,17 @@ figures) and 8 epochs annealed (`--anneal`), which converges. Then it prunes thr
 * short+finetune: the same and 4 final annealed epochs (`finetune=4`);
 * converged: the 8-epoch model, the default loop (rounds at a constant 3e-4);
 * converged+anneal: each round's retraining annealed from 1e-3 (`anneal=True`);
-* converged+anneal+distill: and half of its loss from the unpruned model's outputs (`distill=True`).
+* converged+anneal+distill: and half of its loss from the unpruned model's outputs (`distill=True`);
+* converged+gradual-1xg / converged+gradual-gx1: instead of the keep/undo rounds, gradual pruning
+  to 93% of the groups of every layer but the output layer in 20 steps of one epoch, then 10 final
+  annealed epochs (`sparsity=0.93, steps=20, epochs=1, finetune=10`), in groups of 8 inputs of one
+  output (`orientation="1xg"`) or 8 outputs of one input (the x86 default); x86 only;
+* converged+gradual-1xg+distill / converged+gradual-gx1+distill: the same with `distill=True`.
 
 It prints and writes (`bench_recipes_<net>_<target>.json`, `.png`) each run's weights removed and
-test accuracy against its own dense model. About 2.5 min a run on this 2-core machine.
+test accuracy against its own dense model. With `--time` (an x86 target this CPU runs) each
+seed's pruned models are also compiled through `Pass` and timed side by side with the dense model
+at batch 1 and 50 (`bench_pruning.measure_cpu`: medians of interleaved rounds). About 2.5 min a run on this 2-core machine.
 """
 from __future__ import annotations
 
@@ -29,9 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_pruning import trained  # noqa: E402
+from bench_pruning import measure_cpu, trained  # noqa: E402
 
 from scalpel_tvm import datasets, pruning  # noqa: E402
+from scalpel_tvm.demo import check_runs_here  # noqa: E402
+from scalpel_tvm.target import TargetSpec  # noqa: E402
 
 VARIANTS = {
     "short": ("short", {}),
@@ -40,6 +51,11 @@ VARIANTS = {
     "converged+anneal": ("converged", {"anneal": True}),
     "converged+anneal+distill": ("converged", {"anneal": True, "distill": True}),
 }
+GRADUAL = {"sparsity": 0.93, "steps": 20, "epochs": 1.0, "finetune": 10.0}
+for _orientation in ("1xg", "gx1"):
+    VARIANTS[f"converged+gradual-{_orientation}"] = ("converged", {**GRADUAL, "orientation": _orientation})
+    VARIANTS[f"converged+gradual-{_orientation}+distill"] = ("converged", {**GRADUAL, "orientation": _orientation,
+                                                                         "distill": True})
 TRAINING = {"short": {"epochs": 3.0}, "converged": {"epochs": 8.0, "anneal": True}}
 
 
@@ -48,21 +64,29 @@ def main() -> None:
     parser.add_argument("--net", default="lenet_300_100", choices=["lenet_300_100", "lenet5"])
     parser.add_argument("--target", default="x86-avx2")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--epochs", type=float, default=2.0, help="retraining epochs per round")
+    parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if "gradual" not in v],
+                        choices=list(VARIANTS), help="default: the keep/undo loop's five")
+    parser.add_argument("--epochs", type=float, default=2.0,
+                        help="retraining epochs per round (the gradual variants retrain one a step)")
+    parser.add_argument("--time", action="store_true",
+                        help="also time each pruned model through Pass against the dense one (x86)")
     parser.add_argument("--out", type=Path, default=Path("out"))
     args = parser.parse_args()
+    spec = TargetSpec.preset(args.target)
+    if args.time:
+        check_runs_here(spec)
     data = datasets.load("mnist")
     runs = []
     for seed in args.seeds:
         models = {name: trained(args.net, data, validation=pruning.validation_images(data), seed=seed, **recipe)
                   for name, recipe in TRAINING.items()
                   if any(VARIANTS[v][0] == name for v in args.variants)}
+        pruned_models = {}
         for variant in args.variants:
             start, options = VARIANTS[variant]
             began = time.time()
-            _, result, test = pruning.prune_onnx(models[start], args.target, data, epochs=args.epochs, seed=seed,
-                                                 order_neurons=True, **options)
+            pruned_models[variant], result, test = pruning.prune_onnx(models[start], args.target, data, seed=seed, order_neurons=True,
+                                                 **{"epochs": args.epochs, **options})
             layers = result.layers.values()
             run = {"variant": variant, "seed": seed, "dense_test": test["dense"], "pruned_test": test["pruned"],
                    "change_points": round(100 * (test["pruned"] - test["dense"]), 2),
@@ -77,6 +101,17 @@ def main() -> None:
                   f"({run['change_points']:+.2f}, 95% {run['change_interval95_points'][0]:+.2f} to "
                   f"{run['change_interval95_points'][1]:+.2f})  removed {run['weights_removed']:.1%}  "
                   f"predicted {run['predicted_speedup']:.2f}x  {run['seconds']:.0f} s", flush=True)
+        if args.time:
+            measured = measure_cpu(next(iter(models.values())), pruned_models, spec, [1, 50])
+            for run in runs[-len(args.variants):]:
+                run["measured_speedup"] = {batch: m["speedup"][run["variant"]] for batch, m in measured.items()}
+                run["forms"] = {batch: m["forms"][run["variant"]] for batch, m in measured.items()}
+                run["measured_us"] = {batch: {"dense": m["us"]["dense"], "pruned": m["us"][run["variant"]]}
+                                      for batch, m in measured.items()}
+                print(f"seed {seed} {run['variant']:<26} through Pass: "
+                      + ", ".join(f"batch {b} {x:.2f}x" for b, x in run["measured_speedup"].items())
+                      + " faster than dense  (" + ", ".join(f"{k} {v}" for k, v in run["forms"]["1"].items()) + ")",
+                      flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_recipes_{args.net}_{args.target}"
     stem.with_suffix(".json").write_text(json.dumps(
