@@ -147,11 +147,12 @@ def main():
     plot(report, out / f"{stem}.png")
 
 
-def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15) -> dict:
+def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15, logs=None) -> dict:
     """Per batch: µs per call (medians of interleaved rounds) of the dense model and of each
     method's model through `Pass` on this CPU (`spec` one it can run), each model's speedup over
     dense, and its largest output difference against the same model compiled without the pass.
-    A model keyed by a baseline's name (traditional, optimized) is also timed as it deploys."""
+    A model keyed by a baseline's name (traditional, optimized) is also timed as it deploys.
+    `logs`: a tuning log directory for every model's plan and kernels (default: the shipped log)."""
     import tvm
     from onnx import numpy_helper
     from tqdm import tqdm
@@ -167,11 +168,11 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15) -> d
     for batch in tqdm(batches, desc="time on this CPU", unit="batch"):
         (shape,) = input_shapes(dense_model, batch).values()
         x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"))
-        vms, diffs, forms = {"dense": compiled(Pass(spec)(import_onnx(dense_model, batch)))}, {}, {}
+        vms, diffs, forms = {"dense": compiled(Pass(spec, logs=logs)(import_onnx(dense_model, batch)))}, {}, {}
         for method, model in models.items():
             mod = import_onnx(model, batch)
             reference = compiled(mod)["main"](x).numpy()
-            layer_plan = plan(mod, spec)
+            layer_plan = plan(mod, spec, logs=logs)
             variants = {method: layer_plan}
             if method in ("traditional", "optimized"):
                 weights = {i.name.removesuffix(".weight"): numpy_helper.to_array(i)
@@ -181,7 +182,7 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15) -> d
                 variants = {method: layer_plan.with_forms({k: f for k, f in deployed.items() if k in fc}),
                             f"{method} as Pass plans it": layer_plan}
             for name, variant in variants.items():
-                vms[name] = compiled(Pass(spec, plan=variant)(mod))
+                vms[name] = compiled(Pass(spec, plan=variant, logs=logs)(mod))
                 diffs[name] = float(np.abs(vms[name]["main"](x).numpy() - reference).max())
                 forms[name] = {lp.name: lp.chosen for lp in variant.layers}
         us = median_us({name: vm_timer(vm, x) for name, vm in vms.items()}, budget_s=0.2 * rounds, rounds=rounds)

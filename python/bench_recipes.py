@@ -25,7 +25,12 @@ figures) and 8 epochs annealed (`--anneal`), which converges. Then it prunes thr
 It prints and writes (`bench_recipes_<net>_<target>.json`, `.png`) each run's weights removed and
 test accuracy against its own dense model. With `--time` (an x86 target this CPU runs) each
 seed's pruned models are also compiled through `Pass` and timed side by side with the dense model
-at batch 1 and 50 (`bench_pruning.measure_cpu`: medians of interleaved rounds). About 2.5 min a run on this 2-core machine.
+at batch 1 and 50 (`bench_pruning.measure_cpu`: medians of interleaved rounds), with the shipped
+tuning log or `--logs DIR`. Each pruned model is written as
+`bench_recipes_<net>_<target>_<variant>_seed<S>.onnx` (and each dense model as
+`..._short-dense_seed<S>.onnx`, `..._converged-dense_seed<S>.onnx`), so their kernels can be
+tuned (`scalpel tune --model ... --logs DIR`) and the run repeated with `--logs DIR` (a seed
+prunes the same way every time). About 2.5 min a keep/undo run and 30 s a gradual one on this 2-core machine.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -70,8 +77,10 @@ def main() -> None:
                         help="retraining epochs per round (the gradual variants retrain one a step)")
     parser.add_argument("--time", action="store_true",
                         help="also time each pruned model through Pass against the dense one (x86)")
+    parser.add_argument("--logs", help="with --time: the tuning log directory (default: the shipped log)")
     parser.add_argument("--out", type=Path, default=Path("out"))
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     spec = TargetSpec.preset(args.target)
     if args.time:
         check_runs_here(spec)
@@ -81,6 +90,8 @@ def main() -> None:
         models = {name: trained(args.net, data, validation=pruning.validation_images(data), seed=seed, **recipe)
                   for name, recipe in TRAINING.items()
                   if any(VARIANTS[v][0] == name for v in args.variants)}
+        for start, model in models.items():  # the dense models, to tune their kernels alike
+            onnx.save(model, args.out / f"bench_recipes_{args.net}_{args.target}_{start}-dense_seed{seed}.onnx")
         pruned_models = {}
         for variant in args.variants:
             start, options = VARIANTS[variant]
@@ -97,12 +108,13 @@ def main() -> None:
                    "predicted_speedup": sum(lay["predicted_dense"] for lay in layers) / sum(lay["predicted"] for lay in layers),
                    "seconds": round(time.time() - began, 1)}
             runs.append(run)
+            onnx.save(pruned_models[variant], args.out / f"bench_recipes_{args.net}_{args.target}_{variant}_seed{seed}.onnx")
             print(f"seed {seed} {variant:<26} dense {run['dense_test']:.2%}  pruned {run['pruned_test']:.2%} "
                   f"({run['change_points']:+.2f}, 95% {run['change_interval95_points'][0]:+.2f} to "
                   f"{run['change_interval95_points'][1]:+.2f})  removed {run['weights_removed']:.1%}  "
                   f"predicted {run['predicted_speedup']:.2f}x  {run['seconds']:.0f} s", flush=True)
         if args.time:
-            measured = measure_cpu(next(iter(models.values())), pruned_models, spec, [1, 50])
+            measured = measure_cpu(next(iter(models.values())), pruned_models, spec, [1, 50], logs=args.logs)
             for run in runs[-len(args.variants):]:
                 run["measured_speedup"] = {batch: m["speedup"][run["variant"]] for batch, m in measured.items()}
                 run["forms"] = {batch: m["forms"][run["variant"]] for batch, m in measured.items()}
@@ -112,7 +124,6 @@ def main() -> None:
                       + ", ".join(f"batch {b} {x:.2f}x" for b, x in run["measured_speedup"].items())
                       + " faster than dense  (" + ", ".join(f"{k} {v}" for k, v in run["forms"]["1"].items()) + ")",
                       flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_recipes_{args.net}_{args.target}"
     stem.with_suffix(".json").write_text(json.dumps(
         {"net": args.net, "target": args.target, "date": datetime.date.today().isoformat(),
