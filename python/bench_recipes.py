@@ -19,7 +19,8 @@ figures) and 8 epochs annealed (`--anneal`), which converges. Then it prunes thr
 * converged+gradual-1xg / converged+gradual-gx1: instead of the keep/undo rounds, gradual pruning
   to 93% of the groups of every layer but the output layer in 20 steps of one epoch, then 10 final
   annealed epochs (`sparsity=0.93, steps=20, epochs=1, finetune=10`), in groups of 8 inputs of one
-  output (`orientation="1xg"`) or 8 outputs of one input (the x86 default); x86 only;
+  output (`orientation="1xg"`) or 8 outputs of one input (the x86 default); on a Cortex-M the
+  1xg variants prune its own groups (pairs of inputs), and the gx1 ones are refused;
 * converged+gradual-1xg+distill / converged+gradual-gx1+distill: the same with `distill=True`.
 
 It prints and writes (`bench_recipes_<net>_<target>.json`, `.png`) each run's weights removed and
@@ -84,6 +85,8 @@ def main() -> None:
     spec = TargetSpec.preset(args.target)
     if args.time:
         check_runs_here(spec)
+    if spec.parallelism != "moderate" and any("gradual-gx1" in v for v in args.variants):
+        parser.error(f"the gx1 variants are for x86: {args.target}'s groups run along the inputs (use the 1xg ones)")
     data = datasets.load("mnist")
     runs = []
     for seed in args.seeds:
@@ -95,9 +98,12 @@ def main() -> None:
         pruned_models = {}
         for variant in args.variants:
             start, options = VARIANTS[variant]
+            if spec.parallelism != "moderate":  # the groups' direction is the target's own
+                options = {key: value for key, value in options.items() if key != "orientation"}
             began = time.time()
-            pruned_models[variant], result, test = pruning.prune_onnx(models[start], args.target, data, seed=seed, order_neurons=True,
-                                                 **{"epochs": args.epochs, **options})
+            pruned_models[variant], result, test = pruning.prune_onnx(models[start], args.target, data, seed=seed,
+                                                                      order_neurons=True,
+                                                                      **{"epochs": args.epochs, **options})
             layers = result.layers.values()
             run = {"variant": variant, "seed": seed, "dense_test": test["dense"], "pruned_test": test["pruned"],
                    "change_points": round(100 * (test["pruned"] - test["dense"]), 2),
