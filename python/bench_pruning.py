@@ -3,6 +3,8 @@
     python python/bench_pruning.py --net lenet_300_100 --target cortex-m4 --out out   # ~2.5 min
     python python/bench_pruning.py --net lenet5 --target cuda --out out              # predicted only
     python python/bench_pruning.py --net convnet --target cortex-m4 --out out
+    python python/bench_pruning.py --net lenet_300_100 --target x86-avx2 --train-epochs 8 --anneal-train \
+        --sparsity 0.93 --steps 20 --epochs 1 --finetune 10 --orientation 1xg --distill --order-neurons --out out
 
 Trains the network once (`--train-epochs`, the recipe every method starts from) on MNIST, or for
 the ConvNet on Fashion-MNIST at 1x28x28 (the stand-in for the paper's CIFAR-10, which cannot be
@@ -13,6 +15,10 @@ tolerance, retraining and round budget:
 * traditional: single weights by magnitude in every layer (Han et al. 2015), every layer CSR;
 * optimized: traditional, then the layers keeping more than half their weights restored and
   deployed dense (the paper's "optimized pruning").
+
+With `--sparsity` every method is pruned gradually to that fraction instead (`scalpel prune
+--sparsity`: Scalpel's groups, the baselines' single weights), and `--anneal-train` trains the
+dense model with an annealed rate (8 epochs of it converge LeNet-300-100).
 
 For each it reports test accuracy, weights removed and the predicted speedup over the dense model
 by the target's cost model; on a Cortex-M target also the cycle ESTIMATE of the int16 firmware
@@ -85,6 +91,12 @@ def main():
     parser.add_argument("--order-neurons", action="store_true", help="as scalpel prune's (Scalpel's groups only)")
     parser.add_argument("--finetune", type=float, default=0.0, help="as scalpel prune's: epochs ending every method")
     parser.add_argument("--recover", action="store_true", help="as scalpel prune's (node pruning only)")
+    parser.add_argument("--anneal-train", action="store_true",
+                        help="train the dense model with the rate annealed to zero (8 epochs of it converge)")
+    parser.add_argument("--sparsity", type=float, help="as scalpel prune's: every method pruned gradually to it")
+    parser.add_argument("--steps", type=int, default=10, help="as scalpel prune's (with --sparsity)")
+    parser.add_argument("--orientation", choices=["1xg", "gx1"], help="as scalpel prune's (Scalpel's x86 groups)")
+    parser.add_argument("--distill", action="store_true", help="as scalpel prune's: every method")
     parser.add_argument("--batches", default="1,50", help="x86: the batch sizes timed")
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
@@ -96,7 +108,7 @@ def main():
         check_runs_here(spec)
     data = datasets.load(DATA[args.net][0], limit=args.limit)
     validation = pruning.validation_images(data)
-    model = trained(args.net, data, args.train_epochs, validation)
+    model = trained(args.net, data, args.train_epochs, validation, anneal=args.anneal_train)
     runs = {}
     # traditional and optimized share their loop: the optimized run resumes the traditional run's
     # finished checkpoint and only reverts and retrains (same seeds: the same result as from scratch)
@@ -107,7 +119,9 @@ def main():
             pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                       max_rounds=args.rounds, method=method, validation=validation,
                                                       order_neurons=args.order_neurons, finetune=args.finetune,
-                                                      recover=args.recover,
+                                                      recover=args.recover, sparsity=args.sparsity, steps=args.steps,
+                                                      distill=args.distill,
+                                                      orientation=args.orientation if method == "scalpel" else None,
                                                       checkpoint=shared if method != "scalpel" else None,
                                                       keep_checkpoint=method == "traditional")
             layers = result.layers
