@@ -203,3 +203,19 @@ def test_a_users_module_gets_its_neurons_ordered_for_the_groups():
                                                 order_neurons=True)
     assert pruning.groups_alive(pruned.fc1.weight.detach().numpy(), 8, "gx1") < 4 * 64  # whole groups of 8 outputs
     assert test["pruned"] >= test["dense"] - 0.03 - 0.02
+
+
+def test_a_users_module_is_pruned_gradually_in_groups_of_8_inputs_its_output_layer_whole():
+    torch.manual_seed(0)
+    model = MLP()
+    user_train(model, 3)
+    pruned, result, test = pruning.prune_module(model, "x86-avx2", user_train, accuracy(VALID), TRAIN[0][:4],
+                                                test=accuracy(VALID), sparsity=0.75, steps=3, orientation="1xg")
+    assert len(result.rounds) == 3 and result.strategy["fc3"]["method"] == "none"
+    for name, width in (("fc1", 64), ("fc2", 32)):
+        w = getattr(pruned, name).weight.detach().numpy()
+        groups = w.reshape(w.shape[0], width // 8, 8)
+        assert np.all((groups == 0).all(axis=2) | (groups != 0).all(axis=2))  # whole groups of 8 inputs
+        assert pruning.groups_alive(w, 8, "1xg") == np.ceil(groups.shape[0] * groups.shape[1] * 0.25)
+    assert pruned.fc3.weight.detach().all()  # retrained, nothing cut
+    assert test["pruned"] >= test["dense"] - 0.1
