@@ -121,6 +121,31 @@ def test_each_step_cuts_every_layer_to_the_ramp_in_whole_aligned_groups_and_noth
     assert (result.confirmed_baseline, result.confirmed_accuracy) == (0.5, 0.5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 20), st.integers(1, 30)), min_size=1, max_size=3),
+       st.sampled_from([1, 2, 4, 8]), st.sampled_from(["1xg", "gx1"]), st.floats(0.05, 0.95), st.integers(1, 6),
+       st.integers(0, 99))
+def test_random_layers_end_with_the_ramps_groups_whole_and_the_output_layer_untouched(shapes, group, orientation,
+                                                                                   sparsity, steps, seed):
+    rng = np.random.default_rng(seed)
+    names = [f"fc{i}" for i in range(len(shapes) + 1)]
+    w = {name: rng.standard_normal(shape) for name, shape in zip(names, [*shapes, (3, 5)])}
+    strategy = {name: pruning.LayerStrategy(name, "simd", group, orientation) for name in names}
+    output = w[names[-1]].copy()
+
+    def set_mask(name, mask):
+        w[name] = w[name] * mask
+
+    prune_gradual(lambda: dict(w), set_mask, lambda masks: None, lambda: 0.9, None, None, strategy,
+                  sparsity=sparsity, steps=steps)
+    np.testing.assert_array_equal(w[names[-1]], output)
+    for name in names[:-1]:
+        oriented = w[name] if orientation == "1xg" else w[name].T
+        alive = np.any(pruning._blocks(oriented, group, "1xg") != 0, axis=2)
+        assert alive.sum() == max(1, int(np.ceil(alive.size * (1 - sparsity))))
+        np.testing.assert_array_equal(oriented != 0, np.repeat(alive, group, axis=1)[:, :oriented.shape[1]])
+
+
 def test_the_most_important_groups_are_the_ones_kept():
     _, layers = read_chain(paper_nets.network("lenet_300_100"))
     strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", orientation="1xg",
