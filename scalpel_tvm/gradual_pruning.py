@@ -10,7 +10,7 @@ end — with retraining after each step and nothing undone. The user names the s
 reports the accuracy it kept (README, "Which groups keep accuracy").
 
 The model's output layer is left whole: its few weights (1,000 of LeNet-300-100's 266,200) decide
-every class, and pruning them costs accuracy for no measurable time.
+every class, and pruning them costs accuracy and buys little time.
 """
 from __future__ import annotations
 
