@@ -50,6 +50,7 @@ from bench_pruning import measure_cpu, trained  # noqa: E402
 
 from scalpel_tvm import datasets, pruning  # noqa: E402
 from scalpel_tvm.demo import check_runs_here  # noqa: E402
+from scalpel_tvm.gradual_pruning import parse_layer_sparsity  # noqa: E402
 from scalpel_tvm.target import TargetSpec  # noqa: E402
 
 VARIANTS = {
@@ -78,6 +79,8 @@ def main() -> None:
                         help="retraining epochs per round (the gradual variants retrain one a step)")
     parser.add_argument("--time", action="store_true",
                         help="also time each pruned model through Pass against the dense one (x86)")
+    parser.add_argument("--layer-sparsity", nargs="+", default=[], metavar="LAYER=FRACTION",
+                        help="the gradual variants: these layers' own fractions, e.g. conv1=0.5")
     parser.add_argument("--logs", help="with --time: the tuning log directory (default: the shipped log)")
     parser.add_argument("--out", type=Path, default=Path("out"))
     args = parser.parse_args()
@@ -98,6 +101,8 @@ def main() -> None:
         pruned_models = {}
         for variant in args.variants:
             start, options = VARIANTS[variant]
+            if "sparsity" in options and args.layer_sparsity:
+                options = {**options, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}
             if spec.parallelism != "moderate":  # the groups' direction is the target's own
                 options = {key: value for key, value in options.items() if key != "orientation"}
             began = time.time()
@@ -133,6 +138,7 @@ def main() -> None:
     stem = args.out / f"bench_recipes_{args.net}_{args.target}"
     stem.with_suffix(".json").write_text(json.dumps(
         {"net": args.net, "target": args.target, "date": datetime.date.today().isoformat(),
+         "layer_sparsity": parse_layer_sparsity(args.layer_sparsity),
          "retraining_epochs": args.epochs, "training": TRAINING, "runs": runs}, indent=2))
     _plot(runs, stem.with_suffix(".png"), args.net, args.target)
     print(f"wrote {stem}.json and .png")

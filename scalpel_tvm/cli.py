@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                             "Scalpel's keep/undo rounds (the output layer left whole; accuracy reported, not kept: "
                             "see the README, 'Which groups keep accuracy')")
     prune.add_argument("--steps", type=int, default=10, help="with --sparsity: the gradual steps, each retrained")
+    prune.add_argument("--layer-sparsity", action="append", metavar="LAYER=FRACTION", default=[],
+                       help="with --sparsity: this layer's own fraction (repeatable), e.g. conv1=0.5")
     prune.add_argument("--orientation", choices=["1xg", "gx1"],
                        help="x86 FC groups: G inputs of one output (1xg) or G outputs of one input (gx1, default)")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
@@ -205,6 +207,7 @@ def _prune(args) -> None:
     import onnx
 
     from . import datasets, prune_report
+    from .gradual_pruning import parse_layer_sparsity
     from .onnx_import import load_onnx
     from .pruning import prune_onnx
 
@@ -214,6 +217,7 @@ def _prune(args) -> None:
     model = load_onnx(args.model)
     data = datasets.load(args.data, limit=args.limit)
     checkpoint = args.checkpoint or f"{out}.checkpoint"
+    layer_sparsity = parse_layer_sparsity(args.layer_sparsity)
     try:
         pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
                                           epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
@@ -222,7 +226,8 @@ def _prune(args) -> None:
                                           objective=args.objective, dropout=args.dropout, recover=args.recover,
                                           order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune,
                                           distill=args.distill, orientation=args.orientation,
-                                          sparsity=args.sparsity, steps=args.steps, checkpoint=checkpoint,
+                                          sparsity=args.sparsity, steps=args.steps,
+                                          layer_sparsity=layer_sparsity, checkpoint=checkpoint,
                                           restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
@@ -233,7 +238,7 @@ def _prune(args) -> None:
         "objective": args.objective, "dropout": args.dropout, "recover": args.recover, "train_epochs": args.train_epochs,
         "order_neurons": args.order_neurons, "anneal": args.anneal, "finetune": args.finetune, "distill": args.distill,
         "limit": args.limit, "orientation": args.orientation, "sparsity": args.sparsity,
-        "steps": args.steps if args.sparsity else None})
+        "steps": args.steps if args.sparsity else None, "layer_sparsity": layer_sparsity})
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))

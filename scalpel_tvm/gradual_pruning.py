@@ -44,6 +44,18 @@ def gradual_layers(strategy: dict) -> list[str]:
     return names
 
 
+def parse_layer_sparsity(pairs: list[str]) -> dict | None:
+    """["conv1=0.5", ...] (the command line's LAYER=FRACTION) as {layer: fraction}."""
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ScalpelError(f"a layer sparsity is LAYER=FRACTION, e.g. conv1=0.5; got {pair!r}") from None
+    return out or None
+
+
 @dataclass
 class GradualState:
     """What `prune_gradual` carries from step to step: what a checkpoint holds."""
@@ -53,18 +65,30 @@ class GradualState:
     net: object = None  # the model's snapshot at the checkpoint
 
 
+def layer_schedules(strategy: dict, sparsity: float, steps: int, layer_sparsity: dict | None = None) -> dict:
+    """Each cut layer's ramp: to `sparsity`, or to its own fraction in `layer_sparsity` (a layer
+    of a few hundred weights, such as a first conv, may want less). Refuses a name gradual
+    pruning does not cut."""
+    names = gradual_layers(strategy)
+    unknown = sorted(set(layer_sparsity or {}) - set(names))
+    if unknown:
+        raise ScalpelError(f"a layer sparsity names {', '.join(unknown)}, which gradual pruning does not cut; it cuts "
+                           f"{', '.join(names)}")
+    return {name: ramp((layer_sparsity or {}).get(name, sparsity), steps) for name in names}
+
+
 def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, *, sparsity: float,
-                  steps: int, how: str = "rms", progress=None, confirm=None, reference: tuple | None = None,
-                  checkpoint=None, resume: GradualState | None = None):
-    """Cut every layer of `gradual_layers(strategy)` to (1 − s_t) of its groups at step t, its
-    least important groups first (`how`: rms, max or mean), and retrain after each step with the
-    cut weights held at zero. The callables are `pruning.prune_simd`'s. Returns a
+                  steps: int, layer_sparsity: dict | None = None, how: str = "rms", progress=None, confirm=None,
+                  reference: tuple | None = None, checkpoint=None, resume: GradualState | None = None):
+    """Cut every layer of `gradual_layers(strategy)` to (1 − s_t) of its groups at step t
+    (`layer_schedules`), its least important groups first (`how`: rms, max or mean), and retrain
+    after each step with the cut weights held at zero. The callables are `pruning.prune_simd`'s. Returns a
     `pruning.PruneResult` with one `Round` per step (layer: the layers cut, joined by "+").
     `checkpoint(GradualState)` is called after every step; `resume=` that state goes on."""
     from .pruning import Round, starting_result
 
-    names = gradual_layers(strategy)
-    schedule = ramp(sparsity, steps)
+    schedules = layer_schedules(strategy, sparsity, steps, layer_sparsity)
+    names = list(schedules)
     weights = net_weights()
     total_groups = {name: strategy[name].alive(np.ones_like(weights[name])) for name in names}
     total_weights = sum(weights[name].size for name in names)
@@ -76,11 +100,10 @@ def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, s
                              {name: (weights[name] != 0).astype(np.float32) for name in names})
     result, masks = state.result, state.masks
     while state.step < steps:
-        fraction = schedule[state.step]
         weights = net_weights()
         before = sum(strategy[name].alive(weights[name]) for name in names)
         for name in names:
-            keep = max(1, int(np.ceil(total_groups[name] * (1 - fraction))))
+            keep = max(1, int(np.ceil(total_groups[name] * (1 - schedules[name][state.step]))))
             masks[name] = masks[name] * strategy[name].mask(weights[name] * masks[name], keep, how)
             set_mask(name, masks[name])
         retrain(masks)

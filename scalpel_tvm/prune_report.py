@@ -76,7 +76,9 @@ def table(report: dict) -> str:
                      "the model is returned unpruned; allow more (--tolerance) or retrain longer (--epochs)")
     how = f"{rounds} rounds"
     if sparsity:
+        own = report["settings"].get("layer_sparsity") or {}
         how = (f"{len(report['rounds'])} gradual steps to {sparsity:.0%} of the groups"
+               + (" (" + ", ".join(f"{name} {value:.0%}" for name, value in own.items()) + ")" if own else "")
                + (f" after {len(nodes['rounds'])} node-pruning rounds" if nodes else ""))
     lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {how}; "
                  f"validation accuracy {val['baseline']:.2%} -> {val['final']:.2%}, "

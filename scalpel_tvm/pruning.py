@@ -433,7 +433,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
                recover: bool = False, order_neurons: bool = False, anneal: bool = False, finetune: float = 0.0,
                distill: bool = False, orientation: str | None = None, sparsity: float | None = None, steps: int = 10,
-               checkpoint=None, restart: bool = False, keep_checkpoint: bool = False):
+               layer_sparsity: dict | None = None, checkpoint=None, restart: bool = False,
+               keep_checkpoint: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -475,8 +476,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
 
     `sparsity` replaces the keep/undo rounds of the group-pruned layers by gradual pruning to that
     fraction of each layer's groups in `steps` steps (`gradual_pruning`; the output layer left
-    whole): the user names the sparsity, and a result below `tolerance` is reported, not undone.
-    `orientation` "1xg" or "gx1" chooses the x86 FC groups (`layer_strategy`)."""
+    whole; `layer_sparsity` {layer: fraction} gives named layers their own): the user names the
+    sparsity, and a result below `tolerance` is reported, not undone. `orientation` "1xg" or "gx1" chooses the x86 FC groups (`layer_strategy`)."""
     from . import neuron_order, torch_chain
     from .int16_net import read_chain
 
@@ -510,7 +511,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     # named only when asked for, so the checkpoints of runs from before these options still resume
     settings.update({key: value for key, value in
                      {"anneal": anneal, "finetune": finetune, "distill": distill, "orientation": orientation,
-                      "sparsity": sparsity, "steps": steps if sparsity else None}.items() if value})
+                      "sparsity": sparsity, "steps": steps if sparsity else None,
+                      "layer_sparsity": layer_sparsity}.items() if value})
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
     teacher = []  # with distill: the unpruned model, as trained
@@ -553,7 +555,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     result, test = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                           objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
                           tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover,
-                          orientation=orientation, sparsity=sparsity, steps=steps)
+                          orientation=orientation, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity)
     if test["dense"] < 2.0 / data.classes:
         print(f"scalpel prune: the model scored {test['dense']:.1%} on {data.name}'s test set, near chance: was it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
@@ -568,7 +570,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                  penalty: float = 1e-4, node_penalty: str = "cost", method: str = "scalpel",
                  grouping: str = "aligned", objective: str = "latency", recover: bool = False,
                  order_neurons: bool = False, orientation: str | None = None, sparsity: float | None = None,
-                 steps: int = 10, checkpoint=None, restart: bool = False):
+                 steps: int = 10, layer_sparsity: dict | None = None, checkpoint=None, restart: bool = False):
     """Prune a user's own `torch.nn.Module` for `target` (`torch_module`): `train(module, epochs)`
     is the user's training loop (it builds its optimizer from `module.parameters()` each call),
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
@@ -593,8 +595,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                 "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
     settings.update({key: value for key, value in
-                     {"orientation": orientation, "sparsity": sparsity, "steps": steps if sparsity else None}.items()
-                     if value})
+                     {"orientation": orientation, "sparsity": sparsity, "steps": steps if sparsity else None,
+                      "layer_sparsity": layer_sparsity}.items() if value})
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
 
     def retrain(_round_seed, masks=None, penalty=0.0, after_step=None):
@@ -615,7 +617,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                               objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
                               tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover,
-                              orientation=orientation, sparsity=sparsity, steps=steps)
+                              orientation=orientation, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity)
     result.skipped = skipped
     result.consumers_unknown = net.consumers_unknown
     ck.finish()
@@ -623,7 +625,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
 
 
 def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, objective, node_penalty, penalty, step,
-           how, tolerance, max_rounds, seed, recover=False, orientation=None, sparsity=None, steps=10):
+           how, tolerance, max_rounds, seed, recover=False, orientation=None, sparsity=None, steps=10,
+           layer_sparsity=None):
     """The frontend on a model reached through `net` (a `torch_chain` chain or a
     `torch_module` wrapper) and `hooks` (train_first, retrain(seed, masks, ...), evaluate,
     confirm or None, test: an accuracy, per-image correctness or None): node pruning, then
@@ -631,11 +634,13 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     not pay. Returns (PruneResult, {"dense",
     "pruned"} test accuracy, with "paired" when `test` scores per image)."""
     from . import torch_chain
-    from .gradual_pruning import ramp
+    from .gradual_pruning import layer_schedules
 
     strategy = pruning_strategy(spec, layers, method, grouping, orientation, sparsity is not None)
-    if sparsity is not None:
-        ramp(sparsity, steps)  # a bad sparsity or step count is refused before any training
+    if sparsity is not None:  # a bad sparsity, step count or layer name is refused before any training
+        layer_schedules(strategy, sparsity, steps, layer_sparsity)
+    elif layer_sparsity:
+        raise ScalpelError("a layer sparsity overrides the sparsity of gradual pruning: give that too (--sparsity)")
     node_layers = [name for name, s in strategy.items() if s.method == "node"]
     if ck.resuming:
         print(f"scalpel prune: resuming from {checkpoint} ({_progress(ck)})", file=sys.stderr)
@@ -669,7 +674,7 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     if any(s.method in GROUP_METHODS for s in strategy.values()):
         reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
         if sparsity is not None:
-            result = _prune_gradual(run, strategy, sparsity, steps, how, reference)
+            result = _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, reference)
         else:
             result = _prune_simd(run, strategy, cost if method == "scalpel" else WeightCount(), step, how, reference)
     else:
@@ -854,7 +859,7 @@ def _prune_simd(run, strategy, cost, step, how, reference):
     return result
 
 
-def _prune_gradual(run, strategy, sparsity, steps, how, reference):
+def _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, reference):
     """`gradual_pruning.prune_gradual` on the torch chain `run.net`."""
     from tqdm import tqdm
 
@@ -871,9 +876,8 @@ def _prune_gradual(run, strategy, sparsity, steps, how, reference):
 
     result = prune_gradual(lambda: torch_chain.weights(net), _mask_setter(net), lambda masks: run.retrain(masks),
                            run.evaluate, lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
-                           strategy,
-                           sparsity=sparsity, steps=steps, how=how, progress=report, confirm=run.confirm,
-                           reference=reference, resume=resume,
+                           strategy, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity, how=how,
+                           progress=report, confirm=run.confirm, reference=reference, resume=resume,
                            checkpoint=lambda state: run.ck.save(gradual_state=state, seed=run.seeds[0]))
     bar.close()
     return result

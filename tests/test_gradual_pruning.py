@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from nets import relax_module, run_ort
 from scalpel_tvm import ScalpelError, TargetSpec, datasets, paper_nets, pruning
 from scalpel_tvm.cli import main
-from scalpel_tvm.gradual_pruning import GradualState, gradual_layers, prune_gradual, ramp
+from scalpel_tvm.gradual_pruning import (GradualState, gradual_layers, layer_schedules, parse_layer_sparsity,
+                                         prune_gradual, ramp)
 from scalpel_tvm.int16_net import read_chain
 
 
@@ -146,6 +147,28 @@ def test_random_layers_end_with_the_ramps_groups_whole_and_the_output_layer_unto
         np.testing.assert_array_equal(oriented != 0, np.repeat(alive, group, axis=1)[:, :oriented.shape[1]])
 
 
+def test_a_layer_of_its_own_sparsity_follows_its_own_ramp():
+    _, layers = read_chain(paper_nets.network("lenet_300_100"))
+    strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", orientation="1xg",
+                                        gradual=True)
+    model = StandIn(layers)
+    model.run(strategy, sparsity=0.9, steps=3, layer_sparsity={"fc2": 0.5})
+    for name, sparsity in (("fc1", 0.9), ("fc2", 0.5)):
+        alive = np.any(pruning._blocks(model.w[name], 8, "1xg") != 0, axis=2)
+        assert alive.sum() == int(np.ceil(alive.size * (1 - sparsity)))
+    with pytest.raises(ScalpelError, match="a layer sparsity names fc3, which gradual pruning does not cut; it cuts fc1, fc2"):
+        layer_schedules(strategy, 0.9, 3, {"fc3": 0.5})
+    with pytest.raises(ScalpelError, match=r"in \(0, 1\); got 1.0"):
+        layer_schedules(strategy, 0.9, 3, {"fc1": 1.0})
+    assert parse_layer_sparsity(["conv1=0.5", "fc1=0.8"]) == {"conv1": 0.5, "fc1": 0.8}
+    assert parse_layer_sparsity([]) is None
+    with pytest.raises(ScalpelError, match="a layer sparsity is LAYER=FRACTION, e.g. conv1=0.5; got 'conv1'"):
+        parse_layer_sparsity(["conv1"])
+    data = datasets.load("mnist", limit=100)
+    with pytest.raises(ScalpelError, match="a layer sparsity overrides the sparsity of gradual pruning: give that too"):
+        pruning.prune_onnx(paper_nets.network("lenet_300_100"), "x86-avx2", data, layer_sparsity={"fc1": 0.5})
+
+
 def test_the_most_important_groups_are_the_ones_kept():
     _, layers = read_chain(paper_nets.network("lenet_300_100"))
     strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", orientation="1xg",
@@ -181,7 +204,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does():
 @pytest.mark.slow
 def test_scalpel_prune_gradually_in_input_groups_compiles_to_the_1xg_kernel_and_keeps_its_outputs(tmp_path, capsys):
     """The whole path, reduced: LeNet-300-100 trained half an epoch on 3,000 images, pruned for
-    x86 to 90% of its 1xg groups in 3 steps; the ONNX model holds the zeros in whole groups of 8
+    x86 to 90% of its 1xg groups in 3 steps (fc1 to 80%); the ONNX model holds the zeros in whole groups of 8
     inputs, the pass turns fc1 into the 1xg kernel, and the compiled module agrees with onnxruntime."""
     import tvm
 
@@ -191,22 +214,24 @@ def test_scalpel_prune_gradually_in_input_groups_compiles_to_the_1xg_kernel_and_
     onnx.save(paper_nets.network("lenet_300_100"), model_path)
     assert main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--report", str(tmp_path / "r"),
                  "--limit", "3000", "--train-epochs", "0.5", "--epochs", "0.2", "--sparsity", "0.9", "--steps", "3",
-                 "--orientation", "1xg", "--order-neurons"]) == 0
+                 "--orientation", "1xg", "--order-neurons", "--layer-sparsity", "fc1=0.8"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"weights removed (89|90)\.\d% of the prunable layers in 3 gradual steps to 90% of the groups", printed)
+    assert re.search(r"weights removed 8[01]\.\d% of the prunable layers in 3 gradual steps to 90% of the groups "
+                     r"\(fc1 80%\)", printed)
     assert re.search(r"fc3 .* none .*\(gradual pruning leaves the output layer whole\)", printed)
     report = json.loads((tmp_path / "r" / "prune.json").read_text())
     assert report["settings"]["orientation"] == "1xg" and len(report["rounds"]) == 3
+    assert report["layers"]["fc2"]["group_sparsity"] == pytest.approx(0.9, abs=0.01)
     pruned = onnx.load(str(out))
     _, layers = read_chain(pruned)
     fc1 = layers[0]["w_nk"]
     groups = fc1.reshape(300, 98, 8)
     assert np.all((groups == 0).all(axis=2) | (groups != 0).all(axis=2))
-    assert 1 - np.count_nonzero(groups.any(axis=2)) / (300 * 98) == pytest.approx(0.9, abs=1e-3)
+    assert 1 - np.count_nonzero(groups.any(axis=2)) / (300 * 98) == pytest.approx(0.8, abs=1e-3)
     assert np.count_nonzero(layers[2]["w_nk"]) == layers[2]["w_nk"].size
     mod = relax_module(pruned)
     fc1_plan = scalpel_tvm.plan(mod, "x86-avx2").layers[0]
-    assert fc1_plan.chosen == "gsparse_1xg" and fc1_plan.group_sparsity["1xg"] == pytest.approx(0.9, abs=1e-3)
+    assert fc1_plan.chosen == "gsparse_1xg" and fc1_plan.group_sparsity["1xg"] == pytest.approx(0.8, abs=1e-3)
     target = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
     vm = tvm.relax.VirtualMachine(tvm.compile(scalpel_tvm.Pass("x86-avx2")(mod), target=target), tvm.cpu())
     x = datasets.load("mnist").test_x[:1].reshape(1, -1).astype(np.float32)
