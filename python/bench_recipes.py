@@ -31,7 +31,8 @@ tuning log or `--logs DIR`. Each pruned model is written as
 `bench_recipes_<net>_<target>_<variant>_seed<S>.onnx` (and each dense model as
 `..._short-dense_seed<S>.onnx`, `..._converged-dense_seed<S>.onnx`), so their kernels can be
 tuned (`scalpel tune --model ... --logs DIR`) and the run repeated with `--logs DIR` (a seed
-prunes the same way every time). About 2.5 min a keep/undo run and 30 s a gradual one on this 2-core machine.
+prunes the same way every time). About 2.5 min a keep/undo run and 30 s a gradual one on this
+2-core machine.
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ def main() -> None:
                    "predicted_speedup": sum(lay["predicted_dense"] for lay in layers) / sum(lay["predicted"] for lay in layers),
                    "seconds": round(time.time() - began, 1)}
             runs.append(run)
-            onnx.save(pruned_models[variant], args.out / f"bench_recipes_{args.net}_{args.target}_{variant}_seed{seed}.onnx")
+            onnx.save(pruned_models[variant],
+                      args.out / f"bench_recipes_{args.net}_{args.target}_{variant}_seed{seed}.onnx")
             print(f"seed {seed} {variant:<26} dense {run['dense_test']:.2%}  pruned {run['pruned_test']:.2%} "
                   f"({run['change_points']:+.2f}, 95% {run['change_interval95_points'][0]:+.2f} to "
                   f"{run['change_interval95_points'][1]:+.2f})  removed {run['weights_removed']:.1%}  "

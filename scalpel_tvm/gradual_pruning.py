@@ -82,8 +82,8 @@ def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, s
                   reference: tuple | None = None, checkpoint=None, resume: GradualState | None = None):
     """Cut every layer of `gradual_layers(strategy)` to (1 − s_t) of its groups at step t
     (`layer_schedules`), its least important groups first (`how`: rms, max or mean), and retrain
-    after each step with the cut weights held at zero. The callables are `pruning.prune_simd`'s. Returns a
-    `pruning.PruneResult` with one `Round` per step (layer: the layers cut, joined by "+").
+    after each step with the cut weights held at zero. The callables are `pruning.prune_simd`'s.
+    Returns a `pruning.PruneResult` with one `Round` per step (layer: the layers cut, joined by "+").
     `checkpoint(GradualState)` is called after every step; `resume=` that state goes on."""
     from .pruning import Round, starting_result
 

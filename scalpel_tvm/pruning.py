@@ -477,7 +477,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     `sparsity` replaces the keep/undo rounds of the group-pruned layers by gradual pruning to that
     fraction of each layer's groups in `steps` steps (`gradual_pruning`; the output layer left
     whole; `layer_sparsity` {layer: fraction} gives named layers their own): the user names the
-    sparsity, and a result below `tolerance` is reported, not undone. `orientation` "1xg" or "gx1" chooses the x86 FC groups (`layer_strategy`)."""
+    sparsity, and a result below `tolerance` is reported, not undone. `orientation` "1xg" or
+    "gx1" chooses the x86 FC groups (`layer_strategy`)."""
     from . import neuron_order, torch_chain
     from .int16_net import read_chain
 
