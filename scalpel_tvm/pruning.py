@@ -511,9 +511,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                 "model": model_digest(model)}
     # named only when asked for, so the checkpoints of runs from before these options still resume
     settings.update({key: value for key, value in
-                     {"anneal": anneal, "finetune": finetune, "distill": distill, "orientation": orientation,
-                      "sparsity": sparsity, "steps": steps if sparsity else None,
-                      "layer_sparsity": layer_sparsity}.items() if value})
+                     {"anneal": anneal, "finetune": finetune, "distill": distill}.items() if value})
+    settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity))
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     net = torch_chain.chain_net(model)
     teacher = []  # with distill: the unpruned model, as trained
@@ -595,9 +594,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                 "grouping": grouping, "objective": objective, "recover": recover, "order_neurons": order_neurons,
                 "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
-    settings.update({key: value for key, value in
-                     {"orientation": orientation, "sparsity": sparsity, "steps": steps if sparsity else None,
-                      "layer_sparsity": layer_sparsity}.items() if value})
+    settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity))
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
 
     def retrain(_round_seed, masks=None, penalty=0.0, after_step=None):
@@ -623,6 +620,14 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     result.consumers_unknown = net.consumers_unknown
     ck.finish()
     return torch_module.unwrap(net), result, accuracy if test else None
+
+
+def _gradual_settings(orientation, sparsity, steps, layer_sparsity) -> dict:
+    """The checkpoint settings of the groups' orientation and gradual pruning, named only when
+    asked for, so the checkpoints of runs from before these options still resume."""
+    given = {"orientation": orientation, "sparsity": sparsity, "steps": steps if sparsity else None,
+             "layer_sparsity": layer_sparsity}
+    return {key: value for key, value in given.items() if value}
 
 
 def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, objective, node_penalty, penalty, step,
@@ -823,8 +828,9 @@ def _prune_nodes(run, penalty, recover):
     return result
 
 
-def _mask_setter(net):
-    """`set_mask(layer, mask)` for the torch chain `net`: zero the layer's weights the mask drops."""
+def _chain_access(net):
+    """The pruning loops' view of the torch chain `net`: (net_weights, set_mask, snapshot,
+    restore), `set_mask` zeroing the layer's weights the mask drops."""
     from . import torch_chain
 
     torch = torch_chain._torch()
@@ -833,16 +839,14 @@ def _mask_setter(net):
         with torch.no_grad():
             net.weight(name).mul_(torch.from_numpy(mask).reshape(net.weight(name).shape))
 
-    return set_mask
+    return (lambda: torch_chain.weights(net)), set_mask, (lambda: torch_chain.snapshot(net)), \
+        (lambda saved: torch_chain.restore(net, saved))
 
 
 def _prune_simd(run, strategy, cost, step, how, reference):
     """`prune_simd` on the torch chain `run.net`."""
     from tqdm import tqdm
 
-    from . import torch_chain
-
-    net = run.net
     resume = run.ck.get("simd_state")
     bar = tqdm(total=run.max_rounds, initial=resume.round if resume else 0, desc="pruning rounds", file=sys.stderr)
 
@@ -851,8 +855,8 @@ def _prune_simd(run, strategy, cost, step, how, reference):
         bar.set_postfix_str(f"{round_.layer} {'kept' if round_.kept else 'undone'}, "
                             f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
 
-    result = prune_simd(lambda: torch_chain.weights(net), _mask_setter(net), lambda masks: run.retrain(masks),
-                        run.evaluate, lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
+    net_weights, set_mask, snapshot, restore = _chain_access(run.net)
+    result = prune_simd(net_weights, set_mask, lambda masks: run.retrain(masks), run.evaluate, snapshot, restore,
                         strategy, cost, tolerance=run.tolerance, step=step, how=how, max_rounds=run.max_rounds,
                         progress=report, confirm=run.confirm, reference=reference, resume=resume,
                         checkpoint=lambda state: run.ck.save(simd_state=state, seed=run.seeds[0]))
@@ -864,10 +868,8 @@ def _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, referenc
     """`gradual_pruning.prune_gradual` on the torch chain `run.net`."""
     from tqdm import tqdm
 
-    from . import torch_chain
     from .gradual_pruning import prune_gradual
 
-    net = run.net
     resume = run.ck.get("gradual_state")
     bar = tqdm(total=steps, initial=resume.step if resume else 0, desc="gradual pruning steps", file=sys.stderr)
 
@@ -875,8 +877,8 @@ def _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, referenc
         bar.update(1)
         bar.set_postfix_str(f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
 
-    result = prune_gradual(lambda: torch_chain.weights(net), _mask_setter(net), lambda masks: run.retrain(masks),
-                           run.evaluate, lambda: torch_chain.snapshot(net), lambda s: torch_chain.restore(net, s),
+    net_weights, set_mask, snapshot, restore = _chain_access(run.net)
+    result = prune_gradual(net_weights, set_mask, lambda masks: run.retrain(masks), run.evaluate, snapshot, restore,
                            strategy, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity, how=how,
                            progress=report, confirm=run.confirm, reference=reference, resume=resume,
                            checkpoint=lambda state: run.ck.save(gradual_state=state, seed=run.seeds[0]))
