@@ -18,7 +18,13 @@ tolerance, retraining and round budget:
 
 With `--sparsity` every method is pruned gradually to that fraction instead (`scalpel prune
 --sparsity`: Scalpel's groups, the baselines' single weights), and `--anneal-train` trains the
-dense model with an annealed rate (8 epochs of it converge LeNet-300-100).
+dense model with an annealed rate (8 epochs of it converge LeNet-300-100). `--node-sparsity`
+(and `--layer-sparsity`) cut Scalpel's node-pruned layers along the same ramp instead of its mask
+layers' rounds:
+
+    python python/bench_pruning.py --net lenet5 --target x86-avx2 --train-epochs 8 --anneal-train \
+        --sparsity 0.93 --node-sparsity 0.7 --layer-sparsity conv1=0.5 --steps 20 --epochs 1 --finetune 10 \
+        --orientation 1xg --distill --order-neurons --out out
 
 For each it reports test accuracy, weights removed and the predicted speedup over the dense model
 by the target's cost model; on a Cortex-M target also the cycle ESTIMATE of the int16 firmware
@@ -54,6 +60,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from scalpel_tvm import datasets, paper_nets, pruning, torch_chain  # noqa: E402
 from scalpel_tvm.demo import check_runs_here
+from scalpel_tvm.gradual_pruning import parse_layer_sparsity
 from scalpel_tvm.paired_accuracy import describe, onnx_correct, paired_difference
 from scalpel_tvm.target import TargetSpec
 
@@ -95,6 +102,10 @@ def main():
                         help="train the dense model with the rate annealed to zero (8 epochs of it converge)")
     parser.add_argument("--sparsity", type=float, help="as scalpel prune's: every method pruned gradually to it")
     parser.add_argument("--steps", type=int, default=10, help="as scalpel prune's (with --sparsity)")
+    parser.add_argument("--node-sparsity", type=float,
+                        help="as scalpel prune's: Scalpel's node-pruned layers cut gradually (with --sparsity)")
+    parser.add_argument("--layer-sparsity", nargs="+", default=[], metavar="LAYER=FRACTION",
+                        help="as scalpel prune's, for Scalpel's run")
     parser.add_argument("--orientation", choices=["1xg", "gx1"], help="as scalpel prune's (Scalpel's x86 groups)")
     parser.add_argument("--distill", action="store_true", help="as scalpel prune's: every method")
     parser.add_argument("--batches", default="1,50", help="x86: the batch sizes timed")
@@ -110,6 +121,7 @@ def main():
     validation = pruning.validation_images(data)
     model = trained(args.net, data, args.train_epochs, validation, anneal=args.anneal_train)
     runs = {}
+    gradual_nodes = {"node_sparsity": args.node_sparsity, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}
     # traditional and optimized share their loop: the optimized run resumes the traditional run's
     # finished checkpoint and only reverts and retrains (same seeds: the same result as from scratch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,6 +134,7 @@ def main():
                                                       recover=args.recover, sparsity=args.sparsity, steps=args.steps,
                                                       distill=args.distill,
                                                       orientation=args.orientation if method == "scalpel" else None,
+                                                      **(gradual_nodes if method == "scalpel" else {}),
                                                       checkpoint=shared if method != "scalpel" else None,
                                                       keep_checkpoint=method == "traditional")
             layers = result.layers

@@ -127,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
                        help="prune the grouped layers gradually to this fraction of their groups instead of "
                             "Scalpel's keep/undo rounds (the output layer left whole; accuracy reported, not kept: "
                             "see the README, 'Which groups keep accuracy')")
-    prune.add_argument("--steps", type=int, default=10, help="with --sparsity: the gradual steps, each retrained")
+    prune.add_argument("--node-sparsity", type=float, metavar="FRACTION",
+                       help="prune the node-pruned layers (a CPU's convs, a GPU's layers) gradually to this fraction "
+                            "of their filters / neurons, in the same steps as --sparsity's groups, instead of the "
+                            "mask layers' rounds")
+    prune.add_argument("--steps", type=int, default=10,
+                       help="with --sparsity / --node-sparsity: the gradual steps, each retrained")
     prune.add_argument("--layer-sparsity", action="append", metavar="LAYER=FRACTION", default=[],
-                       help="with --sparsity: this layer's own fraction (repeatable), e.g. conv1=0.5")
+                       help="with --sparsity / --node-sparsity: this layer's own fraction of its groups or nodes "
+                            "(repeatable), e.g. conv1=0.5")
     prune.add_argument("--orientation", choices=["1xg", "gx1"],
                        help="x86 FC groups: G inputs of one output (1xg) or G outputs of one input (gx1, default)")
     prune.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
@@ -227,7 +233,8 @@ def _prune(args) -> None:
                                           order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune,
                                           distill=args.distill, orientation=args.orientation,
                                           sparsity=args.sparsity, steps=args.steps,
-                                          layer_sparsity=layer_sparsity, checkpoint=checkpoint,
+                                          layer_sparsity=layer_sparsity, node_sparsity=args.node_sparsity,
+                                          checkpoint=checkpoint,
                                           restart=args.restart)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
@@ -238,7 +245,8 @@ def _prune(args) -> None:
         "objective": args.objective, "dropout": args.dropout, "recover": args.recover, "train_epochs": args.train_epochs,
         "order_neurons": args.order_neurons, "anneal": args.anneal, "finetune": args.finetune, "distill": args.distill,
         "limit": args.limit, "orientation": args.orientation, "sparsity": args.sparsity,
-        "steps": args.steps if args.sparsity else None, "layer_sparsity": layer_sparsity})
+        "node_sparsity": args.node_sparsity, "steps": args.steps if args.sparsity or args.node_sparsity else None,
+        "layer_sparsity": layer_sparsity})
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))

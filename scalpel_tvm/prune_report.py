@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from .gradual_pruning import gradual_target
 from .paired_accuracy import describe
 
 
@@ -67,17 +68,17 @@ def table(report: dict) -> str:
         lines.append(f"final retraining ({report['settings'].get('finetune', '?')} epochs, annealed): "
                      + ("kept" if report["finetuned"] else "undone, the confirmation images scored it lower"))
     rounds = len(report["rounds"]) + (len(nodes["rounds"]) if nodes else 0)
-    sparsity = report["settings"].get("sparsity")
-    if sparsity and val["final"] < val["baseline"] - report["settings"]["tolerance"]:
+    sparsity, node_sparsity = report["settings"].get("sparsity"), report["settings"].get("node_sparsity")
+    if (sparsity or node_sparsity) and val["final"] < val["baseline"] - report["settings"]["tolerance"]:
         lines.append(f"validation accuracy ended below the tolerance ({100 * report['settings']['tolerance']:.2g} "
-                     "points): choose a lower --sparsity, more --steps or more --finetune epochs")
+                     "points): choose a lower --sparsity / --node-sparsity, more --steps or more --finetune epochs")
     if report["weights_removed"] == 0:
         lines.append(f"no round kept accuracy within the tolerance ({100 * report['settings']['tolerance']:.2g} points): "
                      "the model is returned unpruned; allow more (--tolerance) or retrain longer (--epochs)")
     how = f"{rounds} rounds"
-    if sparsity:
+    if sparsity or node_sparsity:
         own = report["settings"].get("layer_sparsity") or {}
-        how = (f"{len(report['rounds'])} gradual steps to {sparsity:.0%} of the groups"
+        how = (f"{len(report['rounds'])} gradual steps to {gradual_target(sparsity, node_sparsity)}"
                + (" (" + ", ".join(f"{name} {value:.0%}" for name, value in own.items()) + ")" if own else "")
                + (f" after {len(nodes['rounds'])} node-pruning rounds" if nodes else ""))
     lines.append(f"weights removed {report['weights_removed']:.1%} of the prunable layers in {how}; "

@@ -95,13 +95,18 @@ class LayerStrategy:
     grouping: str = "aligned"  # or unaligned groups (Lee et al.) chosen by "dp" or "greedy"
 
     def alive(self, w_nk: np.ndarray) -> int:
-        """The groups the layer's kernel would store for `w_nk`."""
+        """The groups the layer's kernel would store for `w_nk` (a node layer: its nodes)."""
+        if self.method == "node":
+            return nodes_alive(w_nk)
         if self.grouping == "aligned":
             return groups_alive(w_nk, self.group, self.orientation)
         return cover_count(w_nk, self.group)
 
     def mask(self, w_nk: np.ndarray, keep: int, how: str) -> np.ndarray:
-        """0/1 mask keeping `keep` groups of `w_nk`, the most important first."""
+        """0/1 mask keeping `keep` groups of `w_nk`, the most important first; for a node layer
+        `keep` whole rows (a node is the group of all its inputs)."""
+        if self.method == "node":
+            return group_mask(w_nk, keep, w_nk.shape[1], "1xg", how)
         if self.grouping == "aligned":
             return group_mask(w_nk, keep, self.group, self.orientation, how)
         return unaligned_mask(w_nk, keep, self.group, self.grouping)
@@ -158,17 +163,13 @@ def pruning_strategy(spec: TargetSpec, layers: list[dict], method: str, grouping
                      orientation: str | None = None, gradual: bool = False) -> dict[str, LayerStrategy]:
     """The strategy a pruning run follows: Scalpel's per hardware class (`layer_strategy`) or the
     traditional baseline's; pruned gradually, the output layer is left whole (`gradual_pruning`)."""
-    from .gradual_pruning import gradual_layers
-
     if method == "scalpel":
         strategy = layer_strategy(spec, layers, grouping, orientation)
     else:
         strategy = traditional_strategy(layers)
-    if gradual:
-        cut = set(gradual_layers(strategy))
-        for name, s in strategy.items():
-            if s.method in GROUP_METHODS and name not in cut:
-                strategy[name] = LayerStrategy(name, "none", reason="gradual pruning leaves the output layer whole")
+    output = list(strategy)[-1] if strategy else None
+    if gradual and output and strategy[output].method in GROUP_METHODS:
+        strategy[output] = LayerStrategy(output, "none", reason="gradual pruning leaves the output layer whole")
     return strategy
 
 
@@ -433,8 +434,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                method: str = "scalpel", grouping: str = "aligned", objective: str = "latency", dropout: float = 0.0,
                recover: bool = False, order_neurons: bool = False, anneal: bool = False, finetune: float = 0.0,
                distill: bool = False, orientation: str | None = None, sparsity: float | None = None, steps: int = 10,
-               layer_sparsity: dict | None = None, checkpoint=None, restart: bool = False,
-               keep_checkpoint: bool = False):
+               layer_sparsity: dict | None = None, node_sparsity: float | None = None, checkpoint=None,
+               restart: bool = False, keep_checkpoint: bool = False):
     """Prune an ONNX model of the LeNet / ConvNet family for `target` on `data`
     (datasets.Dataset): returns (pruned ONNX model, PruneResult, test accuracies). Node pruning
     comes first (its layers, `penalty` its starting λ, `node_penalty` "cost" to weigh each layer's
@@ -477,8 +478,11 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     `sparsity` replaces the keep/undo rounds of the group-pruned layers by gradual pruning to that
     fraction of each layer's groups in `steps` steps (`gradual_pruning`; the output layer left
     whole; `layer_sparsity` {layer: fraction} gives named layers their own): the user names the
-    sparsity, and a result below `tolerance` is reported, not undone. `orientation` "1xg" or
-    "gx1" chooses the x86 FC groups (`layer_strategy`)."""
+    sparsity, and a result below `tolerance` is reported, not undone. `node_sparsity` does the
+    same for the node-pruned layers (a CPU's convs, a GPU's layers): their least important nodes
+    go along the same ramp, in the same steps as the groups, instead of the mask layers' rounds
+    (which from a converged model stop early; `gradual_pruning`). `orientation` "1xg" or "gx1"
+    chooses the x86 FC groups (`layer_strategy`)."""
     from . import neuron_order, torch_chain
     from .int16_net import read_chain
 
@@ -512,8 +516,9 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     # named only when asked for, so the checkpoints of runs from before these options still resume
     settings.update({key: value for key, value in
                      {"anneal": anneal, "finetune": finetune, "distill": distill}.items() if value})
-    settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity))
+    settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity, node_sparsity))
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
+    gradual = sparsity is not None or node_sparsity is not None
     net = torch_chain.chain_net(model)
     teacher = []  # with distill: the unpruned model, as trained
 
@@ -523,7 +528,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
             torch_chain.train(net, train_x, train_y, epochs=train_epochs, seed=seed, anneal=anneal, desc="train")
         if order_neurons and method == "scalpel":
             neuron_order.reorder_for_groups(net, pruning_strategy(spec, layers, method, grouping, orientation,
-                                                                  sparsity is not None))
+                                                                  gradual))
         if distill:
             teacher.append(copy.deepcopy(net).eval())
 
@@ -555,7 +560,8 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     result, test = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                           objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
                           tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover,
-                          orientation=orientation, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity)
+                          orientation=orientation, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity,
+                          node_sparsity=node_sparsity)
     if test["dense"] < 2.0 / data.classes:
         print(f"scalpel prune: the model scored {test['dense']:.1%} on {data.name}'s test set, near chance: was it "
               "trained? (--train-epochs N trains it first)", file=sys.stderr)
@@ -570,7 +576,8 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                  penalty: float = 1e-4, node_penalty: str = "cost", method: str = "scalpel",
                  grouping: str = "aligned", objective: str = "latency", recover: bool = False,
                  order_neurons: bool = False, orientation: str | None = None, sparsity: float | None = None,
-                 steps: int = 10, layer_sparsity: dict | None = None, checkpoint=None, restart: bool = False):
+                 steps: int = 10, layer_sparsity: dict | None = None, node_sparsity: float | None = None,
+                 checkpoint=None, restart: bool = False):
     """Prune a user's own `torch.nn.Module` for `target` (`torch_module`): `train(module, epochs)`
     is the user's training loop (it builds its optimizer from `module.parameters()` each call),
     `evaluate(module)` returns validation accuracy, `example` is one input batch (shapes);
@@ -594,8 +601,9 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                 "grouping": grouping, "objective": objective, "recover": recover, "order_neurons": order_neurons,
                 "module": type(module).__name__,
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
-    settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity))
+    settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity, node_sparsity))
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
+    gradual = sparsity is not None or node_sparsity is not None
 
     def retrain(_round_seed, masks=None, penalty=0.0, after_step=None):
         with torch_module.constraints(net, masks, penalty, after_step):
@@ -606,7 +614,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     def train_first():
         if order_neurons and method == "scalpel":
             neuron_order.reorder_for_groups(net, pruning_strategy(spec, layers, method, grouping, orientation,
-                                                                  sparsity is not None))
+                                                                  gradual))
 
     hooks = SimpleNamespace(train_first=train_first, retrain=retrain, finetune=None, saved=dict,
                             evaluate=lambda: evaluate(net),
@@ -615,39 +623,44 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
     result, accuracy = _prune(net, layers, spec, hooks, ck, checkpoint, method=method, grouping=grouping,
                               objective=objective, node_penalty=node_penalty, penalty=penalty, step=step, how=how,
                               tolerance=tolerance, max_rounds=max_rounds, seed=seed, recover=recover,
-                              orientation=orientation, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity)
+                              orientation=orientation, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity,
+                              node_sparsity=node_sparsity)
     result.skipped = skipped
     result.consumers_unknown = net.consumers_unknown
     ck.finish()
     return torch_module.unwrap(net), result, accuracy if test else None
 
 
-def _gradual_settings(orientation, sparsity, steps, layer_sparsity) -> dict:
+def _gradual_settings(orientation, sparsity, steps, layer_sparsity, node_sparsity=None) -> dict:
     """The checkpoint settings of the groups' orientation and gradual pruning, named only when
     asked for, so the checkpoints of runs from before these options still resume."""
-    given = {"orientation": orientation, "sparsity": sparsity, "steps": steps if sparsity else None,
-             "layer_sparsity": layer_sparsity}
+    gradual = sparsity is not None or node_sparsity is not None
+    given = {"orientation": orientation, "sparsity": sparsity, "steps": steps if gradual else None,
+             "layer_sparsity": layer_sparsity, "node_sparsity": node_sparsity}
     return {key: value for key, value in given.items() if value}
 
 
 def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, objective, node_penalty, penalty, step,
            how, tolerance, max_rounds, seed, recover=False, orientation=None, sparsity=None, steps=10,
-           layer_sparsity=None):
+           layer_sparsity=None, node_sparsity=None):
     """The frontend on a model reached through `net` (a `torch_chain` chain or a
     `torch_module` wrapper) and `hooks` (train_first, retrain(seed, masks, ...), evaluate,
-    confirm or None, test: an accuracy, per-image correctness or None): node pruning, then
-    group pruning (gradual, to `sparsity`, when that is given), then the layers restored that did
-    not pay. Returns (PruneResult, {"dense",
+    confirm or None, test: an accuracy, per-image correctness or None): node pruning with mask
+    layers, then group pruning — or, with `sparsity` / `node_sparsity`, gradual pruning of the
+    groups (after the mask layers' rounds) or of groups and nodes together (no mask layers) —
+    then the layers restored that did not pay. Returns (PruneResult, {"dense",
     "pruned"} test accuracy, with "paired" when `test` scores per image)."""
     from . import torch_chain
-    from .gradual_pruning import layer_schedules
+    from .gradual_pruning import gradual_target, layer_schedules
 
-    strategy = pruning_strategy(spec, layers, method, grouping, orientation, sparsity is not None)
-    if sparsity is not None:  # a bad sparsity, step count or layer name is refused before any training
-        layer_schedules(strategy, sparsity, steps, layer_sparsity)
+    gradual = sparsity is not None or node_sparsity is not None
+    strategy = pruning_strategy(spec, layers, method, grouping, orientation, gradual)
+    if gradual:  # a bad sparsity, step count or layer name is refused before any training
+        layer_schedules(strategy, sparsity, steps, layer_sparsity, node_sparsity)
     elif layer_sparsity:
-        raise ScalpelError("a layer sparsity overrides the sparsity of gradual pruning: give that too (--sparsity)")
-    node_layers = [name for name, s in strategy.items() if s.method == "node"]
+        raise ScalpelError("a layer sparsity overrides the sparsity of gradual pruning: give that too (--sparsity "
+                           "or --node-sparsity)")
+    node_layers = [name for name, s in strategy.items() if s.method == "node" and node_sparsity is None]
     if ck.resuming:
         print(f"scalpel prune: resuming from {checkpoint} ({_progress(ck)})", file=sys.stderr)
         original, dense_test, dense_correct = ck.get("original"), ck.get("dense_test"), ck.get("dense_correct")
@@ -677,10 +690,10 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     if node_layers and node_result is None:
         node_result = _prune_nodes(run, penalty, recover)
         ck.save(node_result=node_result, node_state=None, net=torch_chain.snapshot(net), seed=seeds[0])
-    if any(s.method in GROUP_METHODS for s in strategy.values()):
+    if any(s.method in GROUP_METHODS for s in strategy.values()) or node_sparsity is not None:
         reference = (node_result.baseline_accuracy, node_result.confirmed_baseline) if node_result else None
-        if sparsity is not None:
-            result = _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, reference)
+        if gradual:
+            result = _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, node_sparsity, how, reference)
         else:
             result = _prune_simd(run, strategy, cost if method == "scalpel" else WeightCount(), step, how, reference)
     else:
@@ -703,9 +716,9 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     if hooks.finetune and any(not w.all() for w in weights.values()):  # nothing pruned: nothing to retrain
         _finetune(net, hooks, result, retrain_seed=seeds[0])
         weights = torch_chain.weights(net)
-    if sparsity is not None and result.final_accuracy < result.baseline_accuracy - tolerance:
-        print(f"scalpel prune: at {sparsity:.0%} of the groups, validation accuracy ended "
-              f"{100 * (result.baseline_accuracy - result.final_accuracy):.2f} points below the unpruned model's "
+    if gradual and result.final_accuracy < result.baseline_accuracy - tolerance:
+        print(f"scalpel prune: pruned gradually to {gradual_target(sparsity, node_sparsity)}, validation accuracy "
+              f"ended {100 * (result.baseline_accuracy - result.final_accuracy):.2f} points below the unpruned model's "
               f"(tolerance {100 * tolerance:.2g}); choose a lower sparsity, more steps or a "
               "longer final retraining", file=sys.stderr)
     result.nodes = node_result
@@ -828,9 +841,12 @@ def _prune_nodes(run, penalty, recover):
     return result
 
 
-def _chain_access(net):
+def _chain_access(net, node_layers=()):
     """The pruning loops' view of the torch chain `net`: (net_weights, set_mask, snapshot,
-    restore), `set_mask` zeroing the layer's weights the mask drops."""
+    restore), `set_mask` zeroing the layer's weights the mask drops; in `node_layers` the mask
+    drops whole rows, and those nodes are removed as node pruning removes them (their bias and
+    the consumer's inputs they fed zeroed, and held so while training: `torch_chain.hold_removed_nodes`),
+    so the compiler can drop them, not fold a constant."""
     from . import torch_chain
 
     torch = torch_chain._torch()
@@ -838,6 +854,9 @@ def _chain_access(net):
     def set_mask(name, mask):
         with torch.no_grad():
             net.weight(name).mul_(torch.from_numpy(mask).reshape(net.weight(name).shape))
+        if name in node_layers:
+            net.removed[name] = mask.reshape(mask.shape[0], -1).any(axis=1).astype(np.float32)
+            torch_chain.hold_removed_nodes(net)
 
     return (lambda: torch_chain.weights(net)), set_mask, (lambda: torch_chain.snapshot(net)), \
         (lambda saved: torch_chain.restore(net, saved))
@@ -864,7 +883,7 @@ def _prune_simd(run, strategy, cost, step, how, reference):
     return result
 
 
-def _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, reference):
+def _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, node_sparsity, how, reference):
     """`gradual_pruning.prune_gradual` on the torch chain `run.net`."""
     from tqdm import tqdm
 
@@ -877,10 +896,12 @@ def _prune_gradual(run, strategy, sparsity, steps, layer_sparsity, how, referenc
         bar.update(1)
         bar.set_postfix_str(f"val {round_.accuracy:.2%}, removed {round_.weights_removed:.1%}")
 
-    net_weights, set_mask, snapshot, restore = _chain_access(run.net)
+    node_layers = {name for name, s in strategy.items() if s.method == "node"} if node_sparsity is not None else set()
+    net_weights, set_mask, snapshot, restore = _chain_access(run.net, node_layers)
     result = prune_gradual(net_weights, set_mask, lambda masks: run.retrain(masks), run.evaluate, snapshot, restore,
-                           strategy, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity, how=how,
-                           progress=report, confirm=run.confirm, reference=reference, resume=resume,
+                           strategy, sparsity=sparsity, steps=steps, layer_sparsity=layer_sparsity,
+                           node_sparsity=node_sparsity, how=how, progress=report, confirm=run.confirm,
+                           reference=reference, resume=resume,
                            checkpoint=lambda state: run.ck.save(gradual_state=state, seed=run.seeds[0]))
     bar.close()
     return result

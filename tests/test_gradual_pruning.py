@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nets import relax_module, run_ort
-from scalpel_tvm import ScalpelError, TargetSpec, datasets, paper_nets, pruning
+from scalpel_tvm import ScalpelError, TargetSpec, datasets, paper_nets, prune_report, pruning
 from scalpel_tvm.cli import main
 from scalpel_tvm.gradual_pruning import (GradualState, gradual_layers, layer_schedules, parse_layer_sparsity,
                                          prune_gradual, ramp)
@@ -31,7 +31,8 @@ def test_the_ramp_cuts_most_early_least_late_and_ends_at_the_sparsity(sparsity, 
 
 
 def test_a_sparsity_or_step_count_out_of_range_is_a_clear_error():
-    with pytest.raises(ScalpelError, match=r"sparsity is the fraction of each layer's groups removed, in \(0, 1\); got 1.5"):
+    with pytest.raises(ScalpelError, match=r"sparsity is the fraction of each layer's groups \(or nodes\) removed, "
+                                           r"in \(0, 1\); got 1.5"):
         ramp(1.5, 10)
     with pytest.raises(ScalpelError, match="steps must be at least 1; got 0"):
         ramp(0.9, 0)
@@ -56,10 +57,12 @@ def test_gradual_pruning_leaves_the_output_layer_whole_and_says_why():
     _, layers = read_chain(paper_nets.network("lenet_300_100"))
     for method in ("scalpel", "traditional"):
         strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, method, gradual=True)
-        assert gradual_layers(strategy) == ["fc1", "fc2"]
+        assert gradual_layers(strategy, 0.9) == ["fc1", "fc2"]
         assert (strategy["fc3"].method, strategy["fc3"].reason) == ("none", "gradual pruning leaves the output layer whole")
-    with pytest.raises(ScalpelError, match=r"gradual pruning \(--sparsity\) found no layer to cut.* leave --sparsity out"):
-        pruning.pruning_strategy(TargetSpec.preset("cuda"), layers, "scalpel", gradual=True)
+    gpu = pruning.pruning_strategy(TargetSpec.preset("cuda"), layers, "scalpel", gradual=True)
+    with pytest.raises(ScalpelError, match=r"gradual pruning \(--sparsity\) found no layer to cut in groups.* leave "
+                                           r"--sparsity out and give --node-sparsity for its node-pruned layers"):
+        gradual_layers(gpu, 0.9)
     data = datasets.load("mnist", limit=100)
     with pytest.raises(ScalpelError, match="steps must be at least 1; got 0"):
         pruning.prune_onnx(paper_nets.network("lenet_300_100"), "x86-avx2", data, sparsity=0.9, steps=0)
@@ -72,7 +75,7 @@ class StandIn:
 
     def __init__(self, layers, seed=0):
         rng = np.random.default_rng(seed)
-        self.w = {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers}
+        self.w = {layer["name"]: rng.standard_normal(layer["w_nk"].shape) for layer in layers if "w_nk" in layer}
         self.held = []
 
     def weights(self):
@@ -123,27 +126,36 @@ def test_each_step_cuts_every_layer_to_the_ramp_in_whole_aligned_groups_and_noth
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 20), st.integers(1, 30)), min_size=1, max_size=3),
-       st.sampled_from([1, 2, 4, 8]), st.sampled_from(["1xg", "gx1"]), st.floats(0.05, 0.95), st.integers(1, 6),
-       st.integers(0, 99))
-def test_random_layers_end_with_the_ramps_groups_whole_and_the_output_layer_untouched(shapes, group, orientation,
-                                                                                   sparsity, steps, seed):
+@given(st.lists(st.tuples(st.integers(1, 20), st.integers(1, 30), st.sampled_from(["simd", "node"])), min_size=1,
+                max_size=3),
+       st.sampled_from([1, 2, 4, 8]), st.sampled_from(["1xg", "gx1"]), st.floats(0.05, 0.95), st.floats(0.05, 0.95),
+       st.integers(1, 6), st.integers(0, 99))
+def test_random_layers_end_with_the_ramps_groups_or_nodes_whole_and_the_output_layer_untouched(
+        shapes, group, orientation, sparsity, node_sparsity, steps, seed):
     rng = np.random.default_rng(seed)
     names = [f"fc{i}" for i in range(len(shapes) + 1)]
-    w = {name: rng.standard_normal(shape) for name, shape in zip(names, [*shapes, (3, 5)])}
-    strategy = {name: pruning.LayerStrategy(name, "simd", group, orientation) for name in names}
+    w = {name: rng.standard_normal(shape[:2]) for name, shape in zip(names, [*shapes, (3, 5)])}
+    strategy = {name: pruning.LayerStrategy(name, method, group, orientation)
+                for name, (*_, method) in zip(names, [*shapes, (3, 5, "simd")])}
     output = w[names[-1]].copy()
+    nodes = any(s.method == "node" for s in strategy.values())
+    grouped = any(s.method == "simd" for s in list(strategy.values())[:-1])
 
     def set_mask(name, mask):
         w[name] = w[name] * mask
 
     prune_gradual(lambda: dict(w), set_mask, lambda masks: None, lambda: 0.9, None, None, strategy,
-                  sparsity=sparsity, steps=steps)
+                  sparsity=sparsity if grouped else None, node_sparsity=node_sparsity if nodes else None, steps=steps)
     np.testing.assert_array_equal(w[names[-1]], output)
     for name in names[:-1]:
+        if strategy[name].method == "node":
+            rows = np.any(w[name] != 0, axis=1)
+            assert rows.sum() == max(1, int(np.ceil(round(len(rows) * (1 - node_sparsity), 9))))
+            np.testing.assert_array_equal(w[name] != 0, np.repeat(rows[:, None], w[name].shape[1], axis=1))
+            continue
         oriented = w[name] if orientation == "1xg" else w[name].T
         alive = np.any(pruning._blocks(oriented, group, "1xg") != 0, axis=2)
-        assert alive.sum() == max(1, int(np.ceil(alive.size * (1 - sparsity))))
+        assert alive.sum() == max(1, int(np.ceil(round(alive.size * (1 - sparsity), 9))))
         np.testing.assert_array_equal(oriented != 0, np.repeat(alive, group, axis=1)[:, :oriented.shape[1]])
 
 
@@ -199,6 +211,90 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does():
     assert len(result.rounds) == 4 and len(resumed.held) == 2
     for name in straight.w:
         np.testing.assert_array_equal(resumed.w[name], straight.w[name])
+
+
+def test_node_sparsity_cuts_whole_rows_of_the_node_layers_along_the_ramp_the_strongest_kept():
+    _, layers = read_chain(paper_nets.network("lenet5"))
+    strategy = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), layers, "scalpel", orientation="1xg",
+                                        gradual=True)
+    model = StandIn(layers, seed=5)
+    rms = {name: np.sqrt(np.mean(model.w[name] ** 2, axis=1)) for name in ("conv1", "conv2")}
+    output = model.w["fc2"].copy()
+    result = model.run(strategy, sparsity=0.9, node_sparsity=0.6, steps=4, layer_sparsity={"conv1": 0.5})
+    assert [r.layer for r in result.rounds] == ["conv1+conv2+fc1"] * 4
+    for name, sparsity in (("conv1", 0.5), ("conv2", 0.6)):
+        rows = np.any(model.w[name] != 0, axis=1)
+        assert rows.sum() == int(np.ceil(len(rows) * (1 - sparsity)))
+        np.testing.assert_array_equal(model.w[name] != 0, np.repeat(rows[:, None], model.w[name].shape[1], axis=1))
+        assert rms[name][rows].min() >= rms[name][~rows].max()  # one step here cuts the weakest rows
+    alive = np.any(pruning._blocks(model.w["fc1"], 8, "1xg") != 0, axis=2)
+    assert alive.sum() == int(np.ceil(alive.size * (1 - 0.9)))
+    np.testing.assert_array_equal(model.w["fc2"], output)
+    for before, after in zip(model.held, model.held[1:]):
+        assert all(np.all(after[name] <= before[name]) for name in after)  # nothing revives
+
+
+def test_node_sparsity_is_refused_where_it_cannot_apply_and_is_all_a_gpu_needs():
+    _, lenet5 = read_chain(paper_nets.network("lenet5"))
+    x86 = pruning.pruning_strategy(TargetSpec.preset("x86-avx2"), lenet5, "scalpel", gradual=True)
+    assert gradual_layers(x86, 0.9) == ["fc1"] and gradual_layers(x86, 0.9, 0.5) == ["conv1", "conv2", "fc1"]
+    with pytest.raises(ScalpelError, match="fc1 is pruned in groups: give --sparsity for them too"):
+        gradual_layers(x86, None, 0.5)
+    gpu = pruning.pruning_strategy(TargetSpec.preset("cuda"), lenet5, "scalpel", gradual=True)
+    assert gradual_layers(gpu, None, 0.5) == ["conv1", "conv2", "fc1"] and gpu["fc2"].method == "none"
+    m4 = pruning.pruning_strategy(TargetSpec.preset("cortex-m4"), lenet5, "scalpel", gradual=True)
+    with pytest.raises(ScalpelError, match=r"--node-sparsity\) found no node-pruned layer.* leave --node-sparsity out"):
+        gradual_layers(m4, 0.9, 0.5)
+    with pytest.raises(ScalpelError, match="needs a sparsity to reach: --sparsity .groups., --node-sparsity .nodes."):
+        gradual_layers(x86, None, None)
+    with pytest.raises(ScalpelError, match="a layer sparsity names conv1, which gradual pruning does not cut; it "
+                                           "cuts fc1"):
+        layer_schedules(x86, 0.9, 3, {"conv1": 0.5})  # without --node-sparsity the convs go by the mask layers
+
+
+def test_gradual_node_pruning_removes_filters_whole_and_the_compiled_model_keeps_its_outputs(capsys):
+    """LeNet-5 for x86, reduced (2,000 images, tenths of epochs): conv filters cut gradually
+    lose their weights, their bias and the next layer's inputs they fed, so `Pass` shrinks the
+    convs (nothing to fold), and the compiled module agrees with onnxruntime."""
+    import tvm
+
+    import scalpel_tvm
+
+    data = datasets.load("mnist", limit=2000)
+    options = dict(sparsity=0.8, node_sparsity=0.5, steps=2, layer_sparsity={"conv2": 0.6}, orientation="1xg")
+    pruned, result, test = pruning.prune_onnx(paper_nets.network("lenet5"), "x86-avx2", data, train_epochs=0.3,
+                                              epochs=0.1, **options)
+    assert result.nodes is None and len(result.rounds) == 2  # no mask layers: the nodes went with the ramp
+    assert result.layers["conv1"]["nodes"] == [20, 10] and result.layers["conv2"]["nodes"] == [50, 20]
+    printed = prune_report.table(prune_report.as_dict(result, test, "x86-avx2", {"tolerance": 0.001, **options}))
+    assert "in 2 gradual steps to 80% of the groups and 50% of the nodes (conv2 60%)" in printed
+    assert re.search(r"conv2 .*node .*20/50", printed)
+    _, layers = read_chain(pruned)
+    conv1, conv2, fc1 = (layer for layer in layers if layer["op"] in ("fc", "conv") and layer["name"] != "fc2")
+    for layer in (conv1, conv2):
+        dead = ~layer["w_nk"].any(axis=1)
+        assert np.all(layer["bias"][dead] == 0)
+    dead1 = ~conv1["w_nk"].any(axis=1)
+    assert not conv2["w_nk"].reshape(50, 20, 25)[:, dead1].any()  # conv2 reads nothing from conv1's dead filters
+    dead2 = ~conv2["w_nk"].any(axis=1)
+    assert not fc1["w_nk"].reshape(500, 50, 16)[:, dead2].any()  # nor fc1 from conv2's
+    mod = relax_module(pruned)
+    by_name = {lp.name: lp for lp in scalpel_tvm.plan(mod, "x86-avx2").layers}
+    assert by_name["conv1"].removed_nodes == 10 and by_name["conv2"].removed_nodes == 30
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
+    vm = tvm.relax.VirtualMachine(tvm.compile(scalpel_tvm.Pass("x86-avx2")(mod), target=target), tvm.cpu())
+    x = data.test_x[:1].astype(np.float32).reshape(1, 1, 28, 28)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run_ort(pruned, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_gpu_prunes_its_nodes_gradually_with_node_sparsity_alone():
+    data = datasets.load("mnist", limit=1000)
+    _, result, _ = pruning.prune_onnx(paper_nets.network("lenet_300_100"), "cuda", data, train_epochs=0.2,
+                                      epochs=0.1, node_sparsity=0.7, steps=2)
+    assert [result.layers[name]["nodes"] for name in ("fc1", "fc2", "fc3")] == [[300, 90], [100, 30], [10, 10]]
+    assert result.layers["fc3"]["method"] == "none"
+    with pytest.raises(ScalpelError, match="give --node-sparsity for its node-pruned layers"):
+        pruning.prune_onnx(paper_nets.network("lenet_300_100"), "cuda", data, sparsity=0.7)
 
 
 @pytest.mark.slow

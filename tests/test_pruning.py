@@ -211,12 +211,14 @@ def test_optimized_pruning_gives_half_pruned_layers_their_weights_back_and_deplo
 @pytest.mark.parametrize("stop_at, where, schedule", [
     (3, "node pruning round 1 done", []), (9, r"pruning round \d done", []),
     (9, r"pruning round \d done", ["--anneal", "--distill", "--finetune", "0.2"]),
-    (9, r"gradual step \d done", ["--sparsity", "0.9", "--steps", "5", "--orientation", "1xg"])])
+    (9, r"gradual step \d done", ["--sparsity", "0.9", "--steps", "5", "--orientation", "1xg"]),
+    (4, "gradual step 2 done", ["--sparsity", "0.9", "--node-sparsity", "0.5", "--steps", "4"])])
 def test_an_interrupted_run_resumes_from_its_last_finished_round_and_ends_where_an_uninterrupted_one_does(
         tmp_path, capsys, monkeypatch, stop_at, where, schedule):
     """Interrupted in node pruning, and in the FC groups' rounds after it; with the training
     schedule's options too (the resumed run gets its teacher back from the checkpoint); and in
-    gradual pruning's steps."""
+    gradual pruning's steps, of groups and of groups and nodes (the removed nodes come back from
+    the checkpoint)."""
     from onnx import numpy_helper
 
     from scalpel_tvm import torch_chain

@@ -95,6 +95,19 @@ def test_node_pruning_of_a_users_module_for_a_gpu_removes_nodes_and_keeps_accura
         np.testing.assert_allclose(run_ort(model, VALID[0][:8].numpy()), pruned(VALID[0][:8]).numpy(), atol=1e-5)
 
 
+def test_a_users_module_for_a_gpu_loses_the_nodes_node_sparsity_names_along_the_ramp(trained):
+    pruned, result, test = pruning.prune_module(trained, "cuda", user_train, accuracy(VALID), TRAIN[0][:4],
+                                                test=accuracy(VALID), node_sparsity=0.5, steps=2,
+                                                layer_sparsity={"head.1": 0.75})
+    assert result.nodes is None and len(result.rounds) == 2  # no mask layers
+    for layer, kept in ((pruned.features[0], 4), (pruned.head[1], 8)):
+        rows = layer.weight.detach().reshape(layer.weight.shape[0], -1).any(1)
+        assert rows.sum() == kept and not layer.bias.detach()[~rows].any()  # whole nodes, bias too
+    # a dead neuron's sigmoid is 0.5, not zero: the classifier keeps reading it (the compiler folds it)
+    assert pruned.head[3].weight.detach().all() and pruned.features[4].weight.detach().all()
+    assert test["pruned"] >= test["dense"] - 0.1
+
+
 def test_simd_pruning_of_a_users_module_for_cortex_m_cuts_aligned_pairs(trained):
     pruned, result, _ = scalpel_tvm.prune(trained, "cortex-m4", user_train, accuracy(VALID), TRAIN[0][:4],
                                              tolerance=0.03, max_rounds=4, step=0.5)
