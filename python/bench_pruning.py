@@ -20,7 +20,8 @@ With `--sparsity` every method is pruned gradually to that fraction instead (`sc
 --sparsity`: Scalpel's groups, the baselines' single weights), and `--anneal-train` trains the
 dense model with an annealed rate (8 epochs of it converge LeNet-300-100). `--node-sparsity`
 (and `--layer-sparsity`) cut Scalpel's node-pruned layers along the same ramp instead of its mask
-layers' rounds:
+layers' rounds (where Scalpel has no grouped layer to cut, as the ConvNet for x86, `--sparsity` is
+then the baselines' alone):
 
     python python/bench_pruning.py --net lenet5 --target x86-avx2 --train-epochs 8 --anneal-train \
         --sparsity 0.93 --node-sparsity 0.7 --layer-sparsity conv1=0.5 --steps 20 --epochs 1 --finetune 10 \
@@ -103,7 +104,7 @@ def main():
     parser.add_argument("--sparsity", type=float, help="as scalpel prune's: every method pruned gradually to it")
     parser.add_argument("--steps", type=int, default=10, help="as scalpel prune's (with --sparsity)")
     parser.add_argument("--node-sparsity", type=float,
-                        help="as scalpel prune's: Scalpel's node-pruned layers cut gradually (with --sparsity)")
+                        help="as scalpel prune's: Scalpel's node-pruned layers cut gradually")
     parser.add_argument("--layer-sparsity", nargs="+", default=[], metavar="LAYER=FRACTION",
                         help="as scalpel prune's, for Scalpel's run")
     parser.add_argument("--orientation", choices=["1xg", "gx1"], help="as scalpel prune's (Scalpel's x86 groups)")
@@ -122,6 +123,9 @@ def main():
     model = trained(args.net, data, args.train_epochs, validation, anneal=args.anneal_train)
     runs = {}
     gradual_nodes = {"node_sparsity": args.node_sparsity, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}
+    # --sparsity is the baselines' too: where Scalpel cuts only nodes (the ConvNet for x86, whose one
+    # FC layer is the output layer), its run takes --node-sparsity alone
+    scalpel_sparsity = args.sparsity if args.node_sparsity is None or cuts_groups(model, spec) else None
     # traditional and optimized share their loop: the optimized run resumes the traditional run's
     # finished checkpoint and only reverts and retrains (same seeds: the same result as from scratch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +135,8 @@ def main():
             pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                       max_rounds=args.rounds, method=method, validation=validation,
                                                       order_neurons=args.order_neurons, finetune=args.finetune,
-                                                      recover=args.recover, sparsity=args.sparsity, steps=args.steps,
+                                                      recover=args.recover, steps=args.steps,
+                                                      sparsity=scalpel_sparsity if method == "scalpel" else args.sparsity,
                                                       distill=args.distill,
                                                       orientation=args.orientation if method == "scalpel" else None,
                                                       **(gradual_nodes if method == "scalpel" else {}),
@@ -172,6 +177,14 @@ def main():
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     print_report(report)
     plot(report, out / f"{stem}.png")
+
+
+def cuts_groups(model, spec) -> bool:
+    """Whether Scalpel's gradual pruning has a layer to cut in groups on `spec` (not the output layer)."""
+    from scalpel_tvm.int16_net import read_chain
+
+    strategy = pruning.pruning_strategy(spec, read_chain(model)[1], "scalpel", gradual=True)
+    return any(s.method in pruning.GROUP_METHODS for s in strategy.values())
 
 
 def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15, logs=None) -> dict:

@@ -252,7 +252,7 @@ def test_node_sparsity_is_refused_where_it_cannot_apply_and_is_all_a_gpu_needs()
         layer_schedules(x86, 0.9, 3, {"conv1": 0.5})  # without --node-sparsity the convs go by the mask layers
 
 
-def test_gradual_node_pruning_removes_filters_whole_and_the_compiled_model_keeps_its_outputs(capsys):
+def test_gradual_node_pruning_removes_filters_whole_and_the_compiled_model_keeps_its_outputs():
     """LeNet-5 for x86, reduced (2,000 images, tenths of epochs): conv filters cut gradually
     lose their weights, their bias and the next layer's inputs they fed, so `Pass` shrinks the
     convs (nothing to fold), and the compiled module agrees with onnxruntime."""
