@@ -110,6 +110,7 @@ def main():
     parser.add_argument("--orientation", choices=["1xg", "gx1"], help="as scalpel prune's (Scalpel's x86 groups)")
     parser.add_argument("--distill", action="store_true", help="as scalpel prune's: every method")
     parser.add_argument("--batches", default="1,50", help="x86: the batch sizes timed")
+    parser.add_argument("--seed", type=int, default=0, help="the dense model's training and every method's pruning")
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -120,7 +121,7 @@ def main():
         check_runs_here(spec)
     data = datasets.load(DATA[args.net][0], limit=args.limit)
     validation = pruning.validation_images(data)
-    model = trained(args.net, data, args.train_epochs, validation, anneal=args.anneal_train)
+    model = trained(args.net, data, args.train_epochs, validation, seed=args.seed, anneal=args.anneal_train)
     runs = {}
     gradual_nodes = {"node_sparsity": args.node_sparsity, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}
     # --sparsity is the baselines' too: where Scalpel cuts only nodes (the ConvNet for x86, whose one
@@ -134,6 +135,7 @@ def main():
             print(f"--- {method} ---", file=sys.stderr)
             pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                       max_rounds=args.rounds, method=method, validation=validation,
+                                                      seed=args.seed,
                                                       order_neurons=args.order_neurons, finetune=args.finetune,
                                                       recover=args.recover, steps=args.steps,
                                                       sparsity=scalpel_sparsity if method == "scalpel" else args.sparsity,
@@ -171,7 +173,7 @@ def main():
         report["methods"][method] = {k: v for k, v in run.items() if k != "model"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_pruning_{args.net}_{args.target}"
+    stem = f"bench_pruning_{args.net}_{args.target}" + (f"_seed{args.seed}" if args.seed else "")
     for method, run in runs.items():  # kept, to score or time them again later
         onnx.save(run["model"], out / f"{stem}_{method}.onnx")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
