@@ -61,7 +61,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from scalpel_tvm import datasets, paper_nets, pruning, torch_chain  # noqa: E402
 from scalpel_tvm.demo import check_runs_here
-from scalpel_tvm.gradual_pruning import parse_layer_sparsity
+from scalpel_tvm.gradual_pruning import cut_in_groups, parse_layer_sparsity
 from scalpel_tvm.paired_accuracy import describe, onnx_correct, paired_difference
 from scalpel_tvm.target import TargetSpec
 
@@ -185,8 +185,7 @@ def cuts_groups(model, spec) -> bool:
     """Whether Scalpel's gradual pruning has a layer to cut in groups on `spec` (not the output layer)."""
     from scalpel_tvm.int16_net import read_chain
 
-    strategy = pruning.pruning_strategy(spec, read_chain(model)[1], "scalpel", gradual=True)
-    return any(s.method in pruning.GROUP_METHODS for s in strategy.values())
+    return bool(cut_in_groups(pruning.layer_strategy(spec, read_chain(model)[1])))
 
 
 def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15, logs=None) -> dict:

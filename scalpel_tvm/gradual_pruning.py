@@ -45,17 +45,22 @@ def kept_count(total: int, sparsity: float) -> int:
     return max(1, int(np.ceil(round(total * (1 - sparsity), 9))))
 
 
+def cut_in_groups(strategy: dict) -> list[str]:
+    """The layers gradual pruning cuts in groups (or single weights): all so pruned but the output layer."""
+    from .pruning import GROUP_METHODS
+
+    output = list(strategy)[-1] if strategy else None
+    return [name for name, s in strategy.items() if s.method in GROUP_METHODS and name != output]
+
+
 def gradual_layers(strategy: dict, sparsity: float | None = None, node_sparsity: float | None = None) -> list[str]:
     """The layers gradual pruning cuts, in the model's order: those pruned in groups (or single
     weights) but the output layer (module doc), and with `node_sparsity` the node-pruned ones.
     Asking for a kind of cut no layer takes, or cutting groups with no `sparsity` named, is an
     error that says which option to drop or give."""
-    from .pruning import GROUP_METHODS
-
     if sparsity is None and node_sparsity is None:
         raise ScalpelError("gradual pruning needs a sparsity to reach: --sparsity (groups), --node-sparsity (nodes)")
-    output = list(strategy)[-1] if strategy else None
-    grouped = [name for name, s in strategy.items() if s.method in GROUP_METHODS and name != output]
+    grouped = cut_in_groups(strategy)
     nodes = [name for name, s in strategy.items() if s.method == "node"]
     if node_sparsity is not None and not nodes:
         raise ScalpelError("gradual node pruning (--node-sparsity) found no node-pruned layer: this target prunes "
@@ -132,6 +137,10 @@ def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, s
     weights = net_weights()
     total_groups = {name: strategy[name].alive(np.ones_like(weights[name])) for name in names}
     total_weights = sum(weights[name].size for name in names)
+
+    def removed(weights):  # of the cut layers' weights, the consumers' inputs of removed nodes too
+        return 1 - sum(np.count_nonzero(weights[name]) for name in names) / total_weights
+
     if resume:
         state = resume
         restore(state.net)
@@ -149,9 +158,8 @@ def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, s
         retrain(masks)
         state.step += 1
         weights = net_weights()
-        removed = 1 - sum(np.count_nonzero(weights[name]) for name in names) / total_weights  # consumers' inputs too
         result.rounds.append(Round("+".join(names), before, sum(strategy[name].alive(weights[name]) for name in names),
-                                   evaluate(), True, removed))
+                                   evaluate(), True, removed(weights)))
         if progress:
             progress(result.rounds[-1])
         if checkpoint:
@@ -159,6 +167,5 @@ def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, s
             checkpoint(state)
     result.final_accuracy = evaluate()
     result.confirmed_accuracy = confirm() if confirm else None
-    weights = net_weights()
-    result.weights_removed = 1 - sum(np.count_nonzero(weights[name]) for name in names) / total_weights
+    result.weights_removed = removed(net_weights())
     return result
