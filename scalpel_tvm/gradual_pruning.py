@@ -53,12 +53,17 @@ def cut_in_groups(strategy: dict) -> list[str]:
     return [name for name, s in strategy.items() if s.method in GROUP_METHODS and name != output]
 
 
+def is_gradual(sparsity: float | None, node_sparsity: float | None) -> bool:
+    """Whether a run prunes gradually: it names a sparsity of the groups or of the nodes to reach."""
+    return sparsity is not None or node_sparsity is not None
+
+
 def gradual_layers(strategy: dict, sparsity: float | None = None, node_sparsity: float | None = None) -> list[str]:
     """The layers gradual pruning cuts, in the model's order: those pruned in groups (or single
     weights) but the output layer (module doc), and with `node_sparsity` the node-pruned ones.
     Asking for a kind of cut no layer takes, or cutting groups with no `sparsity` named, is an
     error that says which option to drop or give."""
-    if sparsity is None and node_sparsity is None:
+    if not is_gradual(sparsity, node_sparsity):
         raise ScalpelError("gradual pruning needs a sparsity to reach: --sparsity (groups), --node-sparsity (nodes)")
     grouped = cut_in_groups(strategy)
     nodes = [name for name, s in strategy.items() if s.method == "node"]

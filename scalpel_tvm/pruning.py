@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import ScalpelError
+from .gradual_pruning import is_gradual
 from .objectives import ObjectiveCost
 from .paired_accuracy import paired_difference
 from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
@@ -518,7 +519,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
                      {"anneal": anneal, "finetune": finetune, "distill": distill}.items() if value})
     settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity, node_sparsity))
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
-    gradual = sparsity is not None or node_sparsity is not None
+    gradual = is_gradual(sparsity, node_sparsity)
     net = torch_chain.chain_net(model)
     teacher = []  # with distill: the unpruned model, as trained
 
@@ -603,7 +604,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
                 "layers": [(layer["name"], list(layer["w_nk"].shape)) for layer in layers]}
     settings.update(_gradual_settings(orientation, sparsity, steps, layer_sparsity, node_sparsity))
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
-    gradual = sparsity is not None or node_sparsity is not None
+    gradual = is_gradual(sparsity, node_sparsity)
 
     def retrain(_round_seed, masks=None, penalty=0.0, after_step=None):
         with torch_module.constraints(net, masks, penalty, after_step):
@@ -634,7 +635,7 @@ def prune_module(module, target, train, evaluate, example, *, confirm=None, test
 def _gradual_settings(orientation, sparsity, steps, layer_sparsity, node_sparsity=None) -> dict:
     """The checkpoint settings of the groups' orientation and gradual pruning, named only when
     asked for, so the checkpoints of runs from before these options still resume."""
-    gradual = sparsity is not None or node_sparsity is not None
+    gradual = is_gradual(sparsity, node_sparsity)
     given = {"orientation": orientation, "sparsity": sparsity, "steps": steps if gradual else None,
              "layer_sparsity": layer_sparsity, "node_sparsity": node_sparsity}
     return {key: value for key, value in given.items() if value}
@@ -653,7 +654,7 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
     from . import torch_chain
     from .gradual_pruning import gradual_target, layer_schedules
 
-    gradual = sparsity is not None or node_sparsity is not None
+    gradual = is_gradual(sparsity, node_sparsity)
     strategy = pruning_strategy(spec, layers, method, grouping, orientation, gradual)
     if gradual:  # a bad sparsity, step count or layer name is refused before any training
         layer_schedules(strategy, sparsity, steps, layer_sparsity, node_sparsity)
