@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="prune, plan, pass, compile and time the built-in models")
-    demo.add_argument("--target", default="host", choices=preset_names())
+    demo.add_argument("--target", choices=preset_names(),
+                      help="default: the target the demo's models were pruned for (x86-avx2) where this CPU "
+                           "runs its code, else host")
     demo.add_argument("--network", action="append", choices=["lenet_300_100", "lenet5"],
                       help="which demo network(s); default both")
     demo.add_argument("--batch", type=int, action="append", help="batch size(s); default 1 and 50")

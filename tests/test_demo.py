@@ -7,7 +7,7 @@ import pytest
 from nets import run_ort
 from scalpel_tvm import TargetSpec, datasets, models, paper_nets
 from scalpel_tvm.cli import main
-from scalpel_tvm.demo import NETWORKS, _input_shape, check_runs_here, demo_model_path, frontend_facts
+from scalpel_tvm.demo import NETWORKS, _input_shape, check_runs_here, default_target, demo_model_path, frontend_facts
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))
@@ -37,6 +37,7 @@ def test_demo_reports_equal_outputs_latencies_and_sizes(tmp_path):
     assert main(["demo", "--network", "lenet_300_100", "--batch", "1", "--rounds", "3",
                  "--out", str(tmp_path)]) == 0
     (record,) = json.loads((tmp_path / "demo.json").read_text())
+    assert record["target"] == "x86-avx2"  # what the model was pruned for (default_target)
     assert record["max_abs_diff_vs_no_pass"] < 1e-4
     assert record["max_abs_diff_vs_onnxruntime"] < 1e-4
     assert record["model_bytes_pruned"] < record["model_bytes_dense"] * 0.2
@@ -57,6 +58,15 @@ def test_demo_refuses_targets_this_machine_cannot_run(capsys, monkeypatch):
     monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: old_cpu))
     assert main(["demo", "--target", "x86-avx2"]) == 2
     assert "lacks avx" in capsys.readouterr().err
+
+
+def test_demo_compiles_for_the_target_its_models_were_pruned_for(monkeypatch):
+    """Their groups are 8 wide: a CPU with wider lanes that runs AVX2 code gets x86-avx2, not
+    its own lanes; a CPU without AVX2 gets its own."""
+    assert default_target() == "x86-avx2"
+    old_cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": "nehalem"})
+    monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: old_cpu))
+    assert default_target() == "host"
 
 
 def test_accuracy_change_scores_both_models_and_counts_the_images_that_changed(tmp_path):
