@@ -1,6 +1,8 @@
 """The user path in a dozen lines: an ONNX model in, a fast pruned TVM module out.
 
-    python python/example_onnx.py [MODEL.onnx]   (default: the shipped Scalpel-pruned LeNet-300-100)
+    python python/example_onnx.py [MODEL.onnx [TARGET]]
+    (default: the shipped Scalpel-pruned LeNet-300-100, for x86-avx2, the target it was pruned for:
+    compile for the target whose lanes the groups match, not a wider host's)
 """
 import sys
 
@@ -12,7 +14,7 @@ import scalpel_tvm
 from scalpel_tvm.demo import demo_model_path
 
 path = sys.argv[1] if len(sys.argv) > 1 else demo_model_path("lenet_300_100", pruned=True)
-target = scalpel_tvm.TargetSpec.preset("host")
+target = scalpel_tvm.TargetSpec.preset(sys.argv[2] if len(sys.argv) > 2 else "x86-avx2")
 
 mod = scalpel_tvm.import_onnx(path, batch=1)            # weights bound as constants, batch fixed
 print(scalpel_tvm.plan(mod, target).table())             # what the pass will do, per layer
