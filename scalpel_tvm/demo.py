@@ -53,22 +53,29 @@ def ensure_demo_models(overwrite: bool = False) -> list[Path]:
 
 
 def default_target(networks=tuple(NETWORKS)) -> str:
-    """The target the demo's models were pruned for, where this CPU runs its code; else "host".
+    """The target the demo's models were pruned for, where this CPU runs its code; else "host"
+    (`recorded_target`)."""
+    ensure_demo_models()
+    targets = {recorded_target(onnx.load(demo_model_path(n, True))) for n in networks}
+    return targets.pop() if len(targets) == 1 else "host"  # pruned for different targets: host
+
+
+def recorded_target(model: onnx.ModelProto) -> str:
+    """The target the frontend pruned `model` for (`frontend_facts`), where this CPU runs its
+    code; else "host".
 
     A model's groups are as wide as its target's lanes. Compiled for a wider host, an AVX-512
     CPU's 16 lanes, its groups of 8 often stop being whole empty groups (the demo's
     LeNet-300-100 fc2: 73% of its groups of 8 empty, 61% of its groups of 16) and more weight
-    bytes stay; an AVX-512 CPU runs AVX2 code, so the demo compiles what the models were made
-    for and compares like with like (both models in AVX2 code)."""
-    ensure_demo_models()
-    pruned_for = {(frontend_facts(onnx.load(demo_model_path(n, True))) or {}).get("target") for n in networks}
-    if len(pruned_for) != 1 or None in pruned_for:
-        return "host"  # random-weight models, or models pruned for different targets
-    (target,) = pruned_for
+    bytes stay; an AVX-512 CPU runs AVX2 code, so compiling for what the model was made for
+    keeps its groups whole. A model the frontend did not make (random weights) gets "host"."""
+    target = (frontend_facts(model) or {}).get("target")
+    if target is None:
+        return "host"
     try:
         check_runs_here(as_spec(target))
     except ScalpelError:
-        return "host"
+        return "host"  # pruned for a microcontroller or a GPU, or a CPU with wider lanes than this one
     return target
 
 
@@ -79,6 +86,7 @@ def run_demo(target: str | None = None, networks=("lenet_300_100", "lenet5"), ba
 
     from .pipeline import Pass
 
+    ensure_demo_models()
     if target is None:
         target = default_target(networks)
         print(f"scalpel demo: compiling for {target}, "
@@ -86,7 +94,6 @@ def run_demo(target: str | None = None, networks=("lenet_300_100", "lenet5"), ba
                  if target != "host" else "this CPU"), file=sys.stderr)
     spec = as_spec(target)
     check_runs_here(spec)
-    ensure_demo_models()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -7,7 +7,8 @@ import pytest
 from nets import run_ort
 from scalpel_tvm import TargetSpec, datasets, models, paper_nets
 from scalpel_tvm.cli import main
-from scalpel_tvm.demo import NETWORKS, _input_shape, check_runs_here, default_target, demo_model_path, frontend_facts
+from scalpel_tvm.demo import (NETWORKS, _input_shape, check_runs_here, default_target, demo_model_path, frontend_facts,
+                              recorded_target)
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))
@@ -67,6 +68,20 @@ def test_demo_compiles_for_the_target_its_models_were_pruned_for(monkeypatch):
     old_cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": "nehalem"})
     monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: old_cpu))
     assert default_target() == "host"
+
+
+def test_a_model_compiles_for_its_recorded_target_only_where_this_cpu_runs_it():
+    """`recorded_target` (the demo's and `python/example_onnx.py`'s default): the frontend's
+    target from the file's metadata; a microcontroller's model, or one the frontend did not make,
+    gets this CPU."""
+    pruned = onnx.load(demo_model_path("lenet_300_100", True))
+    assert recorded_target(pruned) == "x86-avx2"
+    for_m4 = onnx.ModelProto()
+    for_m4.CopyFrom(pruned)
+    facts = dict(frontend_facts(pruned), target="cortex-m4")
+    next(p for p in for_m4.metadata_props if p.key == "scalpel.frontend").value = json.dumps(facts)
+    assert recorded_target(for_m4) == "host"
+    assert recorded_target(NETWORKS["lenet_300_100"](pruned=True)) == "host"  # random weights: no facts
 
 
 def test_accuracy_change_scores_both_models_and_counts_the_images_that_changed(tmp_path):
