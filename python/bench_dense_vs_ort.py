@@ -92,8 +92,8 @@ def _measure(network, name, sub, batch, target, rounds) -> dict:
     mod = import_onnx(sub, batch)
     shape = [d.dim_value or batch for d in sub.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    vms = {label: relax.VirtualMachine(tvm.compile(scalpel_tvm.Pass(target, logs=logs)(mod),
-                                                   target=target.target), tvm.cpu())
+    vms = {label: relax.VirtualMachine(scalpel_tvm.compile(scalpel_tvm.Pass(target, logs=logs)(mod), target),
+                                       tvm.cpu())
            for label, logs in (("tuned", None), ("untuned", False))}
     session = ort_session(sub.SerializeToString())
     arg = tvm.runtime.tensor(x)

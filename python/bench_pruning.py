@@ -198,12 +198,12 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15, logs
     from onnx import numpy_helper
     from tqdm import tqdm
 
-    from scalpel_tvm import Pass, plan
+    from scalpel_tvm import Pass, compile, plan
     from scalpel_tvm.onnx_import import import_onnx, input_shapes
     from scalpel_tvm.timing import median_us, vm_timer
 
     def compiled(mod):
-        return tvm.relax.VirtualMachine(tvm.compile(mod, target=spec.target), tvm.cpu())
+        return tvm.relax.VirtualMachine(compile(mod, spec), tvm.cpu())
 
     out = {}
     for batch in tqdm(batches, desc="time on this CPU", unit="batch"):

@@ -23,7 +23,7 @@ print(scalpel_tvm.plan(mod, target).table())             # what the pass will do
 mod = tvm.transform.Sequential([scalpel_tvm.Pass(target)])(mod)
 mod["main"].show()                                       # fc1 = R.call_tir(fc1_gsparse_g8x1, ...)
 
-vm = relax.VirtualMachine(tvm.compile(mod, target=target.target), tvm.cpu())
+vm = relax.VirtualMachine(scalpel_tvm.compile(mod, target), tvm.cpu())  # tvm.compile, the VM compiled too
 shape = [int(d) for d in mod["main"].params[0].ty.shape]
 x = np.random.default_rng(0).standard_normal(shape).astype("float32")
 print(vm["main"](tvm.runtime.tensor(x)).numpy())

@@ -1,8 +1,9 @@
 """scalpel-tvm: hardware-aware pruning as an Apache TVM plugin.
 
 `Pass(target)` rewrites pruned layers of a Relax module into node-shrunk dense and grouped-sparse
-kernels; `plan(mod, target)` shows what it will do per layer and why; `prune(model, target, ...)`
-prunes a model for the target with retraining.
+kernels; `compile(mod, target)` builds the result with the Relax VM compiled too; `plan(mod,
+target)` shows what the pass will do per layer and why; `prune(model, target, ...)` prunes a
+model for the target with retraining.
 
 The public names load on first use (PEP 562), so the submodules that need only TVM's runtime
 (`scalpel_tvm.timing`, used to time a model built elsewhere on a GPU machine that has TVM's
@@ -13,7 +14,7 @@ from importlib import import_module
 from .errors import ScalpelError
 
 _LAZY = {
-    "bind_weights": ".onnx_import", "import_onnx": ".onnx_import", "Pass": ".pipeline",
+    "bind_weights": ".onnx_import", "import_onnx": ".onnx_import", "Pass": ".pipeline", "compile": ".pipeline",
     "LayerPlan": ".planner", "Plan": ".planner", "plan": ".planner", "TargetSpec": ".target",
 }
 
@@ -37,4 +38,4 @@ def prune(model, target, *args, **kwargs):
     return pruning.prune_module(model, target, *args, **kwargs)
 
 
-__all__ = ["Pass", "plan", "prune", "bind_weights", "import_onnx", "Plan", "LayerPlan", "TargetSpec", "ScalpelError"]
+__all__ = ["Pass", "compile", "plan", "prune", "bind_weights", "import_onnx", "Plan", "LayerPlan", "TargetSpec", "ScalpelError"]

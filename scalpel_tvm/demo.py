@@ -192,8 +192,9 @@ def _compile(mod, spec):
     import tvm
     from tvm import relax
 
-    ex = tvm.compile(mod, target=spec.target)
-    return relax.VirtualMachine(ex, tvm.cpu())
+    from .pipeline import compile
+
+    return relax.VirtualMachine(compile(mod, spec), tvm.cpu())
 
 
 def _weight_bytes(model) -> int:

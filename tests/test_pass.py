@@ -66,6 +66,21 @@ def test_each_layer_its_own_kernel_when_batched_or_asked(batch, chain):
         assert names == planned_kernels(models.lenet_300_100(), batch)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compile_builds_the_vm_as_code_with_the_same_results(batch):
+    """`scalpel_tvm.compile`: `tvm.compile` with the Relax VM's bytecode compiled to code
+    (`exec_mode="compiled"`); a pruned CNN (shrunk convs, pools, a flatten, an FC layer) gives
+    exactly the outputs of the bytecode build."""
+    onnx_model = cnn((1, 6, 8), dead={0: [0, 2], 1: [1]}, fc=10)
+    mod = apply(relax_module(onnx_model, batch))
+    x = tvm.runtime.tensor(random_input(onnx_model, batch))
+    compiled, bytecode = (scalpel_tvm.compile(mod, "x86-avx2"),
+                          tvm.compile(mod, target=scalpel_tvm.TargetSpec.preset("x86-avx2").target))
+    assert "vm_tir_func" in compiled.as_text() and "vm_tir_func" not in bytecode.as_text()
+    outputs = [tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](x).numpy() for ex in (compiled, bytecode)]
+    np.testing.assert_array_equal(*outputs)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_lenet5_shrinks_convs_and_sparsifies_fc(batch):
     out = check(models.lenet5(), batch)
