@@ -73,7 +73,7 @@ def compile(mod: tvm.IRModule, target) -> tvm.runtime.Executable:  # noqa: A001 
 
     The results are the same; what changes is the call around the kernels, which is a fair
     part of a µs-sized pruned model: on a 2-core znver5 the demo's pruned LeNet-300-100 at
-    batch 1 takes 1.29 µs instead of 1.50 and its dense model 8.03 instead of 8.24
+    batch 1 takes 1.36 µs instead of 1.57 and its dense model 8.78 instead of 8.87
     (`python/bench_vm_call.py`). For a CUDA target (a kernel launch dwarfs the call) this is
     `tvm.compile`.
     """
