@@ -109,3 +109,26 @@ def test_accuracy_change_scores_both_models_and_counts_the_images_that_changed(t
     onnx.save(paper_nets.network("convnet"), wrong)
     bad = subprocess.run([sys.executable, str(script), str(wrong), str(wrong)], capture_output=True, text=True)
     assert bad.returncode == 2 and "mnist images are (1, 28, 28), the model takes (3, 32, 32)" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_vm_call_benchmark_times_both_builds_of_each_demo_model(tmp_path):
+    """`python/bench_vm_call.py`: every demo model and an empty function, built with
+    `tvm.compile` and with `scalpel_tvm.compile` (their outputs checked equal before timing),
+    timed side by side; the JSON holds each time and the pruned-over-dense speedup each way."""
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "python" / "bench_vm_call.py"
+    subprocess.run([sys.executable, str(script), "--rounds", "2", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    rows = json.loads((tmp_path / "bench_vm_call.json").read_text())["rows"]
+    assert [(r["network"], r["batch"]) for r in rows] == [
+        ("lenet_300_100", 1), ("lenet_300_100", 50), ("lenet5", 1), ("lenet5", 50)]
+    for r in rows:
+        assert set(r["us"]) == {f"{k} {b}" for k in ("empty", "dense", "pruned") for b in ("bytecode", "compiled")}
+        assert all(us > 0 for us in r["us"].values())
+        for build in ("bytecode", "compiled"):
+            assert math.isclose(r["pruned_over_dense"][build], r["us"][f"dense {build}"] / r["us"][f"pruned {build}"])
