@@ -59,10 +59,12 @@ import onnx
 # batch 1 measured 33.7 us instead of 17.8. Set before TVM starts its pool; torch keeps its own.
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-from scalpel_tvm import datasets, paper_nets, pruning, torch_chain  # noqa: E402
+from scalpel_tvm import datasets, paper_nets, pruning  # noqa: E402
 from scalpel_tvm.demo import check_runs_here
 from scalpel_tvm.gradual_pruning import cut_in_groups, parse_layer_sparsity
 from scalpel_tvm.paired_accuracy import describe, onnx_correct, paired_difference
+from scalpel_tvm.prune_report import search_lines
+from scalpel_tvm.sparsity_search import DEFAULT_RANGE, KINDS, parse_range, search_onnx
 from scalpel_tvm.target import TargetSpec
 
 METHODS = ("scalpel", "traditional", "optimized")
@@ -71,12 +73,8 @@ DATA = {"lenet_300_100": ("mnist", None), "lenet5": ("mnist", None), "convnet": 
 
 def trained(name: str, data, epochs: float, validation: int, seed: int = 0, anneal: bool = False):
     """The dense model as `prune_onnx(..., train_epochs=epochs, seed=seed, anneal=anneal)` trains it."""
-    torch_chain._torch().manual_seed(seed)
-    model = paper_nets.network(name, input_shape=DATA[name][1])
-    net = torch_chain.chain_net(model)
-    torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], epochs=epochs, seed=seed,
-                      anneal=anneal)
-    return torch_chain.write_weights(model, net)
+    return pruning.train_onnx(paper_nets.network(name, input_shape=DATA[name][1]), data, epochs,
+                              validation=validation, seed=seed, anneal=anneal)
 
 
 def firmware(name: str, model, formats, tmp: Path) -> dict:
@@ -108,6 +106,11 @@ def main():
     parser.add_argument("--layer-sparsity", nargs="+", default=[], metavar="LAYER=FRACTION",
                         help="as scalpel prune's, for Scalpel's run")
     parser.add_argument("--orientation", choices=["1xg", "gx1"], help="as scalpel prune's (Scalpel's x86 groups)")
+    parser.add_argument("--search", choices=list(KINDS),
+                        help="Scalpel's run searches this fraction (as scalpel prune's auto) instead of taking it; "
+                             "the baselines keep --sparsity")
+    parser.add_argument("--search-range", default=None, metavar="LOW:HIGH", help="as scalpel prune's")
+    parser.add_argument("--search-trials", type=int, default=4, help="as scalpel prune's")
     parser.add_argument("--distill", action="store_true", help="as scalpel prune's: every method")
     parser.add_argument("--batches", default="1,50", help="x86: the batch sizes timed")
     parser.add_argument("--seed", type=int, default=0, help="the dense model's training and every method's pruning")
@@ -126,14 +129,25 @@ def main():
     gradual_nodes = {"node_sparsity": args.node_sparsity, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}
     # --sparsity is the baselines' too: where Scalpel cuts only nodes (the ConvNet for x86, whose one
     # FC layer is the output layer), its run takes --node-sparsity alone
-    scalpel_sparsity = args.sparsity if args.node_sparsity is None or cuts_groups(model, spec) else None
+    nodes_named = args.node_sparsity is not None or args.search == "node_sparsity"
+    scalpel_sparsity = args.sparsity if not nodes_named or cuts_groups(model, spec) else None
+    search = None
+    if args.search:
+        low, high = parse_range(args.search_range) if args.search_range else DEFAULT_RANGE[args.search]
+        search = {"kind": args.search, "low": low, "high": high, "trials": args.search_trials}
+        if args.search == "sparsity":
+            scalpel_sparsity = None
+        gradual_nodes["node_sparsity"] = None if args.search == "node_sparsity" else args.node_sparsity
     # traditional and optimized share their loop: the optimized run resumes the traditional run's
     # finished checkpoint and only reverts and retrains (same seeds: the same result as from scratch)
     with tempfile.TemporaryDirectory() as tmp:
         shared = Path(tmp) / "magnitude_loop.pt"
         for method in methods:
             print(f"--- {method} ---", file=sys.stderr)
-            pruned, result, test = pruning.prune_onnx(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
+            prune = pruning.prune_onnx
+            if method == "scalpel" and search:
+                prune = lambda *a, **k: scalpel_search(search, *a, **k)  # noqa: E731
+            pruned, result, test = prune(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                       max_rounds=args.rounds, method=method, validation=validation,
                                                       seed=args.seed,
                                                       order_neurons=args.order_neurons, finetune=args.finetune,
@@ -150,6 +164,8 @@ def main():
                             / sum(v["predicted"] for v in layers.values()),
                             "forms": {name: v["form"] for name, v in layers.items()},
                             "nodes": {name: v["nodes"] for name, v in layers.items()}, "reverted": result.reverted}
+            if method == "scalpel" and search:
+                runs[method]["search"] = search["result"]
     report = {"date": datetime.date.today().isoformat(), "net": args.net, "target": args.target,
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "data": data.name, "dense_test_accuracy": runs[methods[0]]["test"]["dense"], "methods": {}}
@@ -179,6 +195,17 @@ def main():
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     print_report(report)
     plot(report, out / f"{stem}.png")
+
+
+def scalpel_search(search: dict, model, spec, data, **options):
+    """Scalpel's run with its fraction searched (`sparsity_search.search_onnx`), from the model
+    every method starts from; the search's trials are left in `search["result"]`."""
+    pruned, result, test, found = search_onnx(model, spec, data, kind=search["kind"], low=search["low"],
+                                              high=search["high"], trials=search["trials"], **options)
+    if result is None:
+        sys.exit("bench_pruning: no searched fraction kept the accuracy (see the trials above); lower --search-range")
+    search["result"] = found.as_dict()
+    return pruned, result, test
 
 
 def cuts_groups(model, spec) -> bool:
@@ -243,6 +270,8 @@ def print_report(report: dict) -> None:
         if measured:
             line += f"{run['cycles']:>12,}{run['speedup']:>9.2f}x{run['size_vs_dense']:>8.1%}"
         print(line + (f"   {describe(run['test']['paired'])}" if "paired" in run["test"] else ""))
+    if "search" in report["methods"].get("scalpel", {}):
+        print("\n".join(search_lines(report["methods"]["scalpel"]["search"])))
     for method, paired in report.get("scalpel_vs", {}).items():
         print(f"scalpel's test accuracy against {method}'s: {describe(paired)}")
     for batch, timed in report.get("measured", {}).items():

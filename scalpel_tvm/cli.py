@@ -125,14 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--distill", action="store_true",
                        help="retrain against the unpruned model's softened outputs as well as the labels "
                             "(knowledge distillation, half of the loss)")
-    prune.add_argument("--sparsity", type=float, metavar="FRACTION",
+    prune.add_argument("--sparsity", type=_fraction_or_auto, metavar="FRACTION|auto",
                        help="prune the grouped layers gradually to this fraction of their groups instead of "
                             "Scalpel's keep/undo rounds (the output layer left whole; accuracy reported, not kept: "
-                            "see the README, 'Which groups keep accuracy')")
-    prune.add_argument("--node-sparsity", type=float, metavar="FRACTION",
+                            "see the README, 'Which groups keep accuracy'); auto: search the largest fraction "
+                            "that keeps the accuracy (--search-range, --search-trials)")
+    prune.add_argument("--node-sparsity", type=_fraction_or_auto, metavar="FRACTION|auto",
                        help="prune the node-pruned layers (a CPU's convs, a GPU's layers) gradually to this fraction "
                             "of their filters / neurons, in the same steps as --sparsity's groups, instead of the "
-                            "mask layers' rounds")
+                            "mask layers' rounds; auto: search it")
+    prune.add_argument("--search-range", metavar="LOW:HIGH",
+                       help="with auto: the fractions searched, HIGH taken as too far (default 0:0.97 for groups, "
+                            "0:0.9 for nodes)")
+    prune.add_argument("--search-trials", type=int, default=4,
+                       help="with auto: gradual runs bisecting the range (default 4: a sixteenth of it)")
     prune.add_argument("--steps", type=int, default=10,
                        help="with --sparsity / --node-sparsity: the gradual steps, each retrained")
     prune.add_argument("--layer-sparsity", action="append", metavar="LAYER=FRACTION", default=[],
@@ -222,25 +228,46 @@ def _prune(args) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ScalpelError(f"{out} exists; choose another --out or pass --overwrite")
+    searched = [kind for kind in ("sparsity", "node_sparsity") if getattr(args, kind) == "auto"]
+    if len(searched) > 1:
+        raise ScalpelError("search one fraction at a time: give --sparsity or --node-sparsity a number, the other auto")
+    if args.search_range and not searched:
+        raise ScalpelError("--search-range is for a searched fraction: --sparsity auto or --node-sparsity auto")
     model = load_onnx(args.model)
     data = datasets.load(args.data, limit=args.limit)
     checkpoint = args.checkpoint or f"{out}.checkpoint"
     layer_sparsity = parse_layer_sparsity(args.layer_sparsity)
+    options = dict(tolerance=args.tolerance / 100, epochs=args.epochs, step=args.step, how=args.importance,
+                   max_rounds=args.rounds, penalty=args.penalty, node_penalty=args.node_penalty, method=args.method,
+                   grouping=args.groups, objective=args.objective, dropout=args.dropout, recover=args.recover,
+                   order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune, distill=args.distill,
+                   orientation=args.orientation, steps=args.steps, layer_sparsity=layer_sparsity)
+    fractions = {"sparsity": args.sparsity, "node_sparsity": args.node_sparsity}
+    search = None
     try:
-        pruned, result, test = prune_onnx(model, args.target, data, tolerance=args.tolerance / 100,
-                                          epochs=args.epochs, train_epochs=args.train_epochs, step=args.step,
-                                          how=args.importance, max_rounds=args.rounds, penalty=args.penalty,
-                                          node_penalty=args.node_penalty, method=args.method, grouping=args.groups,
-                                          objective=args.objective, dropout=args.dropout, recover=args.recover,
-                                          order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune,
-                                          distill=args.distill, orientation=args.orientation,
-                                          sparsity=args.sparsity, steps=args.steps,
-                                          layer_sparsity=layer_sparsity, node_sparsity=args.node_sparsity,
-                                          checkpoint=checkpoint,
-                                          restart=args.restart)
+        if searched:
+            from .sparsity_search import DEFAULT_RANGE, parse_range, search_onnx
+
+            kind = searched[0]
+            low, high = parse_range(args.search_range) if args.search_range else DEFAULT_RANGE[kind]
+            del fractions[kind]
+            pruned, result, test, search = search_onnx(model, args.target, data, kind=kind, low=low, high=high,
+                                                       trials=args.search_trials, train_epochs=args.train_epochs,
+                                                       checkpoint=checkpoint, restart=args.restart,
+                                                       **options, **fractions)
+        else:
+            pruned, result, test = prune_onnx(model, args.target, data, train_epochs=args.train_epochs,
+                                              checkpoint=checkpoint, restart=args.restart, **options, **fractions)
     except KeyboardInterrupt:
         raise ScalpelError(f"interrupted; the same command resumes from {checkpoint} (its last finished round)") from None
     onnx.save(pruned, out)
+    if search is not None and result is None:
+        report = {"target": args.target, "settings": {"tolerance": args.tolerance / 100}, "search": search.as_dict()}
+        if args.report:
+            prune_report.write(report, Path(args.report))
+        print(prune_report.table(report))
+        print(f"wrote {out}: the trained model, unpruned")
+        return
     report = prune_report.as_dict(result, test, args.target, {
         "method": args.method, "data": args.data, "tolerance": args.tolerance / 100, "epochs": args.epochs, "step": args.step,
         "importance": args.importance, "penalty": args.penalty, "node_penalty": args.node_penalty, "groups": args.groups,
@@ -249,10 +276,24 @@ def _prune(args) -> None:
         "limit": args.limit, "orientation": args.orientation, "sparsity": args.sparsity,
         "node_sparsity": args.node_sparsity, "steps": args.steps if args.sparsity or args.node_sparsity else None,
         "layer_sparsity": layer_sparsity})
+    if search is not None:
+        chosen = search.chosen.fraction
+        report["settings"].update({search.kind: chosen, "search_trials": args.search_trials})
+        report["search"] = search.as_dict()
     if args.report:
         prune_report.write(report, Path(args.report))
     print(prune_report.table(report))
     print(f"wrote {out}")
+
+
+def _fraction_or_auto(text: str):
+    """A gradual fraction, or "auto" to have it searched."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fraction such as 0.9, or auto; got {text!r}") from None
 
 
 def _net(args) -> None:

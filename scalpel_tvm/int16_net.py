@@ -216,6 +216,8 @@ def _pads(node, attrs) -> list[int]:
 
 
 def _input_shape(model) -> tuple:
+    if not model.graph.input:
+        raise ScalpelError("the model's graph has no input (an empty or truncated ONNX file?)")
     dims = model.graph.input[0].type.tensor_type.shape.dim
     shape = tuple(d.dim_value for d in dims[1:])
     if not shape or any(d <= 0 for d in shape):

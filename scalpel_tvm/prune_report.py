@@ -37,6 +37,8 @@ def gains(layers: dict) -> dict:
 
 
 def table(report: dict) -> str:
+    if "layers" not in report:  # a search in which no fraction held: nothing was pruned
+        return "\n".join(search_lines(report["search"]))
     lines = [f"{'layer':<10}{'N x K':>12}{'method':>11}{'nodes kept':>12}{'groups cut':>12}{'weights kept':>14}"
              f"{'dense':>12}{'pruned':>12}  form"]
     for name, layer in report["layers"].items():
@@ -93,7 +95,32 @@ def table(report: dict) -> str:
                      f"energy {g['energy']:.2f}x, size {g['size']:.2f}x (objectives.py)")
     else:
         lines.append(f"predicted {objective}: {report['predicted_speedup']:.2f}x lower than dense")
+    if report.get("search"):
+        lines += search_lines(report["search"])
     return "\n".join(lines)
+
+
+def search_lines(search: dict) -> list[str]:
+    """Every trial of a fraction search (`sparsity_search`), in the order of their fractions."""
+    low, high = search["range"]
+    lines = [f"searched the fraction of the {search['of']} in ({low:.0%}, {high:.0%}) by bisection, "
+             f"{len(search['trials'])} gradual runs from the same trained model, each kept if validation accuracy "
+             f"held within {100 * search['tolerance']:.2g} points:"]
+    for t in sorted(search["trials"], key=lambda t: t["fraction"]):
+        confirmed = ("" if t["confirmed"] is None
+                     else f", confirmation {100 * (t['confirmed'] - t['confirmed_baseline']):+.2f}")
+        tested = "" if not t["test"] else f", test {100 * (t['test']['pruned'] - t['test']['dense']):+.2f}"
+        lines.append(f"  {t['fraction']:6.1%}: validation {100 * (t['accuracy'] - t['baseline']):+.2f} points{confirmed}"
+                     f"{tested}, weights removed "
+                     f"{t['weights_removed']:.1%}, predicted {t['predicted_speedup']:.2f}x: "
+                     + ("held" if t["held"] else "lost"))
+    if search["chosen"] is None:
+        lines.append(f"no fraction held: the model is returned trained and unpruned; lower the range "
+                     f"(--search-range {low}:{min(search['trials'], key=lambda t: t['fraction'])['fraction']}), "
+                     "allow more (--tolerance) or retrain longer (--epochs, --steps, --finetune)")
+    else:
+        lines.append(f"chosen: {search['chosen']:.1%} of the {search['of']}, the largest fraction that held")
+    return lines
 
 
 def write(report: dict, directory: Path) -> None:
@@ -101,7 +128,41 @@ def write(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "prune.json").write_text(json.dumps(report, indent=2))
     (directory / "prune.txt").write_text(table(report) + "\n")
-    plot(report, directory / "prune.png")
+    if "layers" in report:
+        plot(report, directory / "prune.png")
+    if report.get("search"):
+        plot_search(report["search"], directory / "search.png")
+
+
+def plot_search(search: dict, path: Path) -> None:
+    """Validation accuracy's change against the fraction, per trial, with the tolerance and the
+    choice: where the edge the bisection found lies, and how noisy the trials around it are."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = sorted(search["trials"], key=lambda t: t["fraction"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for held, style, label in ((True, "o", "held"), (False, "x", "lost")):
+        chosen = [t for t in trials if t["held"] == held]
+        ax.plot([100 * t["fraction"] for t in chosen], [100 * (t["accuracy"] - t["baseline"]) for t in chosen],
+                style, color="tab:green" if held else "tab:red", label=f"validation, {label}")
+    confirmed = [t for t in trials if t["confirmed"] is not None]
+    ax.plot([100 * t["fraction"] for t in confirmed], [100 * (t["confirmed"] - t["confirmed_baseline"]) for t in confirmed],
+            "s", mfc="none", color="grey", label="confirmation images")
+    for t in trials:
+        ax.annotate(f" {t['predicted_speedup']:.2f}x", (100 * t["fraction"], 100 * (t["accuracy"] - t["baseline"])),
+                    fontsize=7)
+    ax.axhline(-100 * search["tolerance"], color="grey", linestyle="--", label="tolerance")
+    if search["chosen"] is not None:
+        ax.axvline(100 * search["chosen"], color="tab:green", linestyle=":", label="chosen")
+    ax.set_xlabel(f"fraction of the {search['of']} removed (%)")
+    ax.set_ylabel("accuracy change vs unpruned (points)")
+    ax.set_title("fraction search (labels: predicted speedup)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(report: dict, path: Path) -> None:

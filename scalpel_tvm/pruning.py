@@ -429,6 +429,35 @@ def validation_images(data) -> int:
     return min(10000, len(data.train_x) // 10)
 
 
+def chain_layers(model) -> tuple:
+    """(input shape, layers) of an ONNX chain the frontend can retrain (`int16_net.read_chain`),
+    or a clear error pointing a user with another model to `prune_module`."""
+    from .int16_net import read_chain
+
+    try:
+        return read_chain(model)
+    except ScalpelError as err:
+        raise ScalpelError(f"the pruning frontend rebuilds ONNX chains of the LeNet / ConvNet family for "
+                           f"retraining, and this model is not one: {err}. Prune the torch.nn.Module it came from "
+                           "with scalpel_tvm.prune(module, target, train, evaluate, example)") from None
+
+
+def train_onnx(model, data, epochs: float, *, validation: int | None = None, seed: int = 0, anneal: bool = False,
+               dropout: float = 0.0):
+    """`model` trained as `prune_onnx(model, ..., train_epochs=epochs)` trains it first, on the
+    training images it does not hold out; returns the trained ONNX model. For runs that prune
+    one trained model several times (the baselines, a fraction search)."""
+    from . import torch_chain
+
+    validation = validation or validation_images(data)
+    torch_chain._torch().manual_seed(seed)
+    net = torch_chain.chain_net(model)
+    torch_chain.set_dropout(net, dropout)
+    torch_chain.train(net, data.train_x[:-validation], data.train_y[:-validation], epochs=epochs, seed=seed,
+                      anneal=anneal, desc="train")
+    return torch_chain.write_weights(model, net)
+
+
 def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: float = 1.0,
                train_epochs: float = 0.0, step: float = 0.3, how: str = "rms", max_rounds: int = 80,
                validation: int | None = None, seed: int = 0, penalty: float = 1e-4, node_penalty: str = "cost",
@@ -485,7 +514,6 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     (which from a converged model stop early; `gradual_pruning`). `orientation` "1xg" or "gx1"
     chooses the x86 FC groups (`layer_strategy`)."""
     from . import neuron_order, torch_chain
-    from .int16_net import read_chain
 
     if method not in METHODS:
         raise ScalpelError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
@@ -494,12 +522,7 @@ def prune_onnx(model, target: str, data, *, tolerance: float = 0.001, epochs: fl
     torch = torch_chain._torch()
     torch.manual_seed(seed)
     spec = TargetSpec.preset(target) if isinstance(target, str) else target
-    try:
-        input_shape, layers = read_chain(model)
-    except ScalpelError as err:
-        raise ScalpelError(f"the pruning frontend rebuilds ONNX chains of the LeNet / ConvNet family for "
-                           f"retraining, and this model is not one: {err}. Prune the torch.nn.Module it came from "
-                           "with scalpel_tvm.prune(module, target, train, evaluate, example)") from None
+    input_shape, layers = chain_layers(model)
     data.check_fits(input_shape, [lay for lay in layers if lay["op"] in ("fc", "conv")][-1]["w_nk"].shape[0])
     validation = validation or validation_images(data)
     if not 1 < validation < len(data.train_x):

@@ -11,7 +11,8 @@ from torch import nn
 
 from nets import run_ort
 import scalpel_tvm
-from scalpel_tvm import ScalpelError, pruning
+from scalpel_tvm import ScalpelError, pruning, sparsity_search
+from scalpel_tvm.gradual_pruning import kept_count
 from scalpel_tvm.torch_module import read_module
 
 
@@ -106,6 +107,20 @@ def test_a_users_module_for_a_gpu_loses_the_nodes_node_sparsity_names_along_the_
     # a dead neuron's sigmoid is 0.5, not zero: the classifier keeps reading it (the compiler folds it)
     assert pruned.head[3].weight.detach().all() and pruned.features[4].weight.detach().all()
     assert test["pruned"] >= test["dense"] - 0.1
+
+
+def test_a_users_module_gets_its_node_fraction_searched_through_its_own_loop(trained):
+    """`sparsity_search.search_fraction` around `prune_module`: every trial is the user's module
+    pruned gradually (tolerance 100 points, so every trial holds and the search goes up), and the
+    module returned is the one of the largest fraction tried."""
+    search, (pruned, result, test) = sparsity_search.search_fraction(
+        lambda fraction: pruning.prune_module(trained, "cuda", user_train, accuracy(VALID), TRAIN[0][:4],
+                                              test=accuracy(VALID), node_sparsity=fraction, steps=2),
+        "node_sparsity", low=0.0, high=0.9, trials=2, tolerance=1.0, progress=lambda _: None)
+    assert [t.fraction for t in search.trials] == [0.45, 0.675] and search.chosen.fraction == 0.675
+    rows = pruned.features[0].weight.detach().reshape(pruned.features[0].weight.shape[0], -1).any(1)
+    assert rows.sum() == kept_count(len(rows), 0.675)
+    assert search.chosen.test == test and search.chosen.weights_removed == result.weights_removed
 
 
 def test_simd_pruning_of_a_users_module_for_cortex_m_cuts_aligned_pairs(trained):

@@ -1,0 +1,206 @@
+"""Searching the fraction gradual pruning reaches: the largest that keeps the accuracy.
+
+Gradual pruning (`gradual_pruning`) cuts to a fraction the user names, because from a converged
+model Scalpel's keep/undo loop stops early. Which fraction keeps the accuracy then had to be
+found by hand: the ConvNet's 30%, 40% and 50% of its filters were three runs side by side
+(README). Here the tool finds it, as the loop would have: bisection over the fraction, each trial
+a whole gradual run from the same trained model, kept when its validation accuracy ends within
+the tolerance of the unpruned model's — the loop's own test for a round.
+
+Why whole runs, not one long ramp stopped where accuracy falls: the cubic ramp's steps depend on
+where it ends, and a model part way along a ramp has not had the final steps' retraining nor
+the final fine-tuning, so it would be judged worse than the same fraction reached properly.
+Trials therefore cost a full run each, and their number is small (`trials`, default 4: the
+fraction to a sixteenth of the range). Accuracy against sparsity is noisy, not monotone, so
+bisection finds a fraction at the edge — one that held with a failing one above it — not
+necessarily the largest that could hold; the report shows every trial. `high` is taken to fail
+and is never tried. Every trial is judged on the same validation images, so the one chosen is a
+little flattered by them; the confirmation images, which decided nothing, report it.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+
+from .errors import ScalpelError
+
+# what `search_fraction` searches: prune_onnx's keyword, and what the fraction is of
+KINDS = {"sparsity": "groups", "node_sparsity": "nodes"}
+# searched when no range is given: from nothing to nearly every group (one is always kept), or to
+# 90% of the nodes (a layer of 10 keeps one)
+DEFAULT_RANGE = {"sparsity": (0.0, 0.97), "node_sparsity": (0.0, 0.9)}
+
+
+@dataclass
+class Trial:
+    fraction: float
+    held: bool  # validation accuracy within the tolerance of the unpruned model's
+    baseline: float  # the unpruned model's validation accuracy
+    accuracy: float  # the pruned model's
+    confirmed_baseline: float | None
+    confirmed: float | None
+    weights_removed: float
+    predicted_speedup: float  # by the objective's cost model, dense over pruned
+    test: dict  # {"dense", "pruned"[, "paired"]}
+
+
+@dataclass
+class Search:
+    kind: str  # a key of KINDS
+    low: float
+    high: float
+    tolerance: float
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> Trial | None:
+        """The largest fraction that held, or None when none did."""
+        return max((t for t in self.trials if t.held), key=lambda t: t.fraction, default=None)
+
+    def next_fraction(self) -> float | None:
+        """Halfway between the largest fraction that held (or `low`) and the smallest above it
+        that failed (or `high`), to three decimals; None once they are a thousandth apart."""
+        held = max((t.fraction for t in self.trials if t.held), default=self.low)
+        failed = min((t.fraction for t in self.trials if not t.held and t.fraction > held), default=self.high)
+        middle = round((held + failed) / 2, 3)
+        return middle if held < middle < failed else None
+
+    def as_dict(self) -> dict:
+        chosen = self.chosen
+        return {"kind": self.kind, "of": KINDS[self.kind], "range": [self.low, self.high],
+                "tolerance": self.tolerance, "trials": [asdict(t) for t in self.trials],
+                "chosen": None if chosen is None else chosen.fraction}
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """'LOW:HIGH' fractions, 0 <= LOW < HIGH < 1."""
+    try:
+        low, high = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise ScalpelError(f"a search range is LOW:HIGH, fractions such as 0.8:0.97; got {text!r}") from None
+    check_range(low, high)
+    return low, high
+
+
+def check_range(low: float, high: float) -> None:
+    if not 0 <= low < high < 1:
+        raise ScalpelError(f"a search range needs 0 <= LOW < HIGH < 1 (HIGH is taken as too far and never tried); "
+                           f"got {low}:{high}")
+
+
+def judge(fraction: float, result, test: dict, tolerance: float) -> Trial:
+    """A finished gradual run (`pruning.PruneResult`) as a trial: held when its validation accuracy
+    ended within `tolerance` of the unpruned model's."""
+    layers = result.layers.values()
+    return Trial(fraction, bool(result.final_accuracy >= result.baseline_accuracy - tolerance),
+                 result.baseline_accuracy, result.final_accuracy, result.confirmed_baseline,
+                 result.confirmed_accuracy, result.weights_removed,
+                 sum(v["predicted_dense"] for v in layers) / sum(v["predicted"] for v in layers), test)
+
+
+def search_fraction(run_trial, kind: str, *, low: float, high: float, trials: int, tolerance: float,
+                    done: list | None = None, best=None, on_trial=None, progress=None):
+    """Bisect `kind`'s fraction in (low, high): `run_trial(fraction)` prunes gradually to it and
+    returns (pruned model, PruneResult, test accuracies). Returns (Search, the chosen trial's
+    (model, result, test), or None when no trial held); it stops early once the bracket is a
+    thousandth wide. A resumed search hands in the trials
+    already `done` and the chosen one's outcome as `best`; `on_trial(search, trial, best)` is
+    called after every trial (to save them)."""
+    if kind not in KINDS:
+        raise ScalpelError(f"the fraction searched is one of {', '.join(KINDS)}; got {kind!r}")
+    check_range(low, high)
+    if trials < 1:
+        raise ScalpelError(f"a search needs at least one trial; got {trials}")
+    progress = progress or _to_stderr
+    search = Search(kind, low, high, tolerance, list(done or []))
+    while len(search.trials) < trials and search.next_fraction() is not None:
+        fraction = search.next_fraction()
+        progress(f"search {len(search.trials) + 1}/{trials}: pruning gradually to {fraction:.1%} of the {KINDS[kind]}")
+        outcome = run_trial(fraction)
+        trial = judge(fraction, outcome[1], outcome[2], tolerance)
+        search.trials.append(trial)
+        if trial.held and trial is search.chosen:
+            best = outcome
+        progress(f"search {len(search.trials)}/{trials}: {fraction:.1%} of the {KINDS[kind]}: validation "
+                 f"{100 * (trial.accuracy - trial.baseline):+.2f} points, predicted {trial.predicted_speedup:.2f}x: "
+                 + ("held" if trial.held else f"lost more than {100 * tolerance:.2g} points"))
+        if on_trial:
+            on_trial(search, trial, best)
+    return search, best
+
+
+def search_onnx(model, target, data, *, kind: str, low: float, high: float, trials: int = 4,
+                train_epochs: float = 0.0, checkpoint=None, restart: bool = False, progress=None, **options):
+    """`pruning.prune_onnx` with `kind`'s fraction searched (`search_fraction`): the model is
+    trained once (`train_epochs`, as prune_onnx would) and every trial prunes that trained model
+    with the other `options` unchanged. Returns (pruned ONNX model or, when no trial held, the
+    trained unpruned one, the chosen trial's PruneResult or None, its test accuracies or None,
+    Search). With `checkpoint` the trained model and every finished trial are saved, and the
+    same call resumes after an interruption (an unfinished trial from its own checkpoint,
+    `checkpoint`.trial). The checkpoint is removed when the search ends."""
+    import onnx
+
+    from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
+    from .pruning import prune_onnx, train_onnx
+
+    if kind not in KINDS:
+        raise ScalpelError(f"the fraction searched is one of {', '.join(KINDS)}; got {kind!r}")
+    if options.get(kind) is not None:
+        raise ScalpelError(f"{kind} is the fraction searched: name it, or search it, not both")
+    check_range(low, high)
+    _check_applies(model, target, kind, (low + high) / 2, options)
+    tolerance = options.get("tolerance", 0.001)
+    settings = {"search": kind, "range": (low, high), "trials": trials, "train_epochs": train_epochs,
+                "model": model_digest(model),
+                "data": (data.name, len(data.train_x)), "target": getattr(target, "name", target),
+                **{key: value for key, value in options.items() if key not in ("keep_checkpoint",)}}
+    ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
+    progress = progress or _to_stderr
+    if ck.resuming:
+        progress(f"scalpel prune: resuming the search from {checkpoint} ({len(ck.get('trials', []))} trials done)")
+        trained = onnx.load_from_string(ck.get("trained"))
+    else:
+        trained = model
+        if train_epochs:
+            trained = train_onnx(model, data, train_epochs, validation=options.get("validation"),
+                                 seed=options.get("seed", 0), anneal=options.get("anneal", False),
+                                 dropout=options.get("dropout", 0.0))
+        ck.save(trained=trained.SerializeToString(), trials=[], best=None)
+    saved_best = ck.get("best")
+    best = None if saved_best is None else (onnx.load_from_string(saved_best[0]), *saved_best[1:])
+
+    def run_trial(fraction):
+        return prune_onnx(trained, target, data, **{**options, kind: fraction},
+                          checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
+
+    def save(search, _trial, chosen):
+        ck.save(trials=[asdict(t) for t in search.trials],
+                best=None if chosen is None else (chosen[0].SerializeToString(), *chosen[1:]))
+
+    search, best = search_fraction(run_trial, kind, low=low, high=high, trials=trials, tolerance=tolerance,
+                                   done=[Trial(**t) for t in ck.get("trials", [])], best=best, on_trial=save,
+                                   progress=progress)
+    ck.finish()
+    if best is None:
+        return trained, None, None, search
+    return (*best, search)
+
+
+def _check_applies(model, target, kind, fraction, options) -> None:
+    """Refuse, before any training, a search gradual pruning could not run (a fraction of nodes
+    where the target prunes in groups, a layer sparsity naming a layer not cut, ...)."""
+    from .gradual_pruning import layer_schedules
+    from .pruning import chain_layers, pruning_strategy
+    from .target import TargetSpec
+
+    spec = TargetSpec.preset(target) if isinstance(target, str) else target
+    _, layers = chain_layers(model)
+    strategy = pruning_strategy(spec, layers, options.get("method", "scalpel"), options.get("grouping", "aligned"),
+                                options.get("orientation"), gradual=True)
+    fractions = {"sparsity": options.get("sparsity"), "node_sparsity": options.get("node_sparsity"), kind: fraction}
+    layer_schedules(strategy, fractions["sparsity"], options.get("steps", 10), options.get("layer_sparsity"),
+                    fractions["node_sparsity"])
