@@ -92,6 +92,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=80, help="at most this many rounds per method "
                         "(scalpel prune's default)")
     parser.add_argument("--tolerance", type=float, default=0.1, help="accuracy points")
+    parser.add_argument("--validation", type=int, help="as scalpel prune's: training images held out")
     parser.add_argument("--limit", type=int, help="train on the first N images (quick runs)")
     parser.add_argument("--methods", default=",".join(METHODS), help="a comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--order-neurons", action="store_true", help="as scalpel prune's (Scalpel's groups only)")
@@ -123,7 +124,7 @@ def main():
     if spec.parallelism == "moderate":  # before the pruning runs, not after them
         check_runs_here(spec)
     data = datasets.load(DATA[args.net][0], limit=args.limit)
-    validation = pruning.validation_images(data)
+    validation = args.validation or pruning.validation_images(data)
     model = trained(args.net, data, args.train_epochs, validation, seed=args.seed, anneal=args.anneal_train)
     runs = {}
     gradual_nodes = {"node_sparsity": args.node_sparsity, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}

@@ -104,14 +104,14 @@ def search_lines(search: dict) -> list[str]:
     """Every trial of a fraction search (`sparsity_search`), in the order of their fractions."""
     low, high = search["range"]
     lines = [f"searched the fraction of the {search['of']} in ({low:.0%}, {high:.0%}) by bisection, "
-             f"{len(search['trials'])} gradual runs from the same trained model, each kept if validation accuracy "
-             f"held within {100 * search['tolerance']:.2g} points:"]
+             f"{len(search['trials'])} gradual runs from the same trained model, each kept if its accuracy held "
+             f"within {100 * search['tolerance']:.2g} points on the deciding and the confirmation images:"]
     for t in sorted(search["trials"], key=lambda t: t["fraction"]):
         confirmed = ("" if t["confirmed"] is None
                      else f", confirmation {100 * (t['confirmed'] - t['confirmed_baseline']):+.2f}")
         tested = "" if not t["test"] else f", test {100 * (t['test']['pruned'] - t['test']['dense']):+.2f}"
-        lines.append(f"  {t['fraction']:6.1%}: validation {100 * (t['accuracy'] - t['baseline']):+.2f} points{confirmed}"
-                     f"{tested}, weights removed "
+        change = 100 * (t["accuracy"] - t["baseline"])
+        lines.append(f"  {t['fraction']:6.1%}: validation {change:+.2f} points{confirmed}{tested}, weights removed "
                      f"{t['weights_removed']:.1%}, predicted {t['predicted_speedup']:.2f}x: "
                      + ("held" if t["held"] else "lost"))
     if search["chosen"] is None:
@@ -147,9 +147,10 @@ def plot_search(search: dict, path: Path) -> None:
     for held, style, label in ((True, "o", "held"), (False, "x", "lost")):
         chosen = [t for t in trials if t["held"] == held]
         ax.plot([100 * t["fraction"] for t in chosen], [100 * (t["accuracy"] - t["baseline"]) for t in chosen],
-                style, color="tab:green" if held else "tab:red", label=f"validation, {label}")
+                style, color="tab:green" if held else "tab:red", label=f"deciding images, {label}")
     confirmed = [t for t in trials if t["confirmed"] is not None]
-    ax.plot([100 * t["fraction"] for t in confirmed], [100 * (t["confirmed"] - t["confirmed_baseline"]) for t in confirmed],
+    ax.plot([100 * t["fraction"] for t in confirmed],
+            [100 * (t["confirmed"] - t["confirmed_baseline"]) for t in confirmed],
             "s", mfc="none", color="grey", label="confirmation images")
     for t in trials:
         ax.annotate(f" {t['predicted_speedup']:.2f}x", (100 * t["fraction"], 100 * (t["accuracy"] - t["baseline"])),

@@ -4,8 +4,12 @@ Gradual pruning (`gradual_pruning`) cuts to a fraction the user names, because f
 model Scalpel's keep/undo loop stops early. Which fraction keeps the accuracy then had to be
 found by hand: the ConvNet's 30%, 40% and 50% of its filters were three runs side by side
 (README). Here the tool finds it, as the loop would have: bisection over the fraction, each trial
-a whole gradual run from the same trained model, kept when its validation accuracy ends within
-the tolerance of the unpruned model's — the loop's own test for a round.
+a whole gradual run from the same trained model, kept when its accuracy ends within the
+tolerance of the unpruned model's on both halves of the held-out images: the deciding half, the
+loop's own test for a round, and the confirmation half, the loop's test for its end result
+(kept rounds it rejects are walked back). Both, because a trial is a whole run: on the ConvNet
+a trial at 57.5% of the filters gained 0.20 points on the deciding images and lost 0.50 on the
+confirmation ones (and 0.13 on the test set), where the 50% trial held on both.
 
 Why whole runs, not one long ramp stopped where accuracy falls: the cubic ramp's steps depend on
 where it ends, and a model part way along a ramp has not had the final steps' retraining nor
@@ -14,8 +18,8 @@ Trials therefore cost a full run each, and their number is small (`trials`, defa
 fraction to a sixteenth of the range). Accuracy against sparsity is noisy, not monotone, so
 bisection finds a fraction at the edge — one that held with a failing one above it — not
 necessarily the largest that could hold; the report shows every trial. `high` is taken to fail
-and is never tried. Every trial is judged on the same validation images, so the one chosen is a
-little flattered by them; the confirmation images, which decided nothing, report it.
+and is never tried. Every trial is judged on the same held-out images, so the one chosen is a
+little flattered by them; the test set, which decides nothing, reports it.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ DEFAULT_RANGE = {"sparsity": (0.0, 0.97), "node_sparsity": (0.0, 0.9)}
 @dataclass
 class Trial:
     fraction: float
-    held: bool  # validation accuracy within the tolerance of the unpruned model's
+    held: bool  # accuracy within the tolerance of the unpruned model's, on the deciding and confirmation images
     baseline: float  # the unpruned model's validation accuracy
     accuracy: float  # the pruned model's
     confirmed_baseline: float | None
@@ -93,11 +97,13 @@ def check_range(low: float, high: float) -> None:
 
 
 def judge(fraction: float, result, test: dict, tolerance: float) -> Trial:
-    """A finished gradual run (`pruning.PruneResult`) as a trial: held when its validation accuracy
-    ended within `tolerance` of the unpruned model's."""
+    """A finished gradual run (`pruning.PruneResult`) as a trial: held when its accuracy ended
+    within `tolerance` of the unpruned model's on the deciding images and, where there are
+    some, on the confirmation images."""
     layers = result.layers.values()
-    return Trial(fraction, bool(result.final_accuracy >= result.baseline_accuracy - tolerance),
-                 result.baseline_accuracy, result.final_accuracy, result.confirmed_baseline,
+    held = result.final_accuracy >= result.baseline_accuracy - tolerance and (
+        result.confirmed_accuracy is None or result.confirmed_accuracy >= result.confirmed_baseline - tolerance)
+    return Trial(fraction, bool(held), result.baseline_accuracy, result.final_accuracy, result.confirmed_baseline,
                  result.confirmed_accuracy, result.weights_removed,
                  sum(v["predicted_dense"] for v in layers) / sum(v["predicted"] for v in layers), test)
 
@@ -125,9 +131,12 @@ def search_fraction(run_trial, kind: str, *, low: float, high: float, trials: in
         search.trials.append(trial)
         if trial.held and trial is search.chosen:
             best = outcome
+        confirmed = ("" if trial.confirmed is None
+                     else f", confirmation {100 * (trial.confirmed - trial.confirmed_baseline):+.2f}")
         progress(f"search {len(search.trials)}/{trials}: {fraction:.1%} of the {KINDS[kind]}: validation "
-                 f"{100 * (trial.accuracy - trial.baseline):+.2f} points, predicted {trial.predicted_speedup:.2f}x: "
-                 + ("held" if trial.held else f"lost more than {100 * tolerance:.2g} points"))
+                 f"{100 * (trial.accuracy - trial.baseline):+.2f} points{confirmed}, predicted "
+                 f"{trial.predicted_speedup:.2f}x: " + ("held" if trial.held else f"lost more than "
+                                                        f"{100 * tolerance:.2g} points"))
         if on_trial:
             on_trial(search, trial, best)
     return search, best

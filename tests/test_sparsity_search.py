@@ -68,10 +68,15 @@ def test_with_noisy_outcomes_no_fraction_above_a_failed_one_is_tried_and_the_lar
     assert search.as_dict()["chosen"] == (max(held) if held else None)
 
 
-def test_a_trial_holds_within_the_tolerance_and_its_judgement_reads_the_result():
+def test_a_trial_holds_within_the_tolerance_on_both_halves_of_the_held_out_images():
     trial = sparsity_search.judge(0.5, outcome(0.5, 0.001)[1], {}, tolerance=0.001)
     assert trial.held and trial.weights_removed == 0.5 and trial.predicted_speedup == pytest.approx(1 / 0.55)
     assert not sparsity_search.judge(0.5, outcome(0.5, 0.0011)[1], {}, tolerance=0.001).held
+    flattered = outcome(0.5, 0.0)[1]
+    flattered.confirmed_accuracy = flattered.confirmed_baseline - 0.005  # the deciding images alone would keep it
+    assert not sparsity_search.judge(0.5, flattered, {}, tolerance=0.001).held
+    flattered.confirmed_accuracy = None  # a user's module with no confirm(): the deciding images decide
+    assert sparsity_search.judge(0.5, flattered, {}, tolerance=0.001).held
 
 
 def test_bad_ranges_kinds_and_trial_counts_are_clear_errors():
