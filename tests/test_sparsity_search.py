@@ -186,3 +186,29 @@ def test_scalpel_prune_refuses_a_search_it_cannot_run(tmp_path, capsys, argv, me
     assert main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(tmp_path / "p.onnx"),
                  "--limit", "500", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_pruning_benchmark_searches_scalpels_fraction_and_keeps_the_baselines_at_theirs(tmp_path):
+    """`python/bench_pruning.py --search sparsity`, reduced: Scalpel's run is a search (every trial
+    held at a 100-point tolerance, so it goes up), the traditional baseline is pruned to the named
+    --sparsity, and Scalpel's saved model is the chosen trial's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scalpel_tvm import models
+
+    bench = Path(__file__).parents[1] / "python" / "bench_pruning.py"
+    subprocess.run([sys.executable, str(bench), "--net", "lenet_300_100", "--target", "x86-avx2", "--limit", "1500",
+                    "--train-epochs", "0.2", "--epochs", "0.1", "--steps", "2", "--sparsity", "0.6", "--orientation",
+                    "1xg", "--tolerance", "100", "--search", "sparsity", "--search-range", "0.5:0.9",
+                    "--search-trials", "2", "--methods", "scalpel,traditional", "--batches", "1", "--out",
+                    str(tmp_path)], check=True, capture_output=True)
+    report = json.loads((tmp_path / "bench_pruning_lenet_300_100_x86-avx2.json").read_text())
+    search = report["methods"]["scalpel"]["search"]
+    assert [t["fraction"] for t in search["trials"]] == [0.7, 0.8] and search["chosen"] == 0.8
+    assert report["methods"]["traditional"]["weights_removed"] == pytest.approx(0.6, abs=0.01)
+    saved = onnx.load(tmp_path / "bench_pruning_lenet_300_100_x86-avx2_scalpel.onnx")
+    assert models.weights_removed(saved) == pytest.approx(report["methods"]["scalpel"]["weights_removed"], abs=0.01)
+    assert report["methods"]["scalpel"]["weights_removed"] == pytest.approx(0.8, abs=0.01)
