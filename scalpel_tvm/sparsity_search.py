@@ -7,9 +7,10 @@ found by hand: the ConvNet's 30%, 40% and 50% of its filters were three runs sid
 a whole gradual run from the same trained model, kept when its accuracy ends within the
 tolerance of the unpruned model's on both halves of the held-out images: the deciding half, the
 loop's own test for a round, and the confirmation half, the loop's test for its end result
-(kept rounds it rejects are walked back). Both, because a trial is a whole run: on the ConvNet
-a trial at 57.5% of the filters gained 0.20 points on the deciding images and lost 0.50 on the
-confirmation ones (and 0.13 on the test set), where the 50% trial held on both.
+(kept rounds it rejects are walked back). Both, because either half alone is a few thousand
+images: on the ConvNet a trial at 57.5% of the filters gained 0.20 points on the deciding images
+and lost 0.50 on the confirmation ones (and 0.13 on the test set), where the 50% trial held on
+both (README).
 
 Why whole runs, not one long ramp stopped where accuracy falls: the cubic ramp's steps depend on
 where it ends, and a model part way along a ramp has not had the final steps' retraining nor
@@ -45,7 +46,7 @@ class Trial:
     confirmed: float | None
     weights_removed: float
     predicted_speedup: float  # by the objective's cost model, dense over pruned
-    test: dict  # {"dense", "pruned"[, "paired"]}
+    test: dict | None  # {"dense", "pruned"[, "paired"]}; None where nothing was tested
 
 
 @dataclass
@@ -91,9 +92,9 @@ def parse_range(text: str) -> tuple[float, float]:
 
 
 def check_range(low: float, high: float) -> None:
-    if not 0 <= low < high < 1:
-        raise ScalpelError(f"a search range needs 0 <= LOW < HIGH < 1 (HIGH is taken as too far and never tried); "
-                           f"got {low}:{high}")
+    if not 0 <= low < high < 1 or high - low < 0.002:  # fractions are searched to a thousandth
+        raise ScalpelError(f"a search range needs 0 <= LOW < HIGH < 1, at least 0.002 apart (HIGH is taken as too "
+                           f"far and never tried); got {low}:{high}")
 
 
 def judge(fraction: float, result, test: dict, tolerance: float) -> Trial:

@@ -81,7 +81,7 @@ def test_a_trial_holds_within_the_tolerance_on_both_halves_of_the_held_out_image
 
 def test_bad_ranges_kinds_and_trial_counts_are_clear_errors():
     assert sparsity_search.parse_range("0.8:0.97") == (0.8, 0.97)
-    for text in ("0.8", "a:b", "0.9:0.8", "0:1", "-0.1:0.5"):
+    for text in ("0.8", "a:b", "0.9:0.8", "0:1", "-0.1:0.5", "0.5:0.501"):
         with pytest.raises(ScalpelError, match="search range"):
             sparsity_search.parse_range(text)
     with pytest.raises(ScalpelError, match="one of sparsity, node_sparsity"):
