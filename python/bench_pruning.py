@@ -49,6 +49,7 @@ import json
 import os
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -145,10 +146,8 @@ def main():
         shared = Path(tmp) / "magnitude_loop.pt"
         for method in methods:
             print(f"--- {method} ---", file=sys.stderr)
-            prune = pruning.prune_onnx
-            if method == "scalpel" and search:
-                prune = lambda *a, **k: scalpel_search(search, *a, **k)  # noqa: E731
-            pruned, result, test = prune(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
+            prune = partial(scalpel_search, search) if method == "scalpel" and search else prune_once
+            pruned, result, test, found = prune(model, spec, data, tolerance=args.tolerance / 100, epochs=args.epochs,
                                                       max_rounds=args.rounds, method=method, validation=validation,
                                                       seed=args.seed,
                                                       order_neurons=args.order_neurons, finetune=args.finetune,
@@ -165,8 +164,8 @@ def main():
                             / sum(v["predicted"] for v in layers.values()),
                             "forms": {name: v["form"] for name, v in layers.items()},
                             "nodes": {name: v["nodes"] for name, v in layers.items()}, "reverted": result.reverted}
-            if method == "scalpel" and search:
-                runs[method]["search"] = search["result"]
+            if found is not None:
+                runs[method]["search"] = found.as_dict()
     report = {"date": datetime.date.today().isoformat(), "net": args.net, "target": args.target,
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "data": data.name, "dense_test_accuracy": runs[methods[0]]["test"]["dense"], "methods": {}}
@@ -198,15 +197,18 @@ def main():
     plot(report, out / f"{stem}.png")
 
 
+def prune_once(model, spec, data, **options):
+    """`pruning.prune_onnx`, with no search to report."""
+    return (*pruning.prune_onnx(model, spec, data, **options), None)
+
+
 def scalpel_search(search: dict, model, spec, data, **options):
-    """Scalpel's run with its fraction searched (`sparsity_search.search_onnx`), from the model
-    every method starts from; the search's trials are left in `search["result"]`."""
-    pruned, result, test, found = search_onnx(model, spec, data, kind=search["kind"], low=search["low"],
-                                              high=search["high"], trials=search["trials"], **options)
+    """Scalpel's run with its fraction searched (`sparsity_search.search_onnx`, `search` its kind,
+    low, high and trials), from the model every method starts from."""
+    pruned, result, test, found = search_onnx(model, spec, data, **search, **options)
     if result is None:
         sys.exit("bench_pruning: no searched fraction kept the accuracy (see the trials above); lower --search-range")
-    search["result"] = found.as_dict()
-    return pruned, result, test
+    return pruned, result, test, found
 
 
 def cuts_groups(model, spec) -> bool:

@@ -100,20 +100,23 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def trial_line(t: dict) -> str:
+    """One trial of a fraction search (`sparsity_search.Trial` as a dict): its accuracy changes,
+    weights removed, predicted speedup, and whether it held."""
+    confirmed = "" if t["confirmed"] is None else f", confirmation {100 * (t['confirmed'] - t['confirmed_baseline']):+.2f}"
+    tested = "" if not t["test"] else f", test {100 * (t['test']['pruned'] - t['test']['dense']):+.2f}"
+    return (f"{t['fraction']:6.1%}: validation {100 * (t['accuracy'] - t['baseline']):+.2f} points{confirmed}{tested}, "
+            f"weights removed {t['weights_removed']:.1%}, predicted {t['predicted_speedup']:.2f}x: "
+            + ("held" if t["held"] else "lost"))
+
+
 def search_lines(search: dict) -> list[str]:
     """Every trial of a fraction search (`sparsity_search`), in the order of their fractions."""
     low, high = search["range"]
     lines = [f"searched the fraction of the {search['of']} in ({low:.0%}, {high:.0%}) by bisection, "
              f"{len(search['trials'])} gradual runs from the same trained model, each kept if its accuracy held "
              f"within {100 * search['tolerance']:.2g} points on the deciding and the confirmation images:"]
-    for t in sorted(search["trials"], key=lambda t: t["fraction"]):
-        confirmed = ("" if t["confirmed"] is None
-                     else f", confirmation {100 * (t['confirmed'] - t['confirmed_baseline']):+.2f}")
-        tested = "" if not t["test"] else f", test {100 * (t['test']['pruned'] - t['test']['dense']):+.2f}"
-        change = 100 * (t["accuracy"] - t["baseline"])
-        lines.append(f"  {t['fraction']:6.1%}: validation {change:+.2f} points{confirmed}{tested}, weights removed "
-                     f"{t['weights_removed']:.1%}, predicted {t['predicted_speedup']:.2f}x: "
-                     + ("held" if t["held"] else "lost"))
+    lines += ["  " + trial_line(t) for t in sorted(search["trials"], key=lambda t: t["fraction"])]
     if search["chosen"] is None:
         lines.append(f"no fraction held: the model is returned trained and unpruned; lower the range "
                      f"(--search-range {low}:{min(search['trials'], key=lambda t: t['fraction'])['fraction']}), "

@@ -28,6 +28,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from .errors import ScalpelError
+from .prune_report import trial_line
 
 # what `search_fraction` searches: prune_onnx's keyword, and what the fraction is of
 KINDS = {"sparsity": "groups", "node_sparsity": "nodes"}
@@ -124,20 +125,14 @@ def search_fraction(run_trial, kind: str, *, low: float, high: float, trials: in
         raise ScalpelError(f"a search needs at least one trial; got {trials}")
     progress = progress or _to_stderr
     search = Search(kind, low, high, tolerance, list(done or []))
-    while len(search.trials) < trials and search.next_fraction() is not None:
-        fraction = search.next_fraction()
+    while len(search.trials) < trials and (fraction := search.next_fraction()) is not None:
         progress(f"search {len(search.trials) + 1}/{trials}: pruning gradually to {fraction:.1%} of the {KINDS[kind]}")
         outcome = run_trial(fraction)
         trial = judge(fraction, outcome[1], outcome[2], tolerance)
         search.trials.append(trial)
-        if trial.held and trial is search.chosen:
+        if trial is search.chosen:
             best = outcome
-        confirmed = ("" if trial.confirmed is None
-                     else f", confirmation {100 * (trial.confirmed - trial.confirmed_baseline):+.2f}")
-        progress(f"search {len(search.trials)}/{trials}: {fraction:.1%} of the {KINDS[kind]}: validation "
-                 f"{100 * (trial.accuracy - trial.baseline):+.2f} points{confirmed}, predicted "
-                 f"{trial.predicted_speedup:.2f}x: " + ("held" if trial.held else f"lost more than "
-                                                        f"{100 * tolerance:.2g} points"))
+        progress(f"search {len(search.trials)}/{trials}, {KINDS[kind]}: {trial_line(asdict(trial)).strip()}")
         if on_trial:
             on_trial(search, trial, best)
     return search, best
