@@ -3,14 +3,15 @@
 Every layer of the dense LeNet-300-100 and LeNet-5 (a Gemm or Conv with the ReLU that follows
 it) is cut out of the demo model as its own ONNX graph and run, one thread each, by
 
-* `Pass(x86-avx2)` with the shipped tuning log (each layer's kernel from the log's best record),
-* `Pass(x86-avx2, logs=False)` (the templates' default knobs, before tuning),
+* `Pass(target)` with the shipped tuning log (each layer's kernel from the log's best record),
+* `Pass(target, logs=False)` (the templates' default knobs, before tuning),
 * onnxruntime,
 
 timed in interleaved rounds (medians), at batch 1 and 50. Both sides pay one runtime call per
-layer. Prints a table and writes out/bench_dense_vs_ort.json.
+layer. `--target` is x86-avx2 (default) or x86-avx512 (on a CPU that runs it). Prints a table
+and writes out/bench_dense_vs_ort.json (out/bench_dense_vs_ort_x86-avx512.json).
 
-    python python/bench_dense_vs_ort.py [--rounds 15] [--out out]
+    python python/bench_dense_vs_ort.py [--target x86-avx2] [--rounds 15] [--out out]
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from onnx import helper  # noqa: E402
 from tvm import relax  # noqa: E402
 
 import scalpel_tvm  # noqa: E402
-from scalpel_tvm.demo import demo_model_path  # noqa: E402
+from scalpel_tvm.demo import MODEL_TARGETS, check_runs_here, demo_model_path  # noqa: E402
+from scalpel_tvm.errors import ScalpelError  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx  # noqa: E402
 from scalpel_tvm.timing import cpu_name, median_us, ort_session, ort_timer, vm_timer  # noqa: E402
 
@@ -66,8 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS)
     args = parser.parse_args()
-    target = scalpel_tvm.TargetSpec.preset("x86-avx2")
+    target = scalpel_tvm.TargetSpec.preset(args.target)
+    try:
+        check_runs_here(target)
+    except ScalpelError as error:
+        parser.error(str(error))
     rows = []
     for network in ("lenet_300_100", "lenet5"):
         model = onnx.load(demo_model_path(network, pruned=False))
@@ -78,14 +85,15 @@ def main() -> None:
                 print(f"{network:>14} {name:>6} b{batch:<3} tuned {r['us']['tuned']:8.1f}  "
                       f"untuned {r['us']['untuned']:8.1f}  onnxruntime {r['us']['onnxruntime']:8.1f} us"
                       f"   ort/tuned {r['ort_over_tuned']:.2f}x")
-    report = {"cpu": cpu_name(), "threads": 1, "layers": rows,
+    report = {"cpu": cpu_name(), "target": args.target, "threads": 1, "layers": rows,
               "geomean_ort_over_tuned": {b: float(np.exp(np.mean([np.log(r["ort_over_tuned"])
                                                                    for r in rows if r["batch"] == b])))
                                          for b in (1, 50)}}
     print("geomean onnxruntime / tuned:", {b: round(v, 2) for b, v in report["geomean_ort_over_tuned"].items()})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_dense_vs_ort.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out / 'bench_dense_vs_ort.json'}")
+    path = args.out / ("bench_dense_vs_ort.json" if args.target == "x86-avx2" else f"bench_dense_vs_ort_{args.target}.json")
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
 
 
 def _measure(network, name, sub, batch, target, rounds) -> dict:

@@ -7,7 +7,8 @@ LeNet-300-100 and AlexNet at batch 1 and 50. Variants, all PrimFuncs from ``sche
   * shrunk  -- the same dense template after node pruning at node sparsity s: (1-s)N outputs
                ("N"), and (1-s)N outputs of (1-s)K inputs when the previous layer shrank too
                ("NK"); ideal speedup = the MAC ratio;
-  * gx1/1xg -- ``grouped_sparse.py``, G = 8, a random fraction s of the aligned groups zero;
+  * gx1/1xg -- ``grouped_sparse.py``, G = the target's fp32 lanes (8 for x86-avx2, 16 for
+               x86-avx512), a random fraction s of the aligned groups zero;
   * csr     -- ``csr.py`` at the same fraction s of (unstructured) zero weights, beside the CSR
                libraries a user of traditional pruning would call on the same weight: MKL's
                sparse BLAS (through PyTorch, the paper's CSR baseline) and scipy.sparse.
@@ -15,9 +16,11 @@ Every kernel's output is checked against numpy before it is timed. Times are med
 taken in interleaved rounds (dense, then each variant at this sparsity, again), so host noise
 hits them alike; speedups are dense time / variant time from the same rounds.
 
-    python python/bench_kernels.py [--quick] [--shape NxK ...] [--out DIR]
+    python python/bench_kernels.py [--target x86-avx2|x86-avx512] [--quick] [--shape NxK ...] [--out DIR]
 
-writes DIR/bench_kernels.json and DIR/bench_kernels.png (speedup vs sparsity per shape).
+writes DIR/bench_kernels.json and DIR/bench_kernels.png (speedup vs sparsity per shape); for
+another target than x86-avx2, DIR/bench_kernels_<target>.json and .png. Every kernel runs with
+its template's default knobs (no tuning log), dense ones packed to the target's lanes.
 """
 
 import os
@@ -50,9 +53,11 @@ from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
 from scalpel_tvm.timing import call_timer, cpu_name, median_us, ort_session, ort_timer, vm_timer
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
+from scalpel_tvm.demo import check_runs_here
+from scalpel_tvm.errors import ScalpelError
+from scalpel_tvm.target import TargetSpec
 
-TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
-G = 8
+TARGETS = ("x86-avx2", "x86-avx512")
 SHAPES = [(300, 784), (100, 300), (4096, 4096), (4096, 9216)]  # (N, K): out x in features
 BATCHES = (1, 50)
 GROUP_SPARSITY = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
@@ -62,10 +67,10 @@ QUICK = dict(
 )
 
 
-def tvm_timer(prim, *inputs, out_shape):
+def tvm_timer(prim, *inputs, out_shape, target):
     """Compile a PrimFunc; return (timer, output). timer(number) = seconds per call."""
     name = prim.attrs["global_symbol"]
-    mod = tvm.compile(tvm.IRModule({name: prim}), target=TARGET).jit()
+    mod = tvm.compile(tvm.IRModule({name: prim}), target=target).jit()
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
     args.append(tvm.runtime.tensor(np.zeros(out_shape, "float32"), dev))
@@ -151,19 +156,22 @@ def zero_fraction(rng, w, sparsity, group_shape):
 class Case:
     """One FC shape at one batch: the dense weight, input, and the dense kernel's timer."""
 
-    def __init__(self, n, k, batch, rng):
+    def __init__(self, n, k, batch, rng, spec: TargetSpec):
         self.n, self.k, self.batch = n, k, batch
+        self.target, self.lanes = spec.target, spec.lanes("float32")
         self.x = rng.standard_normal((batch, k), dtype="float32")
         self.w = rng.standard_normal((k, n), dtype="float32") / np.float32(np.sqrt(k))
         self.b = rng.standard_normal(n, dtype="float32")
-        self.dense = self.timer(dense_fc(batch, k, n, bias=True, activation="relu"),
-                                pack_dense_weight(self.w), w=self.w)
+        self.dense = self.timer(self.dense_kernel(k, n), pack_dense_weight(self.w, self.lanes), w=self.w)
+
+    def dense_kernel(self, k, n):
+        return dense_fc(self.batch, k, n, bias=True, activation="relu", lanes=self.lanes)
 
     def timer(self, prim, *weight_args, w, x=None, b=None):
         """Timer of a kernel taking (x, *weight_args, b), checked against numpy first."""
         x = self.x if x is None else x
         b = self.b if b is None else b
-        timer, y = tvm_timer(prim, x, *weight_args, b, out_shape=(self.batch, w.shape[1]))
+        timer, y = tvm_timer(prim, x, *weight_args, b, out_shape=(self.batch, w.shape[1]), target=self.target)
         np.testing.assert_allclose(y, reference(x, w, b), **TOLERANCE)
         return timer
 
@@ -178,9 +186,9 @@ class Case:
     def sparse(self, sparsity, rng, budget_s, rounds):
         """Dense vs grouped-sparse (both orientations) vs CSR at one sparsity."""
         timers, row = {"dense_us": self.dense}, {"sparsity": sparsity}
-        for orientation, group_shape in (("gx1", (1, G)), ("1xg", (G, 1))):
+        for orientation, group_shape in (("gx1", (1, self.lanes)), ("1xg", (self.lanes, 1))):
             w = zero_fraction(rng, self.w, sparsity, group_shape)
-            gw = GroupedSparseWeight.from_dense(w, G, orientation)
+            gw = GroupedSparseWeight.from_dense(w, self.lanes, orientation)
             prim = grouped_sparse_fc(gw, self.batch, bias=True, activation="relu",
                                      name=f"gsparse_{orientation}")
             timers[f"{orientation}_us"] = self.timer(prim, gw.indptr, gw.indices, gw.values, w=w)
@@ -206,10 +214,10 @@ class Case:
         x_k = np.ascontiguousarray(self.x[:, :k])
         timers = {
             "dense_us": self.dense,
-            "n_us": self.timer(dense_fc(self.batch, self.k, n, bias=True, activation="relu"),
-                               pack_dense_weight(w_n), w=w_n, b=self.b[:n]),
-            "nk_us": self.timer(dense_fc(self.batch, k, n, bias=True, activation="relu"),
-                                pack_dense_weight(w_nk), w=w_nk, x=x_k, b=self.b[:n]),
+            "n_us": self.timer(self.dense_kernel(self.k, n), pack_dense_weight(w_n, self.lanes), w=w_n,
+                               b=self.b[:n]),
+            "nk_us": self.timer(self.dense_kernel(k, n), pack_dense_weight(w_nk, self.lanes), w=w_nk, x=x_k,
+                                b=self.b[:n]),
         }
         row = {"sparsity": sparsity, "n_shape": [n, self.k], "nk_shape": [n, k]}
         row.update(median_us(timers, budget_s, rounds))
@@ -250,7 +258,7 @@ def goals(results):
     return out
 
 
-def plot(results, path):
+def plot(results, path, target_name):
     cols = sorted({tuple(r["shape"]) for r in results}, key=lambda s: s[0] * s[1])
     rows = sorted({r["batch"] for r in results})
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), 3.4 * len(rows)),
@@ -276,7 +284,7 @@ def plot(results, path):
     for i, batch in enumerate(rows):
         axes[i][0].set_ylabel("speedup vs dense")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("FC kernels on x86 AVX2, 1 thread: speedup over the dense template", fontsize=11)
+    fig.suptitle(f"FC kernels for {target_name}, 1 thread: speedup over the dense template", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -322,10 +330,16 @@ def parse_shape(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="folder for bench_kernels.json and .png")
+    parser.add_argument("--target", default="x86-avx2", choices=TARGETS)
     parser.add_argument("--quick", action="store_true", help="a small subset, about a minute")
     parser.add_argument("--shape", action="append", type=parse_shape, metavar="NxK",
                         help="only this FC shape (out x in features; repeatable)")
     args = parser.parse_args()
+    spec = TargetSpec.preset(args.target)
+    try:
+        check_runs_here(spec)
+    except ScalpelError as error:
+        parser.error(str(error))
 
     if args.quick:
         shapes, batches = QUICK["shapes"], QUICK["batches"]
@@ -340,7 +354,7 @@ def main():
     with tqdm(total=len(cases) * (1 + len(group) + len(node)), desc="fc kernels") as bar:
         for n, k, batch in cases:
             bar.set_postfix_str(f"{n}x{k} b{batch}")
-            case = Case(n, k, batch, rng)
+            case = Case(n, k, batch, rng, spec)
             result = {"shape": [n, k], "batch": batch,
                       "baselines": case.baselines(budget_s, rounds), "sparse": [], "shrunk": []}
             bar.update()
@@ -362,8 +376,8 @@ def main():
     report = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "threads": "1 (TVM_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, onnxruntime intra_op=1)",
-        "target": str(TARGET),
-        "group": G,
+        "target": str(spec.target),
+        "group": spec.lanes("float32"),
         "timing": {"budget_s": budget_s, "rounds": rounds, "statistic": "median"},
         "versions": {
             "tvm": tvm.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
@@ -372,9 +386,10 @@ def main():
         "results": results,
         "goals": summary,
     }
-    (out / "bench_kernels.json").write_text(json.dumps(report, indent=1, default=float))
-    plot(results, out / "bench_kernels.png")
-    print(f"wrote {out / 'bench_kernels.json'} and {out / 'bench_kernels.png'}")
+    stem = "bench_kernels" if args.target == "x86-avx2" else f"bench_kernels_{args.target}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
+    plot(results, out / f"{stem}.png", f"{args.target} (G = {spec.lanes('float32')})")
+    print(f"wrote {out / stem}.json and {out / stem}.png")
 
 
 if __name__ == "__main__":

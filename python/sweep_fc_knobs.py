@@ -6,7 +6,7 @@ streams; grouped-sparse streams per block) for one FC shape at one group sparsit
 (one thread, medians of interleaved rounds, every output checked against numpy first), and
 prints every setting, fastest first:
 
-    python python/sweep_fc_knobs.py --shape 100x300 --sparsity 0.3     # N x K, 15 s
+    python python/sweep_fc_knobs.py --shape 100x300 --sparsity 0.3 [--target x86-avx2]    # N x K, 15 s
 """
 import os
 
@@ -16,9 +16,10 @@ import argparse  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench_kernels import G, Case, zero_fraction  # noqa: E402
+from bench_kernels import TARGETS, Case, zero_fraction  # noqa: E402
 from scalpel_tvm.schedules.fc import pack_dense_weight  # noqa: E402
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc  # noqa: E402
+from scalpel_tvm.target import TargetSpec  # noqa: E402
 from scalpel_tvm.timing import median_us  # noqa: E402
 from scalpel_tvm.workloads import Workload, default_knobs, knob_space, template_kernel  # noqa: E402
 
@@ -34,15 +35,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="100x300", help="N x K (outputs x inputs)")
     parser.add_argument("--sparsity", type=float, default=0.3, help="fraction of all-zero aligned groups")
+    parser.add_argument("--target", default="x86-avx2", choices=TARGETS, help="groups as wide as its fp32 lanes")
     args = parser.parse_args()
     n, k = (int(d) for d in args.shape.split("x"))
     rng = np.random.default_rng(0)
-    case = Case(n, k, 1, rng)
+    spec = TargetSpec.preset(args.target)
+    G = spec.lanes("float32")
+    case = Case(n, k, 1, rng, spec)
     timers = {}
     dense = Workload("dense", 1, k, n, G)
     for knobs in knob_space(dense):
         timers[f"dense {describe(knobs, dense)}"] = case.timer(
-            template_kernel(dense, knobs), pack_dense_weight(case.w), w=case.w)
+            template_kernel(dense, knobs), pack_dense_weight(case.w, G), w=case.w)
     for orientation, group_shape in (("gx1", (1, G)), ("1xg", (G, 1))):
         w = zero_fraction(rng, case.w, args.sparsity, group_shape)
         weight = GroupedSparseWeight.from_dense(w, G, orientation)

@@ -261,3 +261,32 @@ def test_the_kernel_benchmark_checks_and_times_our_kernels_beside_mkl_and_scipy_
     assert (tmp_path / "bench_kernels.png").stat().st_size > 0
     bad = subprocess.run([sys.executable, str(script), "--shape", "24by40"], capture_output=True, text=True)
     assert bad.returncode == 2 and "'24by40' is not NxK" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_kernel_benchmark_measures_groups_as_wide_as_avx512s_lanes_where_the_cpu_runs_it(tmp_path):
+    """`--target x86-avx512`: groups of 16 and dense weights packed to 16 lanes, in their own files;
+    a CPU without AVX-512 is told so instead of meeting an illegal instruction."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scalpel_tvm.demo import check_runs_here
+    from scalpel_tvm.errors import ScalpelError
+    from scalpel_tvm.target import TargetSpec
+
+    script = Path(__file__).parents[1] / "python" / "bench_kernels.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--shape", "40x48", "--target", "x86-avx512",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    try:
+        check_runs_here(TargetSpec.preset("x86-avx512"))
+    except ScalpelError:
+        assert run.returncode == 2 and "lacks avx512" in run.stderr
+        return
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "bench_kernels_x86-avx512.json").read_text())
+    assert report["group"] == 16 and "avx512" in report["target"]
+    row = report["results"][0]["sparse"][-1]
+    assert row["sparsity"] == 0.9 and row["gx1_bytes"] < row["dense_bytes"] / 3
+    assert (tmp_path / "bench_kernels_x86-avx512.png").stat().st_size > 0
