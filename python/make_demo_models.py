@@ -1,15 +1,20 @@
 """Write the demo's ONNX models (LeNet-300-100 and LeNet-5, each dense and Scalpel-pruned) into the
-package: trained on MNIST and pruned for x86-avx2 by the pruning frontend.
+package: trained on MNIST and pruned for x86-avx2 and x86-avx512 by the pruning frontend.
 
     python python/make_demo_models.py [--nets lenet_300_100,lenet5]     # 2.4 + 13.0 min, needs the train extra
+    python python/make_demo_models.py --target x86-avx512 --keep-dense  # 1 min: LeNet-300-100 in groups of 16
     python python/make_demo_models.py --random                          # seconds: scalpel_tvm/models.py
 
 Each network is trained with the frontend's recipe (`--train-epochs` 3, seed 0, the last tenth of
 MNIST's training images held out) and written as `<net>_dense.onnx`; that same model pruned by
-`pruning.prune_onnx` for x86-avx2 is `<net>_scalpel.onnx`. The pruned file's metadata holds the
-MNIST test accuracy of both, the weights removed and the settings, and `scalpel demo` prints them.
-`--random` writes the seeded builders' models instead (random He weights pruned to the paper's
-structure: what the demo used before the frontend existed; the tests still build those).
+`pruning.prune_onnx` for `--target` is `<net>_scalpel_<target>.onnx`. `--keep-dense` prunes the
+shipped dense model instead of training one, so the models for both targets come from the same
+dense model (training is repeatable on one machine, not across CPUs); a run without it writes a
+new dense model, after which the other target's pruned models must be made again. The pruned file's metadata
+holds the MNIST test accuracy of both, the weights removed and the settings, and `scalpel demo`
+prints them. `--random` writes the seeded builders' models instead (random He weights pruned to
+the paper's structure for x86-avx2: what the demo used before the frontend existed; the tests
+still build those).
 """
 import argparse
 import json
@@ -22,7 +27,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 
 from scalpel_tvm import models  # noqa: E402
-from scalpel_tvm.demo import demo_model_path, ensure_demo_models  # noqa: E402
+from scalpel_tvm.demo import MODEL_TARGETS, PRUNED_MODELS, demo_model_path, ensure_demo_models  # noqa: E402
 
 # Per network: the frontend's settings (README, "Pruning frontend"): LeNet-300-100 as the CLI run
 # that reached 92.7% at no test loss; LeNet-5 with one retraining epoch a round, a final
@@ -33,11 +38,13 @@ SETTINGS = {
     "lenet_300_100": {"epochs": 2.0, "order_neurons": True},
     "lenet5": {"epochs": 1.0, "order_neurons": True, "finetune": 4.0, "recover": True},
 }
+# Groups of 16 are coarser: LeNet-300-100 for x86-avx512 with the settings above ended 0.10 test
+# points down (at the tolerance; the x86-avx2 model +0.12), with this fine-tune 0.01 down.
+TARGET_SETTINGS = {("lenet_300_100", "x86-avx512"): {"finetune": 4.0}}
 TRAIN_EPOCHS = 3.0
-TARGET = "x86-avx2"
 
 
-def trained_and_pruned(net: str) -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
+def trained_and_pruned(net: str, target: str, keep_dense: bool) -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
     from bench_pruning import trained
 
     from scalpel_tvm import datasets, pruning
@@ -45,9 +52,11 @@ def trained_and_pruned(net: str) -> tuple[onnx.ModelProto, onnx.ModelProto, dict
     data = datasets.load("mnist")
     validation = pruning.validation_images(data)
     started = time.time()
-    dense = trained(net, data, TRAIN_EPOCHS, validation)
-    pruned, result, test = pruning.prune_onnx(dense, TARGET, data, validation=validation, **SETTINGS[net])
-    facts = {"data": "mnist", "target": TARGET, "train_epochs": TRAIN_EPOCHS, "seed": 0, **SETTINGS[net],
+    dense = onnx.load(demo_model_path(net, pruned=False)) if keep_dense else trained(
+        net, data, TRAIN_EPOCHS, validation)
+    settings = {**SETTINGS[net], **TARGET_SETTINGS.get((net, target), {})}
+    pruned, result, test = pruning.prune_onnx(dense, target, data, validation=validation, **settings)
+    facts = {"data": "mnist", "target": target, "train_epochs": TRAIN_EPOCHS, "seed": 0, **settings,
              "test_accuracy_dense": test["dense"], "test_accuracy_pruned": test["pruned"],
              "weights_removed": round(result.weights_removed, 4),
              "nodes_kept": {name: v["nodes"] for name, v in result.layers.items()},
@@ -57,18 +66,21 @@ def trained_and_pruned(net: str) -> tuple[onnx.ModelProto, onnx.ModelProto, dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", default=",".join(SETTINGS))
+    parser.add_argument("--nets", help="default: the networks shipped for --target (demo.PRUNED_MODELS)")
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS)
+    parser.add_argument("--keep-dense", action="store_true", help="prune the shipped dense models, do not train")
     parser.add_argument("--random", action="store_true", help="the seeded random builders (no training)")
     args = parser.parse_args()
     if args.random:
         for path in ensure_demo_models(overwrite=True):
             print(f"{path}: {models.weights_removed(onnx.load(path)):.1%} of weights zero")
         return
-    for net in args.nets.split(","):
-        dense, pruned, facts = trained_and_pruned(net)
+    for net in args.nets.split(",") if args.nets else PRUNED_MODELS[args.target]:
+        dense, pruned, facts = trained_and_pruned(net, args.target, args.keep_dense)
         onnx.helper.set_model_props(pruned, {"scalpel.frontend": json.dumps(facts)})
-        onnx.save(dense, demo_model_path(net, pruned=False))
-        onnx.save(pruned, demo_model_path(net, pruned=True))
+        if not args.keep_dense:
+            onnx.save(dense, demo_model_path(net, pruned=False))
+        onnx.save(pruned, demo_model_path(net, pruned=True, target=args.target))
         print(f"{net}: {json.dumps(facts)}")
 
 

@@ -1,10 +1,11 @@
-"""Produce the tuning log shipped in the package: `scalpel_tvm/data/logs/x86-avx2/`.
+"""Produce a tuning log shipped in the package: `scalpel_tvm/data/logs/<target>/`.
 
 Measures, on this machine, every template setting of the candidate kernels of
 
-* the demo models' FC and conv layers (LeNet-300-100 and LeNet-5 as pruned, batch 1 and 50, and
+* the demo models' FC and conv layers (LeNet-300-100 and LeNet-5 as the demo compiles them for
+  `--target`, pruned, batch 1 and 50, and
   the convs of the unpruned models the demo compares with), so
-  `scalpel demo`, `scalpel plan` and `Pass("x86-avx2")` find exact records for them, and
+  `scalpel demo`, `scalpel plan` and `Pass(target)` find exact records for them, and
 * a sweep of FC shapes (below) at batch 1 and 50, each dense, node-shrunk to 90/75/50/25% and
   grouped-sparse G×1 / 1×G at 50/70/90% group sparsity: the training data of the seconds model
   that prices everything not tuned;
@@ -20,7 +21,7 @@ describes code the Pass no longer generates (interrupted, the same command start
 over). meta_schedule's searched records of a dropped dense or conv workload come back only for
 the current demo models (the last step). The log is shipped xz-compressed (`xz -dk` its files
 to open it with meta_schedule's JSONDatabase). Run on an otherwise idle machine:
-    python python/tune_defaults.py [--out DIR] [--trials N] [--remeasure FORM ...]
+    python python/tune_defaults.py [--target x86-avx2|x86-avx512] [--out DIR] [--trials N] [--remeasure FORM ...]
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from pathlib import Path
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from scalpel_tvm.logs import SHIPPED, drop_records, is_log  # noqa: E402
-from scalpel_tvm.demo import NETWORKS, demo_model_path  # noqa: E402
+from scalpel_tvm.demo import MODEL_TARGETS, NETWORKS, demo_model_path, pruned_model_path  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx, load_onnx  # noqa: E402
 from scalpel_tvm.target import TargetSpec  # noqa: E402
 from scalpel_tvm.tuning import layer_workloads, model_workloads, tune  # noqa: E402
@@ -46,12 +47,14 @@ BATCHES = (1, 50)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=SHIPPED / "x86-avx2")
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS)
+    parser.add_argument("--out", type=Path, help="default: the shipped log of --target")
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--remeasure", nargs="+", default=[], choices=[*FORMS, "conv"], metavar="FORM",
                         help=f"drop the records of these forms ({', '.join(FORMS)}, conv) and measure them again")
     args = parser.parse_args()
-    spec = TargetSpec.preset("x86-avx2")
+    spec = TargetSpec.preset(args.target)
+    args.out = args.out or SHIPPED / args.target
     lanes = spec.lanes("float32")
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +66,8 @@ def main() -> None:
     demo, searched = [], []
     for name in NETWORKS:
         for batch in BATCHES:
-            pruned, dense = (import_onnx(load_onnx(demo_model_path(name, pruned=p)), batch)
-                             for p in (True, False))
+            pruned, dense = (import_onnx(load_onnx(path), batch)
+                             for path in (pruned_model_path(name, spec), demo_model_path(name, pruned=False)))
             found = model_workloads(pruned, spec)
             fc = [wl for wl in found if isinstance(wl, Workload)]
             # The convs as the Pass lowers them, pruned and in the dense baseline.

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="prune, plan, pass, compile and time the built-in models")
     demo.add_argument("--target", choices=preset_names(),
-                      help="default: the target the demo's models were pruned for (x86-avx2) where this CPU "
-                           "runs its code, else host")
+                      help="default: the widest target the demo's models were pruned for (x86-avx512, "
+                           "x86-avx2) that this CPU runs, else host")
     demo.add_argument("--network", action="append", choices=["lenet_300_100", "lenet5"],
                       help="which demo network(s); default both")
     demo.add_argument("--batch", type=int, action="append", help="batch size(s); default 1 and 50")

@@ -7,18 +7,18 @@ import pytest
 from nets import run_ort
 from scalpel_tvm import TargetSpec, datasets, models, paper_nets
 from scalpel_tvm.cli import main
-from scalpel_tvm.demo import (NETWORKS, _input_shape, check_runs_here, default_target, demo_model_path, frontend_facts,
-                              recorded_target)
+from scalpel_tvm.demo import (NETWORKS, PRUNED_MODELS, _input_shape, check_runs_here, default_target, demo_model_path,
+                              frontend_facts, pruned_model_path, recorded_target)
 
 
-@pytest.mark.parametrize("network", sorted(NETWORKS))
-def test_shipped_demo_models_are_trained_and_pruned_without_loss(network):
+@pytest.mark.parametrize("network, target", [(n, t) for t, nets in PRUNED_MODELS.items() for n in nets])
+def test_shipped_demo_models_are_trained_and_pruned_without_loss(network, target):
     """`python/make_demo_models.py`: the network trained on MNIST, and that network pruned for
-    x86 by the frontend. Run here with onnxruntime, both score on MNIST's test set what the
+    each x86 target by the frontend. Run here with onnxruntime, both score on MNIST's test set what the
     frontend recorded, and the pruned one is within the frontend's 0.1-point tolerance."""
-    dense, pruned = (onnx.load(demo_model_path(network, p)) for p in (False, True))
+    dense, pruned = (onnx.load(demo_model_path(network, p, target)) for p in (False, True))
     facts = frontend_facts(pruned)
-    assert facts["data"] == "mnist" and facts["target"] == "x86-avx2"
+    assert facts["data"] == "mnist" and facts["target"] == target
     assert [n.op_type for n in dense.graph.node] == [n.op_type for n in pruned.graph.node]
     assert models.weights_removed(dense) < 0.01 < models.weights_removed(pruned)
     mnist = datasets.load("mnist")
@@ -30,15 +30,26 @@ def test_shipped_demo_models_are_trained_and_pruned_without_loss(network):
     assert scores["pruned"] >= scores["dense"] - 0.001
 
 
-def test_demo_models_carry_the_papers_pruning():
-    assert models.weights_removed(onnx.load(demo_model_path("lenet_300_100", True))) >= 0.92
+@pytest.mark.parametrize("target", [t for t, nets in PRUNED_MODELS.items() if "lenet_300_100" in nets])
+def test_demo_models_carry_the_papers_pruning_in_groups_as_wide_as_their_targets_lanes(target):
+    """92% of LeNet-300-100's weights removed, in whole groups of 8 for AVX2 and of 16 for AVX-512."""
+    from scalpel_tvm import import_onnx, plan
+
+    model = onnx.load(demo_model_path("lenet_300_100", True, target))
+    assert models.weights_removed(model) >= 0.92
+    layer_plan = plan(import_onnx(model, batch=1), target)
+    assert layer_plan.group == TargetSpec.preset(target).lanes("float32")
+    fc1 = layer_plan.layers[0]
+    assert max(fc1.group_sparsity.values()) >= 0.9
 
 
 def test_demo_reports_equal_outputs_latencies_and_sizes(tmp_path):
     assert main(["demo", "--network", "lenet_300_100", "--batch", "1", "--rounds", "3",
                  "--out", str(tmp_path)]) == 0
     (record,) = json.loads((tmp_path / "demo.json").read_text())
-    assert record["target"] == "x86-avx2"  # what the model was pruned for (default_target)
+    assert record["target"] == default_target()  # the widest the models were pruned for that this CPU runs
+    assert record["frontend"]["target"] == record["target"]  # LeNet-300-100 ships for both x86 targets
+    assert record["pruned_model"] == f"lenet_300_100_scalpel_{record['target']}.onnx"
     assert record["max_abs_diff_vs_no_pass"] < 1e-4
     assert record["max_abs_diff_vs_onnxruntime"] < 1e-4
     assert record["model_bytes_pruned"] < record["model_bytes_dense"] * 0.2
@@ -61,13 +72,27 @@ def test_demo_refuses_targets_this_machine_cannot_run(capsys, monkeypatch):
     assert "lacks avx" in capsys.readouterr().err
 
 
-def test_demo_compiles_for_the_target_its_models_were_pruned_for(monkeypatch):
-    """Their groups are 8 wide: a CPU with wider lanes that runs AVX2 code gets x86-avx2, not
-    its own lanes; a CPU without AVX2 gets its own."""
-    assert default_target() == "x86-avx2"
-    old_cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": "nehalem"})
-    monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: old_cpu))
-    assert default_target() == "host"
+@pytest.mark.parametrize("mcpu, expected", [("skylake-avx512", "x86-avx512"), ("znver3", "x86-avx2"),
+                                             ("nehalem", "host")])
+def test_demo_compiles_for_the_widest_target_its_models_were_pruned_for_that_this_cpu_runs(
+        monkeypatch, mcpu, expected):
+    """The models for x86-avx512 have groups of 16, those for x86-avx2 groups of 8: an AVX-512 CPU
+    gets the first, an AVX2 one the second, a CPU without AVX2 its own lanes."""
+    cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": mcpu})
+    monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: cpu))
+    assert default_target() == expected
+
+
+def test_demo_compiles_the_models_whose_groups_match_the_targets_lanes():
+    """`scalpel demo --target T` times the model pruned in groups of T's fp32 lanes where one
+    ships, else the x86-avx2 one (groups of 8)."""
+    wide, avx2, old = (TargetSpec.preset("x86-avx512"), TargetSpec.preset("x86-avx2"),
+                       TargetSpec.from_target({"kind": "llvm", "mcpu": "nehalem"}))
+    assert pruned_model_path("lenet_300_100", wide) == demo_model_path("lenet_300_100", True, "x86-avx512")
+    assert pruned_model_path("lenet5", wide) == demo_model_path("lenet5", True, "x86-avx2")  # none for AVX-512
+    for network in NETWORKS:
+        assert pruned_model_path(network, avx2) == pruned_model_path(network, old) == demo_model_path(network, True)
+        assert pruned_model_path(network, wide).exists()
 
 
 def test_a_model_compiles_for_its_recorded_target_only_where_this_cpu_runs_it():
@@ -76,6 +101,12 @@ def test_a_model_compiles_for_its_recorded_target_only_where_this_cpu_runs_it():
     gets this CPU."""
     pruned = onnx.load(demo_model_path("lenet_300_100", True))
     assert recorded_target(pruned) == "x86-avx2"
+    wide = onnx.load(demo_model_path("lenet_300_100", True, "x86-avx512"))
+    for mcpu, expected in (("skylake-avx512", "x86-avx512"), ("znver3", "host")):  # AVX-512 code on an AVX2 CPU: no
+        cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": mcpu})
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(TargetSpec, "host", classmethod(lambda cls: cpu))
+            assert recorded_target(wide) == expected
     for_m4 = onnx.ModelProto()
     for_m4.CopyFrom(pruned)
     facts = dict(frontend_facts(pruned), target="cortex-m4")

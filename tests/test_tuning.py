@@ -383,19 +383,34 @@ def test_tune_measures_through_a_tvm_rpc_tracker(rpc_tracker, tmp_path, capsys):
     assert "HOST:PORT" in capsys.readouterr().err
 
 
-def test_shipped_log_is_intact_current_and_learnt():
-    """The log in the package reads without damage, its workloads are the canonical functions
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+def test_shipped_log_is_intact_current_and_learnt(target):
+    """Each log in the package reads without damage, its workloads are the canonical functions
     this code builds (not stale), and its seconds model fits its own records."""
     from scalpel_tvm.logs import SHIPPED
     from scalpel_tvm.tuned_cost import SecondsModel
 
-    log = TuningLog(SHIPPED / "x86-avx2")
+    log = TuningLog(SHIPPED / target)
     assert not log.skipped and len(log.records) > 100
     for records in list(log.records.values())[::29]:
         logged = records[0].record.workload.mod
         tvm.ir.assert_structural_equal(logged, canonical_module(workload_of(logged)))
     measured = log.seconds_by_query()
     queries = list(measured)
-    predicted = SecondsModel(SPEC).fit(measured).predict(queries)
+    predicted = SecondsModel(TargetSpec.preset(target)).fit(measured).predict(queries)
     errors = [abs(p - measured[q]) / measured[q] for p, q in zip(predicted, queries)]
     assert np.median(errors) < 0.15
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+def test_shipped_log_holds_every_kernel_the_demo_compiles_for_its_target(target):
+    """`scalpel demo` on an AVX2 and an AVX-512 CPU: every candidate of every layer of the models
+    it compiles (pruned and dense, batch 1 and 50) is priced from a tuning record."""
+    from scalpel_tvm.demo import NETWORKS, demo_model_path, pruned_model_path
+
+    spec = TargetSpec.preset(target)
+    for network in NETWORKS:
+        for path in (pruned_model_path(network, spec), demo_model_path(network, pruned=False)):
+            for batch in (1, 50):
+                layer_plan = scalpel_tvm.plan(scalpel_tvm.import_onnx(str(path), batch=batch), spec)
+                assert {c.source for lp in layer_plan.layers for c in lp.candidates} == {"log"}, (path, batch)
