@@ -98,6 +98,15 @@ def check_range(low: float, high: float) -> None:
                            f"far and never tried); got {low}:{high}")
 
 
+def check_search(kind: str, low: float, high: float, trials: int) -> None:
+    """What a search needs, checked before anything is trained."""
+    if kind not in KINDS:
+        raise ScalpelError(f"the fraction searched is one of {', '.join(KINDS)}; got {kind!r}")
+    check_range(low, high)
+    if trials < 1:
+        raise ScalpelError(f"a search needs at least one trial; got {trials}")
+
+
 def judge(fraction: float, result, test: dict, tolerance: float) -> Trial:
     """A finished gradual run (`pruning.PruneResult`) as a trial: held when its accuracy ended
     within `tolerance` of the unpruned model's on the deciding images and, where there are
@@ -118,11 +127,7 @@ def search_fraction(run_trial, kind: str, *, low: float, high: float, trials: in
     thousandth wide. A resumed search hands in the trials
     already `done` and the chosen one's outcome as `best`; `on_trial(search, trial, best)` is
     called after every trial (to save them)."""
-    if kind not in KINDS:
-        raise ScalpelError(f"the fraction searched is one of {', '.join(KINDS)}; got {kind!r}")
-    check_range(low, high)
-    if trials < 1:
-        raise ScalpelError(f"a search needs at least one trial; got {trials}")
+    check_search(kind, low, high, trials)
     progress = progress or _to_stderr
     search = Search(kind, low, high, tolerance, list(done or []))
     while len(search.trials) < trials and (fraction := search.next_fraction()) is not None:
@@ -152,11 +157,9 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
     from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
     from .pruning import prune_onnx, train_onnx
 
-    if kind not in KINDS:
-        raise ScalpelError(f"the fraction searched is one of {', '.join(KINDS)}; got {kind!r}")
+    check_search(kind, low, high, trials)
     if options.get(kind) is not None:
         raise ScalpelError(f"{kind} is the fraction searched: name it, or search it, not both")
-    check_range(low, high)
     _check_applies(model, target, kind, (low + high) / 2, options)
     tolerance = options.get("tolerance", 0.001)
     settings = {"search": kind, "range": (low, high), "trials": trials, "train_epochs": train_epochs,

@@ -102,6 +102,8 @@ def test_a_search_gradual_pruning_cannot_run_is_refused_before_any_training():
         search_onnx(lenet5, "x86-avx2", data, kind="sparsity", low=0.0, high=0.9, sparsity=0.5)
     with pytest.raises(ScalpelError, match="this model is not one"):
         search_onnx(onnx.ModelProto(), "x86-avx2", data, kind="sparsity", low=0.0, high=0.9)
+    with pytest.raises(ScalpelError, match="at least one trial"):  # train_epochs=100 would take minutes
+        search_onnx(lenet5, "x86-avx2", data, kind="sparsity", low=0.0, high=0.9, trials=0, train_epochs=100)
 
 
 def _search(high=0.9, **kwargs):
