@@ -5,7 +5,7 @@ records of all other K and predicts the held-out kernels (every form, batch, wid
 sparsity with that K). Prints and writes (out/bench_cost_model.json, .png):
 
 * MAPE of the predicted seconds and Spearman's rank correlation with the measured seconds;
-* decision accuracy: for each held-out layer case (batch, K, N, group sparsity 50/70/90%) the
+* decision accuracy: for each held-out layer case (batch, K, N, group sparsity 10/30/50/70/90%) the
   form the planner would choose — dense, grouped-sparse G×1 or 1×G — against the measured
   fastest, and when wrong, how much slower the chosen form measured (regret);
 * the same for the analytical roofline (the cost model of the compiler-core issue), as a

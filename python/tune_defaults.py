@@ -7,7 +7,7 @@ Measures, on this machine, every template setting of the candidate kernels of
   the convs of the unpruned models the demo compares with), so
   `scalpel demo`, `scalpel plan` and `Pass(target)` find exact records for them, and
 * a sweep of FC shapes (below) at batch 1 and 50, each dense, node-shrunk to 90/75/50/25% and
-  grouped-sparse G×1 / 1×G at 50/70/90% group sparsity: the training data of the seconds model
+  grouped-sparse G×1 / 1×G at 10/30/50/70/90% group sparsity: the training data of the seconds model
   that prices everything not tuned;
 
 then runs meta_schedule's search (`--trials`, default 32) on the demo models' dense FC kernels

@@ -36,7 +36,7 @@ from .workloads import (ConvWorkload, Workload, canonical_module, knob_space, me
 
 BUILDER_TIMEOUT_S = 300  # meta_schedule's 30 s default fails 1 in 4 builds on a busy 2-core machine
 KEEP_FRACTIONS = (0.9, 0.75, 0.5, 0.25)  # node-shrunk shapes the pruning frontend considers
-GROUP_SPARSITIES = (0.5, 0.7, 0.9)  # grouped-sparse densities it considers, both orientations
+GROUP_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)  # grouped-sparse sparsities it considers, both orientations
 RPC_RESULT_TIMEOUT_S = 600
 MS_LOGGER = "tvm.s_tir.meta_schedule"
 

@@ -36,6 +36,28 @@ def test_plan_without_a_log_uses_the_roofline_and_new_shapes_use_the_model():
     assert {c.source for c in odd.layers[0].candidates} == {"model"}
 
 
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+def test_a_layer_pruned_in_1xg_groups_is_not_planned_in_the_gx1_form(target):
+    """83% of the 1×G groups empty leaves a quarter or fewer of the G×1 groups empty: the shipped
+    log's model must price that G×1 form from the low sparsities it was tuned at, not as if half
+    its groups were empty (the x86-avx512 log once did, and a searched model ran 1.04× dense)."""
+    from onnx import helper, numpy_helper
+
+    from nets import model
+
+    lanes = TargetSpec.preset(target).lanes("float32")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((784, 300)).astype("float32")  # [K, N]
+    w[np.repeat(rng.random((784 // lanes, 300)) < 0.83, lanes, axis=0)] = 0
+    gemm = helper.make_node("Gemm", ["input", "w", "b"], ["fc"], transB=1)
+    layer = model([gemm], [numpy_helper.from_array(np.ascontiguousarray(w.T), "w"),
+                           numpy_helper.from_array(np.zeros(300, "float32"), "b")], ["batch", 784], "fc", ["batch", 300])
+    for batch in (1, 50):
+        (fc,) = scalpel_tvm.plan(relax_module(layer, batch), target).layers
+        assert fc.group_sparsity["1xg"] > 0.8 > 0.3 > fc.group_sparsity["gx1"]
+        assert fc.chosen == "gsparse_1xg", fc.reason
+
+
 def test_dense_layers_keep_dense_and_say_why():
     layer_plan = scalpel_tvm.plan(relax_module(mlp([16, 8, 4])), "x86-avx2")
     assert all(lp.chosen == "dense" for lp in layer_plan.layers)
