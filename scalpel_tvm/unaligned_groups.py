@@ -113,10 +113,13 @@ def unaligned_mask(w_nk: np.ndarray, keep: int, group: int, method: str = "dp") 
     w = np.asarray(w_nk, np.float64)
     if w.shape[1] < group:
         raise ScalpelError(f"rows of {w.shape[1]} weights cannot hold groups of {group}")
-    scores = w ** 2
+    # A window may hang over a row's end, as the aligned groups' last one does where K is not a
+    # multiple of G (and as `cover` places one): without it, rows of 3 in windows of 2 could
+    # keep less than aligned groups at the same count. The zero columns add no score.
+    scores = np.pad(w ** 2, ((0, 0), (0, group - 1)))
     keep = max(1, int(keep))
     if method == "greedy":
-        return windows_mask(greedy_windows(scores, group, keep), group, w.shape[1])
+        return windows_mask(greedy_windows(scores, group, keep), group, scores.shape[1])[:, :w.shape[1]]
     if method != "dp":
         raise ScalpelError(f"unknown unaligned grouping {method!r}; known: dp, greedy")
     low, high = 0.0, float(_window_sums(scores, group).max()) + 1.0  # λ = high selects nothing
@@ -136,4 +139,4 @@ def unaligned_mask(w_nk: np.ndarray, keep: int, group: int, method: str = "dp") 
     if not best.any():
         flat = int(np.argmax(_window_sums(scores, group)))
         best.flat[flat] = True
-    return windows_mask(best, group, w.shape[1])
+    return windows_mask(best, group, scores.shape[1])[:, :w.shape[1]]
