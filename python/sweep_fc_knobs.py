@@ -39,9 +39,8 @@ def main():
     args = parser.parse_args()
     n, k = (int(d) for d in args.shape.split("x"))
     rng = np.random.default_rng(0)
-    spec = TargetSpec.preset(args.target)
-    G = spec.lanes("float32")
-    case = Case(n, k, 1, rng, spec)
+    case = Case(n, k, 1, rng, TargetSpec.preset(args.target))
+    G = case.lanes
     timers = {}
     dense = Workload("dense", 1, k, n, G)
     for knobs in knob_space(dense):
