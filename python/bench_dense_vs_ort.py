@@ -26,13 +26,11 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import tvm  # noqa: E402
 from onnx import helper  # noqa: E402
-from tvm import relax  # noqa: E402
 
 import scalpel_tvm  # noqa: E402
-from scalpel_tvm.demo import MODEL_TARGETS, check_runs_here, demo_model_path  # noqa: E402
-from scalpel_tvm.errors import ScalpelError  # noqa: E402
+from scalpel_tvm.demo import MODEL_TARGETS, demo_model_path, runnable_target  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx  # noqa: E402
-from scalpel_tvm.timing import cpu_name, median_us, ort_session, ort_timer, vm_timer  # noqa: E402
+from scalpel_tvm.timing import cpu_name, cpu_vm, median_us, ort_session, ort_timer, vm_timer  # noqa: E402
 
 ACTIVATIONS = ("Relu",)
 
@@ -68,13 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("out"))
-    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS)
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS, type=runnable_target)
     args = parser.parse_args()
     target = scalpel_tvm.TargetSpec.preset(args.target)
-    try:
-        check_runs_here(target)
-    except ScalpelError as error:
-        parser.error(str(error))
     rows = []
     for network in ("lenet_300_100", "lenet5"):
         model = onnx.load(demo_model_path(network, pruned=False))
@@ -100,8 +94,7 @@ def _measure(network, name, sub, batch, target, rounds) -> dict:
     mod = import_onnx(sub, batch)
     shape = [d.dim_value or batch for d in sub.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    vms = {label: relax.VirtualMachine(scalpel_tvm.compile(scalpel_tvm.Pass(target, logs=logs)(mod), target),
-                                       tvm.cpu())
+    vms = {label: cpu_vm(scalpel_tvm.Pass(target, logs=logs)(mod), target)
            for label, logs in (("tuned", None), ("untuned", False))}
     session = ort_session(sub.SerializeToString())
     arg = tvm.runtime.tensor(x)

@@ -53,11 +53,9 @@ from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
 from scalpel_tvm.timing import call_timer, cpu_name, median_us, ort_session, ort_timer, vm_timer
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
-from scalpel_tvm.demo import check_runs_here
-from scalpel_tvm.errors import ScalpelError
+from scalpel_tvm.demo import MODEL_TARGETS, runnable_target
 from scalpel_tvm.target import TargetSpec
 
-TARGETS = ("x86-avx2", "x86-avx512")
 SHAPES = [(300, 784), (100, 300), (4096, 4096), (4096, 9216)]  # (N, K): out x in features
 BATCHES = (1, 50)
 GROUP_SPARSITY = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
@@ -330,16 +328,12 @@ def parse_shape(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="folder for bench_kernels.json and .png")
-    parser.add_argument("--target", default="x86-avx2", choices=TARGETS)
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS, type=runnable_target)
     parser.add_argument("--quick", action="store_true", help="a small subset, about a minute")
     parser.add_argument("--shape", action="append", type=parse_shape, metavar="NxK",
                         help="only this FC shape (out x in features; repeatable)")
     args = parser.parse_args()
     spec = TargetSpec.preset(args.target)
-    try:
-        check_runs_here(spec)
-    except ScalpelError as error:
-        parser.error(str(error))
 
     if args.quick:
         shapes, batches = QUICK["shapes"], QUICK["batches"]

@@ -228,21 +228,18 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15, logs
     from onnx import numpy_helper
     from tqdm import tqdm
 
-    from scalpel_tvm import Pass, compile, plan
+    from scalpel_tvm import Pass, plan
     from scalpel_tvm.onnx_import import import_onnx, input_shapes
-    from scalpel_tvm.timing import median_us, vm_timer
-
-    def compiled(mod):
-        return tvm.relax.VirtualMachine(compile(mod, spec), tvm.cpu())
+    from scalpel_tvm.timing import cpu_vm, median_us, vm_timer
 
     out = {}
     for batch in tqdm(batches, desc="time on this CPU", unit="batch"):
         (shape,) = input_shapes(dense_model, batch).values()
         x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"))
-        vms, diffs, forms = {"dense": compiled(Pass(spec, logs=logs)(import_onnx(dense_model, batch)))}, {}, {}
+        vms, diffs, forms = {"dense": cpu_vm(Pass(spec, logs=logs)(import_onnx(dense_model, batch)), spec)}, {}, {}
         for method, model in models.items():
             mod = import_onnx(model, batch)
-            reference = compiled(mod)["main"](x).numpy()
+            reference = cpu_vm(mod, spec)["main"](x).numpy()
             layer_plan = plan(mod, spec, logs=logs)
             variants = {method: layer_plan}
             if method in ("traditional", "optimized"):
@@ -253,7 +250,7 @@ def measure_cpu(dense_model, models: dict, spec, batches, rounds: int = 15, logs
                 variants = {method: layer_plan.with_forms({k: f for k, f in deployed.items() if k in fc}),
                             f"{method} as Pass plans it": layer_plan}
             for name, variant in variants.items():
-                vms[name] = compiled(Pass(spec, plan=variant, logs=logs)(mod))
+                vms[name] = cpu_vm(Pass(spec, plan=variant, logs=logs)(mod), spec)
                 diffs[name] = float(np.abs(vms[name]["main"](x).numpy() - reference).max())
                 forms[name] = {lp.name: lp.chosen for lp in variant.layers}
         us = median_us({name: vm_timer(vm, x) for name, vm in vms.items()}, budget_s=0.2 * rounds, rounds=rounds)

@@ -16,7 +16,8 @@ import argparse  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench_kernels import TARGETS, Case, zero_fraction  # noqa: E402
+from bench_kernels import Case, zero_fraction  # noqa: E402
+from scalpel_tvm.demo import MODEL_TARGETS, runnable_target  # noqa: E402
 from scalpel_tvm.schedules.fc import pack_dense_weight  # noqa: E402
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc  # noqa: E402
 from scalpel_tvm.target import TargetSpec  # noqa: E402
@@ -35,7 +36,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="100x300", help="N x K (outputs x inputs)")
     parser.add_argument("--sparsity", type=float, default=0.3, help="fraction of all-zero aligned groups")
-    parser.add_argument("--target", default="x86-avx2", choices=TARGETS, help="groups as wide as its fp32 lanes")
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS, type=runnable_target, help="groups as wide as its fp32 lanes")
     args = parser.parse_args()
     n, k = (int(d) for d in args.shape.split("x"))
     rng = np.random.default_rng(0)

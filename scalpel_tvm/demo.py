@@ -23,7 +23,7 @@ from .errors import ScalpelError
 from .planner import as_spec, check_plan_target, plan as make_plan
 from .target import TargetSpec
 from .plots import plot_plan
-from .timing import median_us, ort_session, ort_timer, vm_timer
+from .timing import cpu_vm, median_us, ort_session, ort_timer, vm_timer
 
 DATA = Path(__file__).parent / "data"
 NETWORKS = {"lenet_300_100": models.lenet_300_100, "lenet5": models.lenet5}
@@ -137,9 +137,9 @@ def run_demo(target: str | None = None, networks=("lenet_300_100", "lenet5"), ba
         x = np.random.default_rng(0).standard_normal(_input_shape(pruned_onnx, batch)).astype("float32")
 
         compiled = {
-            "pruned": _compile(Pass(spec, plan=layer_plan)(pruned_mod), spec),
-            "dense": _compile(Pass(spec, plan=dense_plan)(dense_mod), spec),
-            "pruned_no_pass": _compile(pruned_mod, spec),
+            "pruned": cpu_vm(Pass(spec, plan=layer_plan)(pruned_mod), spec),
+            "dense": cpu_vm(Pass(spec, plan=dense_plan)(dense_mod), spec),
+            "pruned_no_pass": cpu_vm(pruned_mod, spec),
         }
         arg = tvm.runtime.tensor(x)
         outputs = {name: vm["main"](arg).numpy() for name, vm in compiled.items()}
@@ -210,18 +210,24 @@ def check_runs_here(spec) -> None:
             f"that {spec.name} code uses; use --target host (or `scalpel plan` to only plan for {spec.name})")
 
 
+def runnable_target(name: str) -> str:
+    """argparse `type` for a benchmark's `--target`: the preset's name, refused with
+    check_runs_here's message where this CPU cannot run its code (so the script stops on a
+    clear usage error, not an illegal instruction half way through)."""
+    import argparse
+
+    if name not in MODEL_TARGETS:
+        return name  # argparse's `choices` names the known ones
+    try:
+        check_runs_here(as_spec(name))
+    except ScalpelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
+
+
 def _input_shape(model, batch):
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.dim_value > 0 else batch for d in dims]
-
-
-def _compile(mod, spec):
-    import tvm
-    from tvm import relax
-
-    from .pipeline import compile
-
-    return relax.VirtualMachine(compile(mod, spec), tvm.cpu())
 
 
 def _weight_bytes(model) -> int:

@@ -42,6 +42,16 @@ def device_timer(module, func: str, dev, *args):
     return timer
 
 
+def cpu_vm(mod, target):
+    """A Relax VM on this CPU for `mod` compiled by `scalpel_tvm.compile` (the VM's own code
+    compiled too), as every CPU timing here runs it."""
+    import tvm
+
+    from .pipeline import compile
+
+    return tvm.relax.VirtualMachine(compile(mod, target), tvm.cpu())
+
+
 def vm_timer(vm, *args, func: str = "main"):
     """Timer of a Relax VM function (or a compiled PrimFunc module) called with `args`."""
     import tvm

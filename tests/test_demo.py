@@ -7,8 +7,8 @@ import pytest
 from nets import run_ort
 from scalpel_tvm import TargetSpec, datasets, models, paper_nets
 from scalpel_tvm.cli import main
-from scalpel_tvm.demo import (NETWORKS, PRUNED_MODELS, _input_shape, check_runs_here, default_target, demo_model_path,
-                              frontend_facts, pruned_model_path, recorded_target)
+from scalpel_tvm.demo import (MODEL_TARGETS, NETWORKS, PRUNED_MODELS, _input_shape, check_runs_here, default_target,
+                              demo_model_path, frontend_facts, pruned_model_path, recorded_target, runnable_target)
 
 
 @pytest.mark.parametrize("network, target", [(n, t) for t, nets in PRUNED_MODELS.items() for n in nets])
@@ -81,6 +81,22 @@ def test_demo_compiles_for_the_widest_target_its_models_were_pruned_for_that_thi
     cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": mcpu})
     monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: cpu))
     assert default_target() == expected
+
+
+def test_benchmark_scripts_refuse_a_target_this_cpu_cannot_run_as_a_usage_error(monkeypatch):
+    """`--target` of the kernel benchmarks (`type=runnable_target`): on an AVX2 CPU x86-avx512 is
+    an argparse error naming what the CPU lacks, before anything is compiled."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", choices=MODEL_TARGETS, type=runnable_target)
+    cpu = TargetSpec.from_target({"kind": "llvm", "mcpu": "znver3"})
+    monkeypatch.setattr(TargetSpec, "host", classmethod(lambda cls: cpu))
+    assert parser.parse_args(["--target", "x86-avx2"]).target == "x86-avx2"
+    with pytest.raises(argparse.ArgumentTypeError, match="lacks avx512"):
+        runnable_target("x86-avx512")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--target", "cortex-m4"])  # not a choice
 
 
 def test_demo_compiles_the_models_whose_groups_match_the_targets_lanes():
