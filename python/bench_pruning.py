@@ -27,6 +27,9 @@ then the baselines' alone):
         --sparsity 0.93 --node-sparsity 0.7 --layer-sparsity conv1=0.5 --steps 20 --epochs 1 --finetune 10 \
         --orientation 1xg --distill --order-neurons --out out
 
+`--search sparsity` (or `node_sparsity`) has Scalpel's run search its fraction (`scalpel prune
+... auto`), `--search-per-layer` each layer's own, while the baselines keep `--sparsity`.
+
 For each it reports test accuracy, weights removed and the predicted speedup over the dense model
 by the target's cost model; on a Cortex-M target also the cycle ESTIMATE of the int16 firmware
 (built, run on QEMU and checked bit for bit against the numpy reference first, then priced by
@@ -113,6 +116,7 @@ def main():
                              "the baselines keep --sparsity")
     parser.add_argument("--search-range", default=None, metavar="LOW:HIGH", help="as scalpel prune's")
     parser.add_argument("--search-trials", type=int, default=4, help="as scalpel prune's")
+    parser.add_argument("--search-per-layer", action="store_true", help="as scalpel prune's (with --search)")
     parser.add_argument("--distill", action="store_true", help="as scalpel prune's: every method")
     parser.add_argument("--batches", default="1,50", help="x86: the batch sizes timed")
     parser.add_argument("--seed", type=int, default=0, help="the dense model's training and every method's pruning")
@@ -134,9 +138,12 @@ def main():
     nodes_named = args.node_sparsity is not None or args.search == "node_sparsity"
     scalpel_sparsity = args.sparsity if not nodes_named or cuts_groups(model, spec) else None
     search = None
+    if args.search_per_layer and not args.search:
+        parser.error("--search-per-layer is for a searched fraction: give --search too")
     if args.search:
         low, high = parse_range(args.search_range) if args.search_range else DEFAULT_RANGE[args.search]
-        search = {"kind": args.search, "low": low, "high": high, "trials": args.search_trials}
+        search = {"kind": args.search, "low": low, "high": high, "trials": args.search_trials,
+                  "per_layer": args.search_per_layer}
         if args.search == "sparsity":
             scalpel_sparsity = None
         gradual_nodes["node_sparsity"] = None if args.search == "node_sparsity" else args.node_sparsity

@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                             "0:0.9 for nodes)")
     prune.add_argument("--search-trials", type=int, default=4,
                        help="with auto: gradual runs bisecting the range (default 4: a sixteenth of it)")
+    prune.add_argument("--search-per-layer", action="store_true",
+                       help="with auto: search each layer's own fraction, the one the cost model prices slowest "
+                            "first with the others whole, then the slowest left (--search-trials runs per layer)")
     prune.add_argument("--steps", type=int, default=10,
                        help="with --sparsity / --node-sparsity: the gradual steps, each retrained")
     prune.add_argument("--layer-sparsity", action="append", metavar="LAYER=FRACTION", default=[],
@@ -234,8 +237,9 @@ def _prune(args) -> None:
     searched = [kind for kind in ("sparsity", "node_sparsity") if getattr(args, kind) == "auto"]
     if len(searched) > 1:
         raise ScalpelError("search one fraction at a time: give --sparsity or --node-sparsity a number, the other auto")
-    if args.search_range and not searched:
-        raise ScalpelError("--search-range is for a searched fraction: --sparsity auto or --node-sparsity auto")
+    for option, given in (("--search-range", args.search_range), ("--search-per-layer", args.search_per_layer)):
+        if given and not searched:
+            raise ScalpelError(f"{option} is for a searched fraction: --sparsity auto or --node-sparsity auto")
     model = load_onnx(args.model)
     data = datasets.load(args.data, limit=args.limit)
     checkpoint = args.checkpoint or f"{out}.checkpoint"
@@ -256,7 +260,7 @@ def _prune(args) -> None:
             del fractions[kind]
             pruned, result, test, search = search_onnx(model, args.target, data, kind=kind, low=low, high=high,
                                                        trials=args.search_trials, train_epochs=args.train_epochs,
-                                                       checkpoint=checkpoint, restart=args.restart,
+                                                       per_layer=args.search_per_layer, checkpoint=checkpoint, restart=args.restart,
                                                        **options, **fractions)
         else:
             pruned, result, test = prune_onnx(model, args.target, data, train_epochs=args.train_epochs,
@@ -280,8 +284,12 @@ def _prune(args) -> None:
         "node_sparsity": args.node_sparsity, "steps": args.steps if args.sparsity or args.node_sparsity else None,
         "layer_sparsity": layer_sparsity})
     if search is not None:
-        chosen = search.chosen.fraction
-        report["settings"].update({search.kind: chosen, "search_trials": args.search_trials})
+        if args.search_per_layer:  # each layer its own fraction; those no trial held for stayed whole
+            layers = {stage.layer: search.fractions.get(stage.layer, 0.0) for stage in search.stages}
+            report["settings"].update({search.kind: None, "layer_sparsity": {**(layer_sparsity or {}), **layers}})
+        else:
+            report["settings"][search.kind] = search.chosen.fraction
+        report["settings"]["search_trials"] = args.search_trials
         report["search"] = search.as_dict()
     if args.report:
         prune_report.write(report, Path(args.report))

@@ -114,14 +114,20 @@ def layer_schedules(strategy: dict, sparsity: float | None, steps: int, layer_sp
                     node_sparsity: float | None = None) -> dict:
     """Each cut layer's ramp: to `sparsity` of its groups, or for a node-pruned layer to
     `node_sparsity` of its nodes, or to its own fraction in `layer_sparsity` (a layer of a few
-    hundred weights, such as a first conv, may want less). Refuses a name gradual pruning does not cut."""
+    hundred weights, such as a first conv, may want less). A layer whose fraction is 0 is left
+    whole (how a per-layer search, `sparsity_search.search_layers`, holds the layers it has not
+    reached yet). Refuses a name gradual pruning does not cut, and a run that would cut nothing."""
     names = gradual_layers(strategy, sparsity, node_sparsity)
     unknown = sorted(set(layer_sparsity or {}) - set(names))
     if unknown:
         raise ScalpelError(f"a layer sparsity names {', '.join(unknown)}, which gradual pruning does not cut; it cuts "
                            f"{', '.join(names)}")
     default = {name: node_sparsity if strategy[name].method == "node" else sparsity for name in names}
-    return {name: ramp((layer_sparsity or {}).get(name, default[name]), steps) for name in names}
+    fractions = {name: (layer_sparsity or {}).get(name, default[name]) for name in names}
+    if not any(fractions.values()):
+        raise ScalpelError(f"gradual pruning was given 0 for every layer it cuts ({', '.join(names)}): nothing to "
+                           "prune; give a sparsity above 0")
+    return {name: ramp(fraction, steps) for name, fraction in fractions.items() if fraction != 0}
 
 
 def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, strategy: dict, *,
@@ -141,10 +147,11 @@ def prune_gradual(net_weights, set_mask, retrain, evaluate, snapshot, restore, s
     names = list(schedules)
     weights = net_weights()
     total_groups = {name: strategy[name].alive(np.ones_like(weights[name])) for name in names}
-    total_weights = sum(weights[name].size for name in names)
+    counted = gradual_layers(strategy, sparsity, node_sparsity)  # those left whole (a fraction of 0) too
+    total_weights = sum(weights[name].size for name in counted)
 
-    def removed(weights):  # of the cut layers' weights, the consumers' inputs of removed nodes too
-        return 1 - sum(np.count_nonzero(weights[name]) for name in names) / total_weights
+    def removed(weights):  # of the cuttable layers' weights, the consumers' inputs of removed nodes too
+        return 1 - sum(np.count_nonzero(weights[name]) for name in counted) / total_weights
 
     if resume:
         state = resume

@@ -111,13 +111,25 @@ def trial_line(t: dict) -> str:
 
 
 def search_lines(search: dict) -> list[str]:
-    """Every trial of a fraction search (`sparsity_search`), in the order of their fractions."""
+    """Every trial of a fraction search (`sparsity_search`), in the order of their fractions; of a
+    per-layer search, layer by layer in the order they were searched."""
+    if "per_layer" in search:
+        lines = [f"searched each layer's own fraction of the {search['of']}, the slowest left first:"]
+        for stage in search["per_layer"]:
+            lines += [f"{stage['layer']}: {line}" if i == 0 else "  " + line
+                      for i, line in enumerate(search_lines(stage))]
+        chosen = search["chosen"] or {}
+        lines.append("chosen: " + ", ".join(f"{stage['layer']} {chosen[stage['layer']]:.1%}" if stage["layer"] in chosen
+                                            else f"{stage['layer']} whole" for stage in search["per_layer"]))
+        return lines
     low, high = search["range"]
     lines = [f"searched the fraction of the {search['of']} in ({low:.0%}, {high:.0%}) by bisection, "
              f"{len(search['trials'])} gradual runs from the same trained model, each kept if its accuracy held "
              f"within {100 * search['tolerance']:.2g} points on the deciding and the confirmation images:"]
     lines += ["  " + trial_line(t) for t in sorted(search["trials"], key=lambda t: t["fraction"])]
-    if search["chosen"] is None:
+    if search["chosen"] is None and search.get("layer"):
+        lines.append(f"no fraction held: {search['layer']} stays whole")
+    elif search["chosen"] is None:
         lines.append(f"no fraction held: the model is returned trained and unpruned; lower the range "
                      f"(--search-range {low}:{min(search['trials'], key=lambda t: t['fraction'])['fraction']}), "
                      "allow more (--tolerance) or retrain longer (--epochs, --steps, --finetune)")
@@ -145,8 +157,16 @@ def plot_search(search: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stages = search.get("per_layer", [search])
+    fig, axes = plt.subplots(1, len(stages), figsize=(7 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        _plot_trials(ax, stage)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _plot_trials(ax, search: dict) -> None:
     trials = sorted(search["trials"], key=lambda t: t["fraction"])
-    fig, ax = plt.subplots(figsize=(7, 4))
     for held, style, label in ((True, "o", "held"), (False, "x", "lost")):
         chosen = [t for t in trials if t["held"] == held]
         ax.plot([100 * t["fraction"] for t in chosen], [100 * (t["accuracy"] - t["baseline"]) for t in chosen],
@@ -163,10 +183,9 @@ def plot_search(search: dict, path: Path) -> None:
         ax.axvline(100 * search["chosen"], color="tab:green", linestyle=":", label="chosen")
     ax.set_xlabel(f"fraction of the {search['of']} removed (%)")
     ax.set_ylabel("accuracy change vs unpruned (points)")
-    ax.set_title("fraction search (labels: predicted speedup)")
+    layer = f" of {search['layer']}" if search.get("layer") else ""
+    ax.set_title(f"fraction search{layer} (labels: predicted speedup)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def plot(report: dict, path: Path) -> None:

@@ -21,6 +21,15 @@ bisection finds a fraction at the edge — one that held with a failing one abov
 necessarily the largest that could hold; the report shows every trial. `high` is taken to fail
 and is never tried. Every trial is judged on the same held-out images, so the one chosen is a
 little flattered by them; the test set, which decides nothing, reports it.
+
+Per layer (`search_layers`, `scalpel prune ... auto --search-per-layer`), in the paper's order:
+the layer the cost model prices slowest is searched first, with the layers not reached yet left
+whole, so it takes as much of the accuracy's slack as it can hold; then the others are priced
+again on the model as pruned so far (a neuron fc1 loses is an input fc2 no longer reads) and the
+slowest of them goes next, with the layers before it at their fractions. One fraction for every
+layer spends the slack evenly; a layer of a few thousand weights (a first conv, a last hidden
+layer) may cost more accuracy per group than the large one that decides the time. The price is
+a search per layer: `trials` whole runs for each.
 """
 from __future__ import annotations
 
@@ -57,6 +66,7 @@ class Search:
     high: float
     tolerance: float
     trials: list[Trial] = field(default_factory=list)
+    layer: str | None = None  # in a per-layer search, the layer whose fraction this is
 
     @property
     def chosen(self) -> Trial | None:
@@ -75,7 +85,27 @@ class Search:
         chosen = self.chosen
         return {"kind": self.kind, "of": KINDS[self.kind], "range": [self.low, self.high],
                 "tolerance": self.tolerance, "trials": [asdict(t) for t in self.trials],
-                "chosen": None if chosen is None else chosen.fraction}
+                "chosen": None if chosen is None else chosen.fraction, "layer": self.layer}
+
+
+@dataclass
+class LayerSearch:
+    """A per-layer search (`search_layers`): one bisection per layer, in the order they ran."""
+    kind: str
+    stages: list[Search] = field(default_factory=list)
+
+    @property
+    def fractions(self) -> dict:
+        """{layer: the largest fraction that held} of the layers where one did; the rest stay whole."""
+        return {s.layer: s.chosen.fraction for s in self.stages if s.chosen is not None}
+
+    @property
+    def chosen(self) -> dict | None:
+        return self.fractions or None
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "of": KINDS[self.kind], "per_layer": [s.as_dict() for s in self.stages],
+                "chosen": self.chosen}
 
 
 def _to_stderr(message: str) -> None:
@@ -143,15 +173,61 @@ def search_fraction(run_trial, kind: str, *, low: float, high: float, trials: in
     return search, best
 
 
+def search_layers(run_trial, kind: str, layers: list[str], prices, *, low: float, high: float, trials: int,
+                  tolerance: float, done: list | None = None, best=None, on_trial=None, progress=None):
+    """Bisect each of `layers`' own fraction of `kind`, slowest first (module doc).
+    `run_trial({layer: fraction})` prunes gradually with those fractions, every other layer of
+    `layers` whole, and returns (model, PruneResult, test); `prices(outcome)` gives {layer:
+    predicted time} of a trial's outcome, or of the unpruned model for None. Each layer gets
+    `search_fraction`'s `trials` in (low, high) with the layers before it at what they reached (a
+    layer where no trial held stays whole). Returns (LayerSearch, the best outcome: that of the
+    last layer where a trial held, or None). A resumed search hands in the stages `done` (their
+    layers, in order, and trials; the last may be unfinished) and the best outcome so far;
+    `on_trial(layer_search, best)` is called after every trial."""
+    check_search(kind, low, high, trials)
+    progress = progress or _to_stderr
+    found = LayerSearch(kind)
+    saved = list(done or [])
+    while len(found.stages) < len(layers):
+        searched = {stage.layer for stage in found.stages}
+        if saved:
+            layer, previous = saved[0].layer, saved.pop(0).trials
+        else:
+            price = prices(best)
+            layer, previous = max((name for name in layers if name not in searched), key=price.get), []
+            progress(f"per-layer search: {layer} next, the slowest left ("
+                     + ", ".join(f"{name} {price[name]:.3g}" for name in layers if name not in searched) + ")")
+        fractions = dict(found.fractions)
+
+        def layer_trial(fraction, layer=layer, fractions=fractions):
+            return run_trial({**fractions, layer: fraction})
+
+        def saved_trial(search, _trial, stage_best, stages=list(found.stages), before=best):
+            search.layer = layer
+            if on_trial:
+                on_trial(LayerSearch(kind, stages + [search]), stage_best or before)
+
+        stage, stage_best = search_fraction(
+            layer_trial, kind, low=low, high=high, trials=trials, tolerance=tolerance, done=previous,
+            best=best if any(t.held for t in previous) else None, on_trial=saved_trial,
+            progress=lambda message, layer=layer: progress(f"{layer}: {message}"))
+        stage.layer = layer
+        found.stages.append(stage)
+        best = stage_best or best
+    return found, best
+
+
 def search_onnx(model, target, data, *, kind: str, low: float, high: float, trials: int = 4,
-                train_epochs: float = 0.0, checkpoint=None, restart: bool = False, progress=None, **options):
-    """`pruning.prune_onnx` with `kind`'s fraction searched (`search_fraction`): the model is
-    trained once (`train_epochs`, as prune_onnx would) and every trial prunes that trained model
-    with the other `options` unchanged. Returns (pruned ONNX model or, when no trial held, the
-    trained unpruned one, the chosen trial's PruneResult or None, its test accuracies or None,
-    Search). With `checkpoint` the trained model and every finished trial are saved, and the
-    same call resumes after an interruption (an unfinished trial from its own checkpoint,
-    `checkpoint`.trial). The checkpoint is removed when the search ends."""
+                train_epochs: float = 0.0, per_layer: bool = False, checkpoint=None, restart: bool = False,
+                progress=None, **options):
+    """`pruning.prune_onnx` with `kind`'s fraction searched (`search_fraction`; with `per_layer`
+    each layer's own, `search_layers`): the model is trained once (`train_epochs`, as prune_onnx
+    would) and every trial prunes that trained model with the other `options` unchanged. Returns
+    (pruned ONNX model or, when no trial held, the trained unpruned one, the chosen trial's
+    PruneResult or None, its test accuracies or None, Search or LayerSearch). With `checkpoint`
+    the trained model and every finished trial are saved, and the same call resumes after an
+    interruption (an unfinished trial from its own checkpoint, `checkpoint`.trial). The
+    checkpoint is removed when the search ends."""
     import onnx
 
     from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
@@ -160,11 +236,17 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
     check_search(kind, low, high, trials)
     if options.get(kind) is not None:
         raise ScalpelError(f"{kind} is the fraction searched: name it, or search it, not both")
-    _check_applies(model, target, kind, (low + high) / 2, options)
+    layers = _check_applies(model, target, kind, (low + high) / 2, options)
+    if per_layer:
+        named = sorted(set(options.get("layer_sparsity") or {}) & set(layers))
+        if named:
+            raise ScalpelError(f"a per-layer search finds {', '.join(named)}'s fraction: leave it out of the layer "
+                               "sparsities, or search one fraction for every layer")
     tolerance = options.get("tolerance", 0.001)
     settings = {"search": kind, "range": (low, high), "trials": trials, "train_epochs": train_epochs,
                 "model": model_digest(model),
                 "data": (data.name, len(data.train_x)), "target": getattr(target, "name", target),
+                **({"per_layer": True} if per_layer else {}),
                 **{key: value for key, value in options.items() if key not in ("keep_checkpoint",)}}
     ck = Checkpoint(checkpoint, settings, restart=restart) if checkpoint else NoCheckpoint()
     progress = progress or _to_stderr
@@ -177,7 +259,7 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
             trained = train_onnx(model, data, train_epochs, validation=options.get("validation"),
                                  seed=options.get("seed", 0), anneal=options.get("anneal", False),
                                  dropout=options.get("dropout", 0.0))
-        ck.save(trained=trained.SerializeToString(), trials=[], best=None)
+        ck.save(trained=trained.SerializeToString(), trials=[], stages=[], best=None)
     saved_best = ck.get("best")
     best = None if saved_best is None else (onnx.load_from_string(saved_best[0]), *saved_best[1:])
 
@@ -185,23 +267,68 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
         return prune_onnx(trained, target, data, **{**options, kind: fraction},
                           checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
 
-    def save(search, _trial, chosen):
-        ck.save(trials=[asdict(t) for t in search.trials],
-                best=None if chosen is None else (chosen[0].SerializeToString(), *chosen[1:]))
+    def saved(chosen):
+        return None if chosen is None else (chosen[0].SerializeToString(), *chosen[1:])
 
-    search, best = search_fraction(run_trial, kind, low=low, high=high, trials=trials, tolerance=tolerance,
-                                   done=[Trial(**t) for t in ck.get("trials", [])], best=best, on_trial=save,
-                                   progress=progress)
+    if per_layer:
+        def run_layers(fractions):  # the layers of `layers` not in `fractions` whole
+            layer_sparsity = {**(options.get("layer_sparsity") or {}),
+                              **{name: fractions.get(name, 0.0) for name in layers}}
+            return prune_onnx(trained, target, data, **{**options, kind: max(fractions.values()),
+                                                        "layer_sparsity": layer_sparsity},
+                              checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
+
+        def save_stages(found, chosen):
+            ck.save(stages=[{"layer": stage.layer, "trials": [asdict(t) for t in stage.trials]}
+                            for stage in found.stages],
+                    trials=[asdict(t) for stage in found.stages for t in stage.trials], best=saved(chosen))
+
+        done = [Search(kind, low, high, tolerance, [Trial(**t) for t in stage["trials"]], stage["layer"])
+                for stage in ck.get("stages", [])]
+        search, best = search_layers(run_layers, kind, layers, _pricer(trained, target, options, layers),
+                                     low=low, high=high, trials=trials, tolerance=tolerance, done=done, best=best,
+                                     on_trial=save_stages, progress=progress)
+    else:
+        def save(search, _trial, chosen):
+            ck.save(trials=[asdict(t) for t in search.trials], best=saved(chosen))
+
+        search, best = search_fraction(run_trial, kind, low=low, high=high, trials=trials, tolerance=tolerance,
+                                       done=[Trial(**t) for t in ck.get("trials", [])], best=best, on_trial=save,
+                                       progress=progress)
     ck.finish()
     if best is None:
         return trained, None, None, search
     return (*best, search)
 
 
-def _check_applies(model, target, kind, fraction, options) -> None:
+def _pricer(model, target, options, layers):
+    """`search_layers`' prices: each layer's predicted time (by the run's objective) in the
+    best outcome so far, or, before one, unpruned."""
+    import numpy as np
+
+    from .objectives import ObjectiveCost
+    from .pruning import LayerCost, chain_layers
+    from .target import TargetSpec
+
+    spec = TargetSpec.preset(target) if isinstance(target, str) else target
+    _, chain = chain_layers(model)
+    cost = ObjectiveCost(LayerCost(spec, chain), options.get("objective", "latency"))
+    shapes = {layer["name"]: layer["w_nk"].shape for layer in chain if "w_nk" in layer}
+    unpruned = {name: cost(name, np.ones(shapes[name], dtype="float32"), "dense")[0] for name in layers}
+
+    def prices(outcome):
+        if outcome is None:
+            return unpruned
+        return {name: outcome[1].layers[name]["predicted"] for name in layers}
+
+    return prices
+
+
+def _check_applies(model, target, kind, fraction, options) -> list[str]:
     """Refuse, before any training, a search gradual pruning could not run (a fraction of nodes
-    where the target prunes in groups, a layer sparsity naming a layer not cut, ...)."""
-    from .gradual_pruning import layer_schedules
+    where the target prunes in groups, a layer sparsity naming a layer not cut, ...); returns the
+    layers whose fraction is `kind`'s, in the model's order."""
+    from .gradual_pruning import gradual_layers, layer_schedules
     from .pruning import chain_layers, pruning_strategy
     from .target import TargetSpec
 
@@ -212,3 +339,6 @@ def _check_applies(model, target, kind, fraction, options) -> None:
     fractions = {"sparsity": options.get("sparsity"), "node_sparsity": options.get("node_sparsity"), kind: fraction}
     layer_schedules(strategy, fractions["sparsity"], options.get("steps", 10), options.get("layer_sparsity"),
                     fractions["node_sparsity"])
+    nodes = kind == "node_sparsity"
+    return [name for name in gradual_layers(strategy, fractions["sparsity"], fractions["node_sparsity"])
+            if (strategy[name].method == "node") == nodes]

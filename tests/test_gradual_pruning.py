@@ -172,6 +172,13 @@ def test_a_layer_of_its_own_sparsity_follows_its_own_ramp():
         layer_schedules(strategy, 0.9, 3, {"fc3": 0.5})
     with pytest.raises(ScalpelError, match=r"in \(0, 1\); got 1.0"):
         layer_schedules(strategy, 0.9, 3, {"fc1": 1.0})
+    whole = StandIn(layers)  # a fraction of 0 leaves the layer whole, as a per-layer search holds those to come
+    before = {name: w.copy() for name, w in whole.w.items()}
+    whole.run(strategy, sparsity=0.9, steps=3, layer_sparsity={"fc1": 0.0})
+    np.testing.assert_array_equal(whole.w["fc1"], before["fc1"])
+    assert np.any(pruning._blocks(whole.w["fc2"], 8, "1xg") != 0, axis=2).mean() == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ScalpelError, match=r"was given 0 for every layer it cuts \(fc1, fc2\): nothing to prune"):
+        layer_schedules(strategy, 0.9, 3, {"fc1": 0.0, "fc2": 0.0})
     assert parse_layer_sparsity(["conv1=0.5", "fc1=0.8"]) == {"conv1": 0.5, "fc1": 0.8}
     assert parse_layer_sparsity([]) is None
     with pytest.raises(ScalpelError, match="a layer sparsity is LAYER=FRACTION, e.g. conv1=0.5; got 'conv1'"):

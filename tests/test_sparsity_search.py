@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalpel_tvm import ScalpelError, datasets, paper_nets, pruning, sparsity_search
+from scalpel_tvm import ScalpelError, datasets, paper_nets, prune_report, pruning, sparsity_search
 from scalpel_tvm.cli import main
 from scalpel_tvm.int16_net import read_chain
 from scalpel_tvm.sparsity_search import Search, search_fraction, search_onnx
@@ -181,6 +181,9 @@ def test_when_no_fraction_holds_the_trained_model_is_written_unpruned_and_the_wa
     (["--sparsity", "auto", "--node-sparsity", "auto"], "search one fraction at a time"),
     (["--sparsity", "0.9", "--search-range", "0.5:0.9"], "--search-range is for a searched fraction"),
     (["--sparsity", "auto", "--search-range", "0.9:0.5"], "search range needs 0 <= LOW < HIGH < 1"),
+    (["--sparsity", "0.9", "--search-per-layer"], "--search-per-layer is for a searched fraction"),
+    (["--sparsity", "auto", "--search-per-layer", "--layer-sparsity", "fc2=0.5"],
+     "a per-layer search finds fc2's fraction: leave it out of the layer sparsities"),
 ])
 def test_scalpel_prune_refuses_a_search_it_cannot_run(tmp_path, capsys, argv, message):
     model_path = tmp_path / "lenet.onnx"
@@ -214,3 +217,137 @@ def test_the_pruning_benchmark_searches_scalpels_fraction_and_keeps_the_baseline
     saved = onnx.load(tmp_path / "bench_pruning_lenet_300_100_x86-avx2_scalpel.onnx")
     assert models.weights_removed(saved) == pytest.approx(report["methods"]["scalpel"]["weights_removed"], abs=0.01)
     assert report["methods"]["scalpel"]["weights_removed"] == pytest.approx(0.8, abs=0.01)
+
+
+# Per-layer search: stand-in layers priced 5, 3 and 4 unpruned; c reads a's outputs, so pruning a
+# makes c cheaper (as node shrinking does), and each layer holds up to its own limit.
+PRICES = {"a": 5.0, "b": 3.0, "c": 4.0}
+LIMITS = {"a": 0.6, "b": 0.8, "c": 0.3}
+
+
+def layer_outcome(fractions, limits=LIMITS):
+    loss = 0.0 if all(f <= limits[name] for name, f in fractions.items()) else 0.05
+    predicted = {name: price * (1 - 0.9 * fractions.get(name, 0.0)) for name, price in PRICES.items()}
+    predicted["c"] *= 1 - 0.5 * fractions.get("a", 0.0)
+    result = SimpleNamespace(baseline_accuracy=0.98, final_accuracy=0.98 - loss, confirmed_baseline=0.97,
+                             confirmed_accuracy=0.97 - loss, weights_removed=sum(fractions.values()) / 3,
+                             layers={name: {"predicted_dense": PRICES[name], "predicted": predicted[name]}
+                                     for name in PRICES})
+    return dict(fractions), result, {"dense": 0.98, "pruned": 0.98 - loss}
+
+
+def layer_prices(outcome):
+    return PRICES if outcome is None else {name: v["predicted"] for name, v in outcome[1].layers.items()}
+
+
+def test_a_per_layer_search_goes_slowest_first_reranks_and_holds_the_searched_layers_at_their_fractions():
+    """a (priced 5) first with b and c whole; then c (4 unpruned) has become cheaper than b (3)
+    because a's pruning shrank its inputs, so b goes second; every trial runs with the layers
+    already searched at what they reached and the rest whole."""
+    calls = []
+
+    def run_trial(fractions):
+        calls.append(fractions)
+        return layer_outcome(fractions)
+
+    said = []
+    found, best = sparsity_search.search_layers(run_trial, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
+                                                high=0.97, trials=5, tolerance=0.001, progress=said.append)
+    assert [stage.layer for stage in found.stages] == ["a", "b", "c"]
+    assert said[0].startswith("per-layer search: a next, the slowest left (a 5, b 3, c 4)")
+    resolution = 0.97 / 2 ** 5 + 0.002
+    for name in "abc":
+        assert found.fractions[name] <= LIMITS[name] < found.fractions[name] + resolution
+    assert all(set(c) == {"a"} for c in calls[:5])
+    assert all(c["a"] == found.fractions["a"] and set(c) == {"a", "b"} for c in calls[5:10])
+    assert all(c["b"] == found.fractions["b"] and set(c) == {"a", "b", "c"} for c in calls[10:])
+    assert best[0] == found.fractions  # the last layer's chosen trial: every layer at its fraction
+    report = found.as_dict()
+    assert [s["layer"] for s in report["per_layer"]] == ["a", "b", "c"] and report["chosen"] == found.fractions
+
+
+def test_a_layer_no_fraction_holds_for_stays_whole_and_the_search_goes_on():
+    def run_trial(fractions):
+        return layer_outcome(fractions, dict(LIMITS, b=0.0))  # any cut of b loses accuracy
+
+    found, best = sparsity_search.search_layers(run_trial, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
+                                                high=0.97, trials=3, tolerance=0.001, progress=lambda _: None)
+    assert set(found.fractions) == {"a", "c"}
+    assert next(stage for stage in found.stages if stage.layer == "b").chosen is None
+    assert "b" not in best[0]  # c's trials ran with b whole
+    assert "b whole" in "\n".join(prune_report.search_lines(found.as_dict()))
+
+
+def test_an_interrupted_per_layer_search_resumes_where_it_stopped():
+    """Stopped in b's search, the same search handed the stages saved so far goes on from that
+    trial: no trial is run twice, and it ends where an uninterrupted one does."""
+    straight, _ = sparsity_search.search_layers(layer_outcome, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
+                                                high=0.97, trials=3, tolerance=0.001, progress=lambda _: None)
+    saved, calls = [], []
+
+    def stop_at_the_fifth(fractions):
+        calls.append(fractions)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return layer_outcome(fractions)
+
+    with pytest.raises(KeyboardInterrupt):
+        sparsity_search.search_layers(stop_at_the_fifth, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
+                                      high=0.97, trials=3, tolerance=0.001, progress=lambda _: None,
+                                      on_trial=lambda found, best: saved.append((found, best)))
+    found, best = saved[-1]
+    assert [(s.layer, len(s.trials)) for s in found.stages] == [(straight.stages[0].layer, 3),
+                                                                (straight.stages[1].layer, 1)]
+    again = []
+    resumed, best = sparsity_search.search_layers(
+        lambda f: again.append(f) or layer_outcome(f), "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
+        high=0.97, trials=3, tolerance=0.001, done=found.stages, best=best, progress=lambda _: None)
+    assert len(again) == 9 - 4 and again[0] == calls[4]
+    assert resumed.as_dict() == straight.as_dict() and best[0] == straight.fractions
+
+
+def test_scalpel_prune_searches_each_layers_fraction_and_resumes_a_per_layer_search(tmp_path, capsys, monkeypatch):
+    """Reduced, every trial held (tolerance 100 points), one trial a layer at the middle of
+    50:90%: fc1 (the slowest) first, with fc2 whole, then fc2 with fc1 at its 70%. Stopped in
+    fc2's search, the same command goes on from the checkpoint without redoing fc1's trial and
+    writes the same model."""
+    model_path, report_dir = tmp_path / "lenet.onnx", tmp_path / "r"
+    onnx.save(paper_nets.network("lenet_300_100"), model_path)
+
+    def prune(out, *extra):
+        return main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--limit", "1500",
+                     "--train-epochs", "0.2", "--epochs", "0.1", "--steps", "2", "--orientation", "1xg",
+                     "--sparsity", "auto", "--search-per-layer", "--search-range", "0.5:0.9", "--search-trials", "1",
+                     "--tolerance", "100", *extra])
+
+    assert prune(tmp_path / "straight.onnx", "--report", str(report_dir)) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"per-layer search: fc1 next, the slowest left \(fc1 [0-9.e-]+, fc2 [0-9.e-]+\)", captured.err)
+    assert re.search(r"fc1: searched .*\n +70\.0%: .* held\n +chosen: 70\.0% .*\nfc2: searched .*\n +70\.0%: .* held\n"
+                     r".*\nchosen: fc1 70\.0%, fc2 70\.0%", captured.out)
+    report = json.loads((report_dir / "prune.json").read_text())
+    assert report["settings"]["layer_sparsity"] == {"fc1": 0.7, "fc2": 0.7}
+    assert [s["layer"] for s in report["search"]["per_layer"]] == ["fc1", "fc2"]
+    assert [report["layers"][name]["group_sparsity"] for name in ("fc1", "fc2")] == pytest.approx([0.7, 0.7], abs=0.01)
+    assert report["layers"]["fc3"]["weights_kept"] == 1.0
+    assert (report_dir / "search.png").stat().st_size > 0
+
+    real, calls = pruning.prune_onnx, []
+
+    def stop_in_fc2(*args, **kwargs):  # the second gradual run: fc2's search
+        calls.append(kwargs["layer_sparsity"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, "prune_onnx", stop_in_fc2)
+    assert prune(tmp_path / "resumed.onnx") == 2
+    assert calls == [{"fc1": 0.7, "fc2": 0.0}, {"fc1": 0.7, "fc2": 0.7}]
+    monkeypatch.undo()
+    assert "the same command resumes" in capsys.readouterr().err
+    assert prune(tmp_path / "resumed.onnx") == 0
+    err = capsys.readouterr().err
+    assert "resuming the search" in err and "(1 trials done)" in err and "fc1: search 1/1" not in err
+    for a, b in zip(read_chain(onnx.load(str(tmp_path / "straight.onnx")))[1],
+                    read_chain(onnx.load(str(tmp_path / "resumed.onnx")))[1]):
+        np.testing.assert_array_equal(a.get("w_nk"), b.get("w_nk"))
