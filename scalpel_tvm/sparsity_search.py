@@ -202,7 +202,7 @@ def search_layers(run_trial, kind: str, layers: list[str], prices, *, low: float
         def layer_trial(fraction, layer=layer, fractions=fractions):
             return run_trial({**fractions, layer: fraction})
 
-        def saved_trial(search, _trial, stage_best, stages=list(found.stages), before=best):
+        def saved_trial(search, _trial, stage_best, layer=layer, stages=list(found.stages), before=best):
             search.layer = layer
             if on_trial:
                 on_trial(LayerSearch(kind, stages + [search]), stage_best or before)
