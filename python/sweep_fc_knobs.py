@@ -2,7 +2,8 @@
 
 `bench_kernels.py` compares the templates at their default knobs. This times every setting
 `scalpel tune` would measure (`workloads.knob_space`: at batch 1 dense lane-blocks per tile x K
-streams and grouped-sparse streams per block; batched, the batch tiles and loop orders) for one FC shape at one group sparsity, side by side
+streams and grouped-sparse streams per block; batched, the batch tiles and loop orders) for one
+FC shape at one group sparsity, side by side
 (one thread, medians of interleaved rounds, every output checked against numpy first), and
 prints every setting, fastest first:
 
@@ -37,7 +38,8 @@ def main():
     parser.add_argument("--shape", default="100x300", help="N x K (outputs x inputs)")
     parser.add_argument("--sparsity", type=float, default=0.3, help="fraction of all-zero aligned groups")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS, type=runnable_target, help="groups as wide as its fp32 lanes")
+    parser.add_argument("--target", default="x86-avx2", choices=MODEL_TARGETS, type=runnable_target,
+                        help="groups as wide as its fp32 lanes")
     args = parser.parse_args()
     n, k = (int(d) for d in args.shape.split("x"))
     rng = np.random.default_rng(0)

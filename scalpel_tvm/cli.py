@@ -260,7 +260,8 @@ def _prune(args) -> None:
             del fractions[kind]
             pruned, result, test, search = search_onnx(model, args.target, data, kind=kind, low=low, high=high,
                                                        trials=args.search_trials, train_epochs=args.train_epochs,
-                                                       per_layer=args.search_per_layer, checkpoint=checkpoint, restart=args.restart,
+                                                       per_layer=args.search_per_layer, checkpoint=checkpoint,
+                                                       restart=args.restart,
                                                        **options, **fractions)
         else:
             pruned, result, test = prune_onnx(model, args.target, data, train_epochs=args.train_epochs,
