@@ -28,7 +28,7 @@ import tvm  # noqa: E402
 from onnx import helper  # noqa: E402
 
 import scalpel_tvm  # noqa: E402
-from scalpel_tvm.demo import MODEL_TARGETS, demo_model_path, runnable_target  # noqa: E402
+from scalpel_tvm.demo import MODEL_TARGETS, demo_model_path, per_target, runnable_target  # noqa: E402
 from scalpel_tvm.onnx_import import import_onnx  # noqa: E402
 from scalpel_tvm.timing import cpu_name, cpu_vm, median_us, ort_session, ort_timer, vm_timer  # noqa: E402
 
@@ -85,7 +85,7 @@ def main() -> None:
                                          for b in (1, 50)}}
     print("geomean onnxruntime / tuned:", {b: round(v, 2) for b, v in report["geomean_ort_over_tuned"].items()})
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("bench_dense_vs_ort.json" if args.target == "x86-avx2" else f"bench_dense_vs_ort_{args.target}.json")
+    path = args.out / f"{per_target('bench_dense_vs_ort', args.target)}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
 

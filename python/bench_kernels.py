@@ -53,7 +53,7 @@ from scalpel_tvm.schedules.csr import CSRWeight, csr_fc
 from scalpel_tvm.timing import call_timer, cpu_name, median_us, ort_session, ort_timer, vm_timer
 from scalpel_tvm.schedules.fc import dense_fc, pack_dense_weight
 from scalpel_tvm.schedules.grouped_sparse import GroupedSparseWeight, grouped_sparse_fc
-from scalpel_tvm.demo import MODEL_TARGETS, runnable_target
+from scalpel_tvm.demo import MODEL_TARGETS, per_target, runnable_target
 from scalpel_tvm.target import TargetSpec
 
 SHAPES = [(300, 784), (100, 300), (4096, 4096), (4096, 9216)]  # (N, K): out x in features
@@ -380,7 +380,7 @@ def main():
         "results": results,
         "goals": summary,
     }
-    stem = "bench_kernels" if args.target == "x86-avx2" else f"bench_kernels_{args.target}"
+    stem = per_target("bench_kernels", args.target)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
     plot(results, out / f"{stem}.png", f"{args.target} (G = {spec.lanes('float32')})")
     print(f"wrote {out / stem}.json and {out / stem}.png")

@@ -77,13 +77,7 @@ def ensure_demo_models(overwrite: bool = False) -> list[Path]:
 def default_target() -> str:
     """The widest of MODEL_TARGETS this CPU runs (x86-avx512 on an AVX-512 CPU, else x86-avx2);
     "host" where it runs neither."""
-    for target in MODEL_TARGETS:
-        try:
-            check_runs_here(as_spec(target))
-        except ScalpelError:
-            continue
-        return target
-    return "host"
+    return next((target for target in MODEL_TARGETS if runs_here(as_spec(target))), "host")
 
 
 def recorded_target(model: onnx.ModelProto) -> str:
@@ -96,13 +90,8 @@ def recorded_target(model: onnx.ModelProto) -> str:
     bytes stay; an AVX-512 CPU runs AVX2 code, so compiling for what the model was made for
     keeps its groups whole. A model the frontend did not make (random weights) gets "host"."""
     target = (frontend_facts(model) or {}).get("target")
-    if target is None:
-        return "host"
-    try:
-        check_runs_here(as_spec(target))
-    except ScalpelError:
-        return "host"  # pruned for a microcontroller or a GPU, or a CPU with wider lanes than this one
-    return target
+    # "host" too for a model pruned for a microcontroller or a GPU, or a CPU with wider lanes than this one
+    return target if target is not None and runs_here(as_spec(target)) else "host"
 
 
 def run_demo(target: str | None = None, networks=("lenet_300_100", "lenet5"), batches=(1, 50),
@@ -208,6 +197,21 @@ def check_runs_here(spec) -> None:
         raise ScalpelError(
             f"timing runs the compiled models on this machine, whose CPU lacks {', '.join(sorted(missing)[:4])} "
             f"that {spec.name} code uses; use --target host (or `scalpel plan` to only plan for {spec.name})")
+
+
+def runs_here(spec) -> bool:
+    """Whether `check_runs_here` accepts `spec`."""
+    try:
+        check_runs_here(spec)
+    except ScalpelError:
+        return False
+    return True
+
+
+def per_target(stem: str, target: str) -> str:
+    """A benchmark's output name: `stem` for x86-avx2 (the figures the README first gave), else
+    `stem_<target>`, so runs for the two targets do not overwrite each other."""
+    return stem if target == "x86-avx2" else f"{stem}_{target}"
 
 
 def runnable_target(name: str) -> str:

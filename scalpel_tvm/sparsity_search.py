@@ -263,8 +263,8 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
     saved_best = ck.get("best")
     best = None if saved_best is None else (onnx.load_from_string(saved_best[0]), *saved_best[1:])
 
-    def run_trial(fraction):
-        return prune_onnx(trained, target, data, **{**options, kind: fraction},
+    def run(**fractions):  # one gradual run from the trained model, the other options as given
+        return prune_onnx(trained, target, data, **{**options, **fractions},
                           checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
 
     def saved(chosen):
@@ -272,11 +272,8 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
 
     if per_layer:
         def run_layers(fractions):  # the layers of `layers` not in `fractions` whole
-            layer_sparsity = {**(options.get("layer_sparsity") or {}),
-                              **{name: fractions.get(name, 0.0) for name in layers}}
-            return prune_onnx(trained, target, data, **{**options, kind: max(fractions.values()),
-                                                        "layer_sparsity": layer_sparsity},
-                              checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
+            return run(**{kind: max(fractions.values()), "layer_sparsity": {
+                **(options.get("layer_sparsity") or {}), **{name: fractions.get(name, 0.0) for name in layers}}})
 
         def save_stages(found, chosen):
             ck.save(stages=[{"layer": stage.layer, "trials": [asdict(t) for t in stage.trials]}
@@ -292,7 +289,8 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
         def save(search, _trial, chosen):
             ck.save(trials=[asdict(t) for t in search.trials], best=saved(chosen))
 
-        search, best = search_fraction(run_trial, kind, low=low, high=high, trials=trials, tolerance=tolerance,
+        search, best = search_fraction(lambda fraction: run(**{kind: fraction}), kind, low=low, high=high,
+                                       trials=trials, tolerance=tolerance,
                                        done=[Trial(**t) for t in ck.get("trials", [])], best=best, on_trial=save,
                                        progress=progress)
     ck.finish()

@@ -112,7 +112,7 @@ def test_demo_compiles_the_models_whose_groups_match_the_targets_lanes():
 
 
 def test_a_model_compiles_for_its_recorded_target_only_where_this_cpu_runs_it():
-    """`recorded_target` (the demo's and `python/example_onnx.py`'s default): the frontend's
+    """`recorded_target` (`python/example_onnx.py`'s default): the frontend's
     target from the file's metadata; a microcontroller's model, or one the frontend did not make,
     gets this CPU."""
     pruned = onnx.load(demo_model_path("lenet_300_100", True))
