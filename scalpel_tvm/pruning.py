@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -44,6 +45,12 @@ from .unaligned_groups import cover_count, unaligned_mask
 IMPORTANCE = ("rms", "max", "mean")
 METHODS = ("scalpel", "traditional", "optimized")
 # The loop each method runs: optimized is traditional's loop with another ending (its dense reverts)
+class BelowTolerance(UserWarning):
+    """A gradual run ended below the tolerance: it prunes to the fraction asked for and reports
+    the loss rather than undoing it. A fraction search expects some of its trials to end so and
+    silences this for them (`sparsity_search.search_onnx`)."""
+
+
 LOOP_OF = {"scalpel": "scalpel", "traditional": "magnitude", "optimized": "magnitude"}
 GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: groups, or single weights (traditional)
 GROUPINGS = ("aligned", "dp", "greedy")  # aligned groups, or unaligned ones (Lee et al.)
@@ -741,10 +748,10 @@ def _prune(net, layers, spec, hooks, ck, checkpoint, *, method, grouping, object
         _finetune(net, hooks, result, retrain_seed=seeds[0])
         weights = torch_chain.weights(net)
     if gradual and result.final_accuracy < result.baseline_accuracy - tolerance:
-        print(f"scalpel prune: pruned gradually to {gradual_target(sparsity, node_sparsity)}, validation accuracy "
-              f"ended {100 * (result.baseline_accuracy - result.final_accuracy):.2f} points below the unpruned model's "
-              f"(tolerance {100 * tolerance:.2g}); choose a lower sparsity, more steps or a "
-              "longer final retraining", file=sys.stderr)
+        warnings.warn(f"scalpel prune: pruned gradually to {gradual_target(sparsity, node_sparsity)}, validation "
+                      f"accuracy ended {100 * (result.baseline_accuracy - result.final_accuracy):.2f} points below the "
+                      f"unpruned model's (tolerance {100 * tolerance:.2g}); choose a lower sparsity, more steps or a "
+                      "longer final retraining", BelowTolerance, stacklevel=3)
     result.nodes = node_result
     result.layers = layer_summary(strategy, weights, cost, baseline_forms(method, weights))
     prunable = [name for name, s in strategy.items() if s.method != "none"]

@@ -34,6 +34,7 @@ a search per layer: `trials` whole runs for each.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from .errors import ScalpelError
@@ -231,7 +232,7 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
     import onnx
 
     from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
-    from .pruning import prune_onnx, train_onnx
+    from .pruning import BelowTolerance, prune_onnx, train_onnx
 
     check_search(kind, low, high, trials)
     if options.get(kind) is not None:
@@ -264,8 +265,10 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
     best = None if saved_best is None else (onnx.load_from_string(saved_best[0]), *saved_best[1:])
 
     def run(**fractions):  # one gradual run from the trained model, the other options as given
-        return prune_onnx(trained, target, data, **{**options, **fractions},
-                          checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
+        with warnings.catch_warnings():  # a trial below the tolerance is the search's to report
+            warnings.simplefilter("ignore", BelowTolerance)
+            return prune_onnx(trained, target, data, **{**options, **fractions},
+                              checkpoint=f"{checkpoint}.trial" if checkpoint else None, restart=restart)
 
     def saved(chosen):
         return None if chosen is None else (chosen[0].SerializeToString(), *chosen[1:])

@@ -3,6 +3,7 @@ tries, what it picks, every outcome pattern), resuming an interrupted search, th
 the whole path through `scalpel prune --sparsity auto`."""
 import json
 import re
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -162,8 +163,12 @@ def test_scalpel_prune_sparsity_auto_writes_the_chosen_model_and_reports_every_t
 
 
 def test_when_no_fraction_holds_the_trained_model_is_written_unpruned_and_the_way_out_named(tmp_path, capsys,
-                                                                                            monkeypatch):
-    monkeypatch.setattr(pruning, "prune_onnx", lambda model, *a, sparsity, **k: outcome(sparsity, 0.05))
+                                                                                            monkeypatch, recwarn):
+    def lost(model, *args, sparsity, **kwargs):  # as prune_onnx ends a gradual run below the tolerance
+        warnings.warn("pruned gradually ... points below the unpruned model's", pruning.BelowTolerance)
+        return outcome(sparsity, 0.05)
+
+    monkeypatch.setattr(pruning, "prune_onnx", lost)
     model_path, out = tmp_path / "lenet.onnx", tmp_path / "pruned.onnx"
     onnx.save(paper_nets.network("lenet_300_100"), model_path)
     assert main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--report", str(tmp_path / "r"),
@@ -175,6 +180,18 @@ def test_when_no_fraction_holds_the_trained_model_is_written_unpruned_and_the_wa
         0.485, 0.242, 0.121]
     assert onnx.load(str(out)) == onnx.load(str(model_path))  # --train-epochs 0: the model as given
     assert (tmp_path / "r" / "search.png").exists() and not (tmp_path / "r" / "prune.png").exists()
+    assert not recwarn.list  # each lost trial is the search's to report, not a warning to lower the sparsity
+
+
+def test_a_gradual_run_ending_below_the_tolerance_warns_and_names_the_way_out(tmp_path):
+    model_path, out = tmp_path / "lenet.onnx", tmp_path / "pruned.onnx"
+    onnx.save(paper_nets.network("lenet_300_100"), model_path)
+    with pytest.warns(pruning.BelowTolerance, match=r"points below the unpruned model's \(tolerance 0\); choose a "
+                                                    "lower sparsity, more steps or a longer final retraining"):
+        assert main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--limit", "1500",
+                     "--train-epochs", "0.2", "--epochs", "0.05", "--steps", "1", "--sparsity", "0.99",
+                     "--tolerance", "0"]) == 0
+    assert out.exists()  # reported, not undone
 
 
 @pytest.mark.parametrize("argv, message", [
