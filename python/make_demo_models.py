@@ -2,7 +2,7 @@
 package: trained on MNIST and pruned for x86-avx2 and x86-avx512 by the pruning frontend.
 
     python python/make_demo_models.py [--nets lenet_300_100,lenet5]     # 2.4 + 13.0 min, needs the train extra
-    python python/make_demo_models.py --target x86-avx512 --keep-dense  # 1 min: LeNet-300-100 in groups of 16
+    python python/make_demo_models.py --target x86-avx512 --keep-dense  # 6 min: both in groups of 16
     python python/make_demo_models.py --random                          # seconds: scalpel_tvm/models.py
 
 Each network is trained with the frontend's recipe (`--train-epochs` 3, seed 0, the last tenth of
@@ -38,9 +38,18 @@ SETTINGS = {
     "lenet_300_100": {"epochs": 2.0, "order_neurons": True},
     "lenet5": {"epochs": 1.0, "order_neurons": True, "finetune": 4.0, "recover": True},
 }
-# Groups of 16 are coarser: LeNet-300-100 for x86-avx512 with the settings above ended 0.10 test
-# points down (at the tolerance; the x86-avx2 model +0.12), with this fine-tune 0.01 down.
-TARGET_SETTINGS = {("lenet_300_100", "x86-avx512"): {"finetune": 4.0}}
+# Where a target needs other settings, they replace the network's. Groups of 16 are coarser:
+# LeNet-300-100 for x86-avx512 with the settings above ended 0.10 test points down (at the
+# tolerance; the x86-avx2 model +0.12), with a four-epoch fine-tune 0.01 down. LeNet-5's mask-layer
+# rounds for x86-avx512 were walked back to 19 / 20 and 33 / 50 filters (1.9x), so its model is
+# pruned gradually instead, with the fractions that keep the accuracy for x86-avx2 (README,
+# "Gradual node pruning meets them"): half of conv1's filters, 70% of conv2's, 93% of fc1's groups.
+TARGET_SETTINGS = {
+    ("lenet_300_100", "x86-avx512"): {**SETTINGS["lenet_300_100"], "finetune": 4.0},
+    ("lenet5", "x86-avx512"): {"order_neurons": True, "sparsity": 0.93, "node_sparsity": 0.7,
+                               "layer_sparsity": {"conv1": 0.5}, "steps": 20, "epochs": 1.0,
+                               "finetune": 10.0, "orientation": "1xg", "distill": True},
+}
 TRAIN_EPOCHS = 3.0
 
 
@@ -54,7 +63,7 @@ def trained_and_pruned(net: str, target: str, keep_dense: bool) -> tuple[onnx.Mo
     started = time.time()
     dense = onnx.load(demo_model_path(net, pruned=False)) if keep_dense else trained(
         net, data, TRAIN_EPOCHS, validation)
-    settings = {**SETTINGS[net], **TARGET_SETTINGS.get((net, target), {})}
+    settings = TARGET_SETTINGS.get((net, target), SETTINGS[net])
     pruned, result, test = pruning.prune_onnx(dense, target, data, validation=validation, **settings)
     facts = {"data": "mnist", "target": target, "train_epochs": TRAIN_EPOCHS, "seed": 0, **settings,
              "test_accuracy_dense": test["dense"], "test_accuracy_pruned": test["pruned"],

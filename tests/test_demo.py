@@ -104,9 +104,8 @@ def test_demo_compiles_the_models_whose_groups_match_the_targets_lanes():
     ships, else the x86-avx2 one (groups of 8)."""
     wide, avx2, old = (TargetSpec.preset("x86-avx512"), TargetSpec.preset("x86-avx2"),
                        TargetSpec.from_target({"kind": "llvm", "mcpu": "nehalem"}))
-    assert pruned_model_path("lenet_300_100", wide) == demo_model_path("lenet_300_100", True, "x86-avx512")
-    assert pruned_model_path("lenet5", wide) == demo_model_path("lenet5", True, "x86-avx2")  # none for AVX-512
     for network in NETWORKS:
+        assert pruned_model_path(network, wide) == demo_model_path(network, True, "x86-avx512")
         assert pruned_model_path(network, avx2) == pruned_model_path(network, old) == demo_model_path(network, True)
         assert pruned_model_path(network, wide).exists()
 
