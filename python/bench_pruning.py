@@ -28,7 +28,8 @@ then the baselines' alone):
         --orientation 1xg --distill --order-neurons --out out
 
 `--search sparsity` (or `node_sparsity`) has Scalpel's run search its fraction (`scalpel prune
-... auto`), `--search-per-layer` each layer's own, while the baselines keep `--sparsity`.
+... auto`), `--search-per-layer` each layer's own (`--search sparsity node_sparsity
+--search-per-layer`: of both kinds), while the baselines keep `--sparsity`.
 
 For each it reports test accuracy, weights removed and the predicted speedup over the dense model
 by the target's cost model; on a Cortex-M target also the cycle ESTIMATE of the int16 firmware
@@ -63,12 +64,12 @@ import onnx
 # batch 1 measured 33.7 us instead of 17.8. Set before TVM starts its pool; torch keeps its own.
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-from scalpel_tvm import datasets, paper_nets, pruning  # noqa: E402
+from scalpel_tvm import ScalpelError, datasets, paper_nets, pruning  # noqa: E402
 from scalpel_tvm.demo import check_runs_here
 from scalpel_tvm.gradual_pruning import cut_in_groups, parse_layer_sparsity
 from scalpel_tvm.paired_accuracy import describe, onnx_correct, paired_difference
 from scalpel_tvm.prune_report import search_lines
-from scalpel_tvm.sparsity_search import DEFAULT_RANGE, KINDS, parse_range, search_onnx
+from scalpel_tvm.sparsity_search import KINDS, parse_ranges, search_onnx
 from scalpel_tvm.target import TargetSpec
 
 METHODS = ("scalpel", "traditional", "optimized")
@@ -111,10 +112,10 @@ def main():
     parser.add_argument("--layer-sparsity", nargs="+", default=[], metavar="LAYER=FRACTION",
                         help="as scalpel prune's, for Scalpel's run")
     parser.add_argument("--orientation", choices=["1xg", "gx1"], help="as scalpel prune's (Scalpel's x86 groups)")
-    parser.add_argument("--search", choices=list(KINDS),
+    parser.add_argument("--search", choices=list(KINDS), nargs="+", default=[],
                         help="Scalpel's run searches this fraction (as scalpel prune's auto) instead of taking it; "
-                             "the baselines keep --sparsity")
-    parser.add_argument("--search-range", default=None, metavar="LOW:HIGH", help="as scalpel prune's")
+                             "both with --search-per-layer; the baselines keep --sparsity")
+    parser.add_argument("--search-range", nargs="+", metavar="[groups=|nodes=]LOW:HIGH", help="as scalpel prune's")
     parser.add_argument("--search-trials", type=int, default=4, help="as scalpel prune's")
     parser.add_argument("--search-per-layer", action="store_true", help="as scalpel prune's (with --search)")
     parser.add_argument("--distill", action="store_true", help="as scalpel prune's: every method")
@@ -128,6 +129,16 @@ def main():
     spec = TargetSpec.preset(args.target)
     if spec.parallelism == "moderate":  # before the pruning runs, not after them
         check_runs_here(spec)
+    if args.search_per_layer and not args.search:
+        parser.error("--search-per-layer is for a searched fraction: give --search too")
+    if args.search_range and not args.search:
+        parser.error("--search-range is for a searched fraction: give --search too")
+    if len(args.search) > 1 and not args.search_per_layer:
+        parser.error("--search one fraction, or both with --search-per-layer")
+    try:
+        ranges = parse_ranges(args.search_range, args.search)
+    except ScalpelError as error:
+        parser.error(str(error))
     data = datasets.load(DATA[args.net][0], limit=args.limit)
     validation = args.validation or pruning.validation_images(data)
     model = trained(args.net, data, args.train_epochs, validation, seed=args.seed, anneal=args.anneal_train)
@@ -135,18 +146,14 @@ def main():
     gradual_nodes = {"node_sparsity": args.node_sparsity, "layer_sparsity": parse_layer_sparsity(args.layer_sparsity)}
     # --sparsity is the baselines' too: where Scalpel cuts only nodes (the ConvNet for x86, whose one
     # FC layer is the output layer), its run takes --node-sparsity alone
-    nodes_named = args.node_sparsity is not None or args.search == "node_sparsity"
+    nodes_named = args.node_sparsity is not None or "node_sparsity" in args.search
     scalpel_sparsity = args.sparsity if not nodes_named or cuts_groups(model, spec) else None
     search = None
-    if args.search_per_layer and not args.search:
-        parser.error("--search-per-layer is for a searched fraction: give --search too")
     if args.search:
-        low, high = parse_range(args.search_range) if args.search_range else DEFAULT_RANGE[args.search]
-        search = {"kind": args.search, "low": low, "high": high, "trials": args.search_trials,
-                  "per_layer": args.search_per_layer}
-        if args.search == "sparsity":
+        search = {"ranges": ranges, "trials": args.search_trials, "per_layer": args.search_per_layer}
+        if "sparsity" in args.search:
             scalpel_sparsity = None
-        gradual_nodes["node_sparsity"] = None if args.search == "node_sparsity" else args.node_sparsity
+        gradual_nodes["node_sparsity"] = None if "node_sparsity" in args.search else args.node_sparsity
     # traditional and optimized share their loop: the optimized run resumes the traditional run's
     # finished checkpoint and only reverts and retrains (same seeds: the same result as from scratch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +217,8 @@ def prune_once(model, spec, data, **options):
 
 
 def scalpel_search(search: dict, model, spec, data, **options):
-    """Scalpel's run with its fraction searched (`sparsity_search.search_onnx`, `search` its kind,
-    low, high and trials), from the model every method starts from."""
+    """Scalpel's run with its fraction searched (`sparsity_search.search_onnx`, `search` its
+    ranges, trials and per_layer), from the model every method starts from."""
     pruned, result, test, found = search_onnx(model, spec, data, **search, **options)
     if result is None:
         sys.exit("bench_pruning: no searched fraction kept the accuracy (see the trials above); lower --search-range")

@@ -137,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                        help="prune the node-pruned layers (a CPU's convs, a GPU's layers) gradually to this fraction "
                             "of their filters / neurons, in the same steps as --sparsity's groups, instead of the "
                             "mask layers' rounds; auto: search it")
-    prune.add_argument("--search-range", metavar="LOW:HIGH",
+    prune.add_argument("--search-range", metavar="[groups=|nodes=]LOW:HIGH", nargs="+",
                        help="with auto: the fractions searched, HIGH taken as too far (default 0:0.97 for groups, "
-                            "0:0.9 for nodes)")
+                            "0:0.9 for nodes); with both auto, groups=LOW:HIGH and nodes=LOW:HIGH set one each")
     prune.add_argument("--search-trials", type=int, default=4,
                        help="with auto: gradual runs bisecting the range (default 4: a sixteenth of it)")
     prune.add_argument("--search-per-layer", action="store_true",
                        help="with auto: search each layer's own fraction, the one the cost model prices slowest "
-                            "first with the others whole, then the slowest left (--search-trials runs per layer)")
+                            "first with the others whole, then the slowest left (--search-trials runs per layer); "
+                            "with --sparsity auto --node-sparsity auto each layer's of the kind it is pruned in")
     prune.add_argument("--steps", type=int, default=10,
                        help="with --sparsity / --node-sparsity: the gradual steps, each retrained")
     prune.add_argument("--layer-sparsity", action="append", metavar="LAYER=FRACTION", default=[],
@@ -235,8 +236,9 @@ def _prune(args) -> None:
     if out.exists() and not args.overwrite:
         raise ScalpelError(f"{out} exists; choose another --out or pass --overwrite")
     searched = [kind for kind in ("sparsity", "node_sparsity") if getattr(args, kind) == "auto"]
-    if len(searched) > 1:
-        raise ScalpelError("search one fraction at a time: give --sparsity or --node-sparsity a number, the other auto")
+    if len(searched) > 1 and not args.search_per_layer:
+        raise ScalpelError("search one fraction at a time: give --sparsity or --node-sparsity a number, the other "
+                           "auto; or search each layer's own fraction of either with --search-per-layer")
     for option, given in (("--search-range", args.search_range), ("--search-per-layer", args.search_per_layer)):
         if given and not searched:
             raise ScalpelError(f"{option} is for a searched fraction: --sparsity auto or --node-sparsity auto")
@@ -253,12 +255,12 @@ def _prune(args) -> None:
     search = None
     try:
         if searched:
-            from .sparsity_search import DEFAULT_RANGE, parse_range, search_onnx
+            from .sparsity_search import parse_ranges, search_onnx
 
-            kind = searched[0]
-            low, high = parse_range(args.search_range) if args.search_range else DEFAULT_RANGE[kind]
-            del fractions[kind]
-            pruned, result, test, search = search_onnx(model, args.target, data, kind=kind, low=low, high=high,
+            ranges = parse_ranges(args.search_range, searched)
+            for kind in searched:
+                del fractions[kind]
+            pruned, result, test, search = search_onnx(model, args.target, data, ranges=ranges,
                                                        trials=args.search_trials, train_epochs=args.train_epochs,
                                                        per_layer=args.search_per_layer, checkpoint=checkpoint,
                                                        restart=args.restart,
@@ -287,7 +289,8 @@ def _prune(args) -> None:
     if search is not None:
         if args.search_per_layer:  # each layer its own fraction; those no trial held for stayed whole
             layers = {stage.layer: search.fractions.get(stage.layer, 0.0) for stage in search.stages}
-            report["settings"].update({search.kind: None, "layer_sparsity": {**(layer_sparsity or {}), **layers}})
+            report["settings"].update({**dict.fromkeys(search.kinds), "layer_sparsity": {**(layer_sparsity or {}),
+                                                                                       **layers}})
         else:
             report["settings"][search.kind] = search.chosen.fraction
         report["settings"]["search_trials"] = args.search_trials

@@ -29,7 +29,10 @@ again on the model as pruned so far (a neuron fc1 loses is an input fc2 no longe
 slowest of them goes next, with the layers before it at their fractions. One fraction for every
 layer spends the slack evenly; a layer of a few thousand weights (a first conv, a last hidden
 layer) may cost more accuracy per group than the large one that decides the time. The price is
-a search per layer: `trials` whole runs for each.
+a search per layer: `trials` whole runs for each. A per-layer search may search both kinds at
+once (`--sparsity auto --node-sparsity auto`): each layer its own fraction of what the target
+prunes it in (a CONV's filters and an FC layer's groups on x86), all in one slowest-first order,
+so nothing is left for the user to name.
 """
 from __future__ import annotations
 
@@ -91,8 +94,9 @@ class Search:
 
 @dataclass
 class LayerSearch:
-    """A per-layer search (`search_layers`): one bisection per layer, in the order they ran."""
-    kind: str
+    """A per-layer search (`search_layers`): one bisection per layer, in the order they ran,
+    each of its layer's kind."""
+    kinds: tuple  # the kinds searched, keys of KINDS
     stages: list[Search] = field(default_factory=list)
 
     @property
@@ -105,8 +109,8 @@ class LayerSearch:
         return self.fractions or None
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "of": KINDS[self.kind], "per_layer": [s.as_dict() for s in self.stages],
-                "chosen": self.chosen}
+        return {"kinds": list(self.kinds), "of": " or ".join(KINDS[kind] for kind in self.kinds),
+                "per_layer": [s.as_dict() for s in self.stages], "chosen": self.chosen}
 
 
 def _to_stderr(message: str) -> None:
@@ -121,6 +125,23 @@ def parse_range(text: str) -> tuple[float, float]:
         raise ScalpelError(f"a search range is LOW:HIGH, fractions such as 0.8:0.97; got {text!r}") from None
     check_range(low, high)
     return low, high
+
+
+def parse_ranges(texts: list[str], kinds: list[str]) -> dict:
+    """The command line's ranges as {kind: (low, high)} for the searched `kinds`: 'LOW:HIGH' for
+    every one of them, or 'groups=LOW:HIGH' / 'nodes=LOW:HIGH' for one; a kind not named keeps
+    its DEFAULT_RANGE."""
+    ranges = {kind: DEFAULT_RANGE[kind] for kind in kinds}
+    by_name = {of: kind for kind, of in KINDS.items()}
+    for text in texts or []:
+        name, _, span = text.rpartition("=")
+        if name and by_name.get(name) not in kinds:
+            raise ScalpelError(f"a search range names {name!r}; the fractions searched are of the "
+                               f"{' and '.join(KINDS[kind] for kind in kinds)}: give "
+                               + " ".join(f"{KINDS[kind]}=LOW:HIGH" for kind in kinds) + ", or LOW:HIGH for all")
+        for kind in [by_name[name]] if name else kinds:
+            ranges[kind] = parse_range(span)
+    return ranges
 
 
 def check_range(low: float, high: float) -> None:
@@ -174,20 +195,22 @@ def search_fraction(run_trial, kind: str, *, low: float, high: float, trials: in
     return search, best
 
 
-def search_layers(run_trial, kind: str, layers: list[str], prices, *, low: float, high: float, trials: int,
-                  tolerance: float, done: list | None = None, best=None, on_trial=None, progress=None):
-    """Bisect each of `layers`' own fraction of `kind`, slowest first (module doc).
-    `run_trial({layer: fraction})` prunes gradually with those fractions, every other layer of
-    `layers` whole, and returns (model, PruneResult, test); `prices(outcome)` gives {layer:
-    predicted time} of a trial's outcome, or of the unpruned model for None. Each layer gets
-    `search_fraction`'s `trials` in (low, high) with the layers before it at what they reached (a
-    layer where no trial held stays whole). Returns (LayerSearch, the best outcome: that of the
-    last layer where a trial held, or None). A resumed search hands in the stages `done` (their
+def search_layers(run_trial, layers: dict, prices, *, ranges: dict, trials: int, tolerance: float,
+                  done: list | None = None, best=None, on_trial=None, progress=None):
+    """Bisect each of `layers`' own fraction, slowest first (module doc); `layers` is {layer: the
+    kind its fraction is of}, `ranges` {kind: (low, high)}. `run_trial({layer: fraction})` prunes
+    gradually with those fractions, every other layer of `layers` whole, and returns (model,
+    PruneResult, test); `prices(outcome)` gives {layer: predicted time} of a trial's outcome, or
+    of the unpruned model for None. Each layer gets `search_fraction`'s `trials` in its kind's
+    range with the layers before it at what they reached (a layer where no trial held stays
+    whole). Returns (LayerSearch, the best outcome: that of the last layer where a trial held,
+    or None). A resumed search hands in the stages `done` (their
     layers, in order, and trials; the last may be unfinished) and the best outcome so far;
     `on_trial(layer_search, best)` is called after every trial."""
-    check_search(kind, low, high, trials)
+    for kind, (low, high) in ranges.items():
+        check_search(kind, low, high, trials)
     progress = progress or _to_stderr
-    found = LayerSearch(kind)
+    found = LayerSearch(tuple(ranges))
     saved = list(done or [])
     while len(found.stages) < len(layers):
         searched = {stage.layer for stage in found.stages}
@@ -206,11 +229,12 @@ def search_layers(run_trial, kind: str, layers: list[str], prices, *, low: float
         def saved_trial(search, _trial, stage_best, layer=layer, stages=list(found.stages), before=best):
             search.layer = layer
             if on_trial:
-                on_trial(LayerSearch(kind, stages + [search]), stage_best or before)
+                on_trial(LayerSearch(found.kinds, stages + [search]), stage_best or before)
 
+        kind = layers[layer]
         stage, stage_best = search_fraction(
-            layer_trial, kind, low=low, high=high, trials=trials, tolerance=tolerance, done=previous,
-            best=best if any(t.held for t in previous) else None, on_trial=saved_trial,
+            layer_trial, kind, low=ranges[kind][0], high=ranges[kind][1], trials=trials, tolerance=tolerance,
+            done=previous, best=best if any(t.held for t in previous) else None, on_trial=saved_trial,
             progress=lambda message, layer=layer: progress(f"{layer}: {message}"))
         stage.layer = layer
         found.stages.append(stage)
@@ -218,11 +242,11 @@ def search_layers(run_trial, kind: str, layers: list[str], prices, *, low: float
     return found, best
 
 
-def search_onnx(model, target, data, *, kind: str, low: float, high: float, trials: int = 4,
-                train_epochs: float = 0.0, per_layer: bool = False, checkpoint=None, restart: bool = False,
-                progress=None, **options):
-    """`pruning.prune_onnx` with `kind`'s fraction searched (`search_fraction`; with `per_layer`
-    each layer's own, `search_layers`): the model is trained once (`train_epochs`, as prune_onnx
+def search_onnx(model, target, data, *, ranges: dict, trials: int = 4, train_epochs: float = 0.0,
+                per_layer: bool = False, checkpoint=None, restart: bool = False, progress=None, **options):
+    """`pruning.prune_onnx` with a fraction searched, `ranges` {kind: (low, high)} naming which
+    (`search_fraction`; with `per_layer` each layer's own, `search_layers`, which may search both
+    kinds, each layer in its kind's range): the model is trained once (`train_epochs`, as prune_onnx
     would) and every trial prunes that trained model with the other `options` unchanged. Returns
     (pruned ONNX model or, when no trial held, the trained unpruned one, the chosen trial's
     PruneResult or None, its test accuracies or None, Search or LayerSearch). With `checkpoint`
@@ -234,17 +258,22 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
     from .prune_checkpoint import Checkpoint, NoCheckpoint, model_digest
     from .pruning import BelowTolerance, prune_onnx, train_onnx
 
-    check_search(kind, low, high, trials)
-    if options.get(kind) is not None:
-        raise ScalpelError(f"{kind} is the fraction searched: name it, or search it, not both")
-    layers = _check_applies(model, target, kind, (low + high) / 2, options)
+    for kind, (low, high) in ranges.items():
+        check_search(kind, low, high, trials)
+        if options.get(kind) is not None:
+            raise ScalpelError(f"{kind} is the fraction searched: name it, or search it, not both")
+    if not ranges or (len(ranges) > 1 and not per_layer):
+        raise ScalpelError("search one fraction at a time (groups or nodes), or each layer's own fraction of "
+                           "either (per_layer, --search-per-layer)")
+    layers = _check_applies(model, target, ranges, options)
     if per_layer:
         named = sorted(set(options.get("layer_sparsity") or {}) & set(layers))
         if named:
             raise ScalpelError(f"a per-layer search finds {', '.join(named)}'s fraction: leave it out of the layer "
                                "sparsities, or search one fraction for every layer")
     tolerance = options.get("tolerance", 0.001)
-    settings = {"search": kind, "range": (low, high), "trials": trials, "train_epochs": train_epochs,
+    settings = {"search": "+".join(ranges), "range": list(ranges.values()), "trials": trials,
+                "train_epochs": train_epochs,
                 "model": model_digest(model),
                 "data": (data.name, len(data.train_x)), "target": getattr(target, "name", target),
                 **({"per_layer": True} if per_layer else {}),
@@ -275,23 +304,26 @@ def search_onnx(model, target, data, *, kind: str, low: float, high: float, tria
 
     if per_layer:
         def run_layers(fractions):  # the layers of `layers` not in `fractions` whole
-            return run(**{kind: max(fractions.values()), "layer_sparsity": {
-                **(options.get("layer_sparsity") or {}), **{name: fractions.get(name, 0.0) for name in layers}}})
+            return run(**{kind: max((f for name, f in fractions.items() if layers[name] == kind), default=0.0)
+                          for kind in ranges},
+                       layer_sparsity={**(options.get("layer_sparsity") or {}),
+                                       **{name: fractions.get(name, 0.0) for name in layers}})
 
         def save_stages(found, chosen):
             ck.save(stages=[{"layer": stage.layer, "trials": [asdict(t) for t in stage.trials]}
                             for stage in found.stages],
                     trials=[asdict(t) for stage in found.stages for t in stage.trials], best=saved(chosen))
 
-        done = [Search(kind, low, high, tolerance, [Trial(**t) for t in stage["trials"]], stage["layer"])
-                for stage in ck.get("stages", [])]
-        search, best = search_layers(run_layers, kind, layers, _pricer(trained, target, options, layers),
-                                     low=low, high=high, trials=trials, tolerance=tolerance, done=done, best=best,
+        done = [Search(layers[stage["layer"]], *ranges[layers[stage["layer"]]], tolerance,
+                       [Trial(**t) for t in stage["trials"]], stage["layer"]) for stage in ck.get("stages", [])]
+        search, best = search_layers(run_layers, layers, _pricer(trained, target, options, layers),
+                                     ranges=ranges, trials=trials, tolerance=tolerance, done=done, best=best,
                                      on_trial=save_stages, progress=progress)
     else:
         def save(search, _trial, chosen):
             ck.save(trials=[asdict(t) for t in search.trials], best=saved(chosen))
 
+        (kind, (low, high)), = ranges.items()
         search, best = search_fraction(lambda fraction: run(**{kind: fraction}), kind, low=low, high=high,
                                        trials=trials, tolerance=tolerance,
                                        done=[Trial(**t) for t in ck.get("trials", [])], best=best, on_trial=save,
@@ -325,10 +357,10 @@ def _pricer(model, target, options, layers):
     return prices
 
 
-def _check_applies(model, target, kind, fraction, options) -> list[str]:
+def _check_applies(model, target, ranges, options) -> dict:
     """Refuse, before any training, a search gradual pruning could not run (a fraction of nodes
-    where the target prunes in groups, a layer sparsity naming a layer not cut, ...); returns the
-    layers whose fraction is `kind`'s, in the model's order."""
+    where the target prunes in groups, a layer sparsity naming a layer not cut, ...); returns
+    {layer: kind} of the layers whose fraction is searched, in the model's order."""
     from .gradual_pruning import gradual_layers, layer_schedules
     from .pruning import chain_layers, pruning_strategy
     from .target import TargetSpec
@@ -337,9 +369,10 @@ def _check_applies(model, target, kind, fraction, options) -> list[str]:
     _, layers = chain_layers(model)
     strategy = pruning_strategy(spec, layers, options.get("method", "scalpel"), options.get("grouping", "aligned"),
                                 options.get("orientation"), gradual=True)
-    fractions = {"sparsity": options.get("sparsity"), "node_sparsity": options.get("node_sparsity"), kind: fraction}
+    fractions = {"sparsity": options.get("sparsity"), "node_sparsity": options.get("node_sparsity"),
+                 **{kind: (low + high) / 2 for kind, (low, high) in ranges.items()}}
     layer_schedules(strategy, fractions["sparsity"], options.get("steps", 10), options.get("layer_sparsity"),
                     fractions["node_sparsity"])
-    nodes = kind == "node_sparsity"
-    return [name for name in gradual_layers(strategy, fractions["sparsity"], fractions["node_sparsity"])
-            if (strategy[name].method == "node") == nodes]
+    kind_of = {name: "node_sparsity" if strategy[name].method == "node" else "sparsity"
+               for name in gradual_layers(strategy, fractions["sparsity"], fractions["node_sparsity"])}
+    return {name: kind for name, kind in kind_of.items() if kind in ranges}

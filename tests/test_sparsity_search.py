@@ -96,20 +96,20 @@ def test_a_search_gradual_pruning_cannot_run_is_refused_before_any_training():
     data = datasets.load("mnist", limit=500)
     lenet5 = paper_nets.network("lenet5")
     with pytest.raises(ScalpelError, match="found no node-pruned layer"):  # a Cortex-M prunes groups only
-        search_onnx(lenet5, "cortex-m4", data, kind="node_sparsity", low=0.0, high=0.9, train_epochs=100)
+        search_onnx(lenet5, "cortex-m4", data, ranges={"node_sparsity": (0.0, 0.9)}, train_epochs=100)
     with pytest.raises(ScalpelError, match="fc1 is pruned in groups: give --sparsity for them too"):
-        search_onnx(lenet5, "x86-avx2", data, kind="node_sparsity", low=0.0, high=0.9, train_epochs=100)
+        search_onnx(lenet5, "x86-avx2", data, ranges={"node_sparsity": (0.0, 0.9)}, train_epochs=100)
     with pytest.raises(ScalpelError, match="name it, or search it, not both"):
-        search_onnx(lenet5, "x86-avx2", data, kind="sparsity", low=0.0, high=0.9, sparsity=0.5)
+        search_onnx(lenet5, "x86-avx2", data, ranges={"sparsity": (0.0, 0.9)}, sparsity=0.5)
     with pytest.raises(ScalpelError, match="this model is not one"):
-        search_onnx(onnx.ModelProto(), "x86-avx2", data, kind="sparsity", low=0.0, high=0.9)
+        search_onnx(onnx.ModelProto(), "x86-avx2", data, ranges={"sparsity": (0.0, 0.9)})
     with pytest.raises(ScalpelError, match="at least one trial"):  # train_epochs=100 would take minutes
-        search_onnx(lenet5, "x86-avx2", data, kind="sparsity", low=0.0, high=0.9, trials=0, train_epochs=100)
+        search_onnx(lenet5, "x86-avx2", data, ranges={"sparsity": (0.0, 0.9)}, trials=0, train_epochs=100)
 
 
 def _search(high=0.9, **kwargs):
     data = datasets.load("mnist", limit=1500)
-    return search_onnx(paper_nets.network("lenet_300_100"), "x86-avx2", data, kind="sparsity", low=0.5, high=high,
+    return search_onnx(paper_nets.network("lenet_300_100"), "x86-avx2", data, ranges={"sparsity": (0.5, high)},
                        trials=2, train_epochs=0.2, epochs=0.1, steps=2, orientation="1xg", tolerance=1.0,
                        **kwargs)
 
@@ -240,6 +240,8 @@ def test_the_pruning_benchmark_searches_scalpels_fraction_and_keeps_the_baseline
 # makes c cheaper (as node shrinking does), and each layer holds up to its own limit.
 PRICES = {"a": 5.0, "b": 3.0, "c": 4.0}
 LIMITS = {"a": 0.6, "b": 0.8, "c": 0.3}
+ABC = dict.fromkeys("abc", "sparsity")  # each layer's kind
+GROUPS = {"sparsity": (0.0, 0.97)}
 
 
 def layer_outcome(fractions, limits=LIMITS):
@@ -268,8 +270,8 @@ def test_a_per_layer_search_goes_slowest_first_reranks_and_holds_the_searched_la
         return layer_outcome(fractions)
 
     said = []
-    found, best = sparsity_search.search_layers(run_trial, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
-                                                high=0.97, trials=5, tolerance=0.001, progress=said.append)
+    found, best = sparsity_search.search_layers(run_trial, ABC, layer_prices, ranges=GROUPS, trials=5,
+                                                tolerance=0.001, progress=said.append)
     assert [stage.layer for stage in found.stages] == ["a", "b", "c"]
     assert said[0].startswith("per-layer search: a next, the slowest left (a 5, b 3, c 4)")
     resolution = 0.97 / 2 ** 5 + 0.002
@@ -287,8 +289,8 @@ def test_a_layer_no_fraction_holds_for_stays_whole_and_the_search_goes_on():
     def run_trial(fractions):
         return layer_outcome(fractions, dict(LIMITS, b=0.0))  # any cut of b loses accuracy
 
-    found, best = sparsity_search.search_layers(run_trial, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
-                                                high=0.97, trials=3, tolerance=0.001, progress=lambda _: None)
+    found, best = sparsity_search.search_layers(run_trial, ABC, layer_prices, ranges=GROUPS, trials=3,
+                                                tolerance=0.001, progress=lambda _: None)
     assert set(found.fractions) == {"a", "c"}
     assert next(stage for stage in found.stages if stage.layer == "b").chosen is None
     assert "b" not in best[0]  # c's trials ran with b whole
@@ -298,8 +300,8 @@ def test_a_layer_no_fraction_holds_for_stays_whole_and_the_search_goes_on():
 def test_an_interrupted_per_layer_search_resumes_where_it_stopped():
     """Stopped in b's search, the same search handed the stages saved so far goes on from that
     trial: no trial is run twice, and it ends where an uninterrupted one does."""
-    straight, _ = sparsity_search.search_layers(layer_outcome, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
-                                                high=0.97, trials=3, tolerance=0.001, progress=lambda _: None)
+    straight, _ = sparsity_search.search_layers(layer_outcome, ABC, layer_prices, ranges=GROUPS, trials=3,
+                                                tolerance=0.001, progress=lambda _: None)
     saved, calls = [], []
 
     def stop_at_the_fifth(fractions):
@@ -309,16 +311,16 @@ def test_an_interrupted_per_layer_search_resumes_where_it_stopped():
         return layer_outcome(fractions)
 
     with pytest.raises(KeyboardInterrupt):
-        sparsity_search.search_layers(stop_at_the_fifth, "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
-                                      high=0.97, trials=3, tolerance=0.001, progress=lambda _: None,
+        sparsity_search.search_layers(stop_at_the_fifth, ABC, layer_prices, ranges=GROUPS, trials=3,
+                                      tolerance=0.001, progress=lambda _: None,
                                       on_trial=lambda found, best: saved.append((found, best)))
     found, best = saved[-1]
     assert [(s.layer, len(s.trials)) for s in found.stages] == [(straight.stages[0].layer, 3),
                                                                 (straight.stages[1].layer, 1)]
     again = []
     resumed, best = sparsity_search.search_layers(
-        lambda f: again.append(f) or layer_outcome(f), "sparsity", ["a", "b", "c"], layer_prices, low=0.0,
-        high=0.97, trials=3, tolerance=0.001, done=found.stages, best=best, progress=lambda _: None)
+        lambda f: again.append(f) or layer_outcome(f), ABC, layer_prices, ranges=GROUPS, trials=3, tolerance=0.001,
+        done=found.stages, best=best, progress=lambda _: None)
     assert len(again) == 9 - 4 and again[0] == calls[4]
     assert resumed.as_dict() == straight.as_dict() and best[0] == straight.fractions
 
@@ -368,3 +370,63 @@ def test_scalpel_prune_searches_each_layers_fraction_and_resumes_a_per_layer_sea
     for a, b in zip(read_chain(onnx.load(str(tmp_path / "straight.onnx")))[1],
                     read_chain(onnx.load(str(tmp_path / "resumed.onnx")))[1]):
         np.testing.assert_array_equal(a.get("w_nk"), b.get("w_nk"))
+
+
+def test_a_per_layer_search_of_both_kinds_searches_each_layer_in_its_kinds_range():
+    """Filters (node_sparsity) and groups (sparsity) in one slowest-first order: each stage
+    bisects its layer's own kind within that kind's range, and the report names both kinds."""
+    kinds = {"a": "node_sparsity", "b": "sparsity", "c": "sparsity"}
+    ranges = {"node_sparsity": (0.0, 0.9), "sparsity": (0.5, 0.97)}
+    calls = []
+
+    def run_trial(fractions):
+        calls.append(fractions)
+        return layer_outcome(fractions)
+
+    found, _ = sparsity_search.search_layers(run_trial, kinds, layer_prices, ranges=ranges, trials=3, tolerance=0.001,
+                                             progress=lambda _: None)
+    assert [(s.layer, s.kind, (s.low, s.high)) for s in found.stages] == [
+        ("a", "node_sparsity", (0.0, 0.9)), ("b", "sparsity", (0.5, 0.97)), ("c", "sparsity", (0.5, 0.97))]
+    assert [c["a"] for c in calls[:3]] == [0.45, 0.675, 0.562]  # a's bisection of (0, 90%): its limit is 60%
+    assert all(0.5 < t.fraction < 0.97 for stage in found.stages[1:] for t in stage.trials)
+    assert found.fractions["b"] <= LIMITS["b"] and "c" not in found.fractions  # c's limit, 30%, is below its range
+    report = found.as_dict()
+    assert report["kinds"] == ["node_sparsity", "sparsity"] and report["of"] == "nodes or groups"
+    assert "of the nodes in (0%, 90%)" in "\n".join(prune_report.search_lines(report))
+
+
+def test_scalpel_prune_searches_lenet5s_filters_and_groups_each_layer_its_own(tmp_path, capsys):
+    """`--sparsity auto --node-sparsity auto --search-per-layer` on LeNet-5 for x86 (reduced, every
+    trial held, one trial a layer): conv1's and conv2's filters and fc1's groups, each at the
+    middle of its kind's range, slowest first as the cost model prices them; the written model
+    has each layer cut to its fraction, and nothing was named but the ranges."""
+    model_path, out, report_dir = tmp_path / "lenet5.onnx", tmp_path / "pruned.onnx", tmp_path / "r"
+    onnx.save(paper_nets.network("lenet5"), model_path)
+    assert main(["prune", str(model_path), "--target", "x86-avx2", "--out", str(out), "--report", str(report_dir),
+                 "--limit", "1500", "--train-epochs", "0.2", "--epochs", "0.1", "--steps", "2", "--orientation", "1xg",
+                 "--sparsity", "auto", "--node-sparsity", "auto", "--search-per-layer", "--search-range",
+                 "groups=0.5:0.9", "nodes=0.2:0.8", "--search-trials", "1", "--tolerance", "100"]) == 0
+    err = capsys.readouterr().err
+    first = re.search(r"per-layer search: (\w+) next, the slowest left \((conv1 .*, conv2 .*, fc1 .*)\)", err)
+    prices = {name: float(price) for name, price in (pair.split() for pair in first[2].split(", "))}
+    assert first[1] == max(prices, key=prices.get)
+    report = json.loads((report_dir / "prune.json").read_text())
+    assert report["settings"]["sparsity"] is None and report["settings"]["node_sparsity"] is None
+    assert report["settings"]["layer_sparsity"] == {"conv1": 0.5, "conv2": 0.5, "fc1": 0.7}
+    assert report["search"]["per_layer"][0]["layer"] == first[1]
+    assert {s["layer"]: s["kind"] for s in report["search"]["per_layer"]} == {
+        "conv1": "node_sparsity", "conv2": "node_sparsity", "fc1": "sparsity"}
+    layers = read_chain(onnx.load(str(out)))[1]
+    dead = {layer["name"]: int((~layer["w_nk"].any(axis=1)).sum()) for layer in layers if layer["op"] == "conv"}
+    assert dead == {"conv1": 10, "conv2": 25}  # half of 20 and of 50 filters
+    # conv2's dead filters empty half of fc1's groups (their inputs); the 70% asked for cuts more
+    assert report["layers"]["fc1"]["group_sparsity"] >= 0.7 - 0.01
+
+
+def test_a_search_range_names_a_searched_kind():
+    assert sparsity_search.parse_ranges(["0.3:0.9", "groups=0.8:0.97"], ["sparsity", "node_sparsity"]) == {
+        "sparsity": (0.8, 0.97), "node_sparsity": (0.3, 0.9)}
+    assert sparsity_search.parse_ranges([], ["node_sparsity"]) == {"node_sparsity": (0.0, 0.9)}
+    with pytest.raises(ScalpelError, match="a search range names 'nodes'; the fractions searched are of the groups: "
+                                           "give groups=LOW:HIGH, or LOW:HIGH for all"):
+        sparsity_search.parse_ranges(["nodes=0.3:0.9"], ["sparsity"])
