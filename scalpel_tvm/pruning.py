@@ -45,15 +45,15 @@ from .unaligned_groups import cover_count, unaligned_mask
 IMPORTANCE = ("rms", "max", "mean")
 METHODS = ("scalpel", "traditional", "optimized")
 # The loop each method runs: optimized is traditional's loop with another ending (its dense reverts)
+LOOP_OF = {"scalpel": "scalpel", "traditional": "magnitude", "optimized": "magnitude"}
+GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: groups, or single weights (traditional)
+GROUPINGS = ("aligned", "dp", "greedy")  # aligned groups, or unaligned ones (Lee et al.)
+
+
 class BelowTolerance(UserWarning):
     """A gradual run ended below the tolerance: it prunes to the fraction asked for and reports
     the loss rather than undoing it. A fraction search expects some of its trials to end so and
     silences this for them (`sparsity_search.search_onnx`)."""
-
-
-LOOP_OF = {"scalpel": "scalpel", "traditional": "magnitude", "optimized": "magnitude"}
-GROUP_METHODS = ("simd", "magnitude")  # what prune_simd prunes: groups, or single weights (traditional)
-GROUPINGS = ("aligned", "dp", "greedy")  # aligned groups, or unaligned ones (Lee et al.)
 
 
 def _blocks(w_nk: np.ndarray, group: int, orientation: str) -> np.ndarray:
