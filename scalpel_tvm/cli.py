@@ -242,6 +242,10 @@ def _prune(args) -> None:
     for option, given in (("--search-range", args.search_range), ("--search-per-layer", args.search_per_layer)):
         if given and not searched:
             raise ScalpelError(f"{option} is for a searched fraction: --sparsity auto or --node-sparsity auto")
+    if searched:
+        from .sparsity_search import parse_ranges, search_onnx
+
+        ranges = parse_ranges(args.search_range, searched)  # before the model and data load
     model = load_onnx(args.model)
     data = datasets.load(args.data, limit=args.limit)
     checkpoint = args.checkpoint or f"{out}.checkpoint"
@@ -251,15 +255,10 @@ def _prune(args) -> None:
                    method=args.method, grouping=args.groups, objective=args.objective, dropout=args.dropout, recover=args.recover,
                    order_neurons=args.order_neurons, anneal=args.anneal, finetune=args.finetune, distill=args.distill,
                    orientation=args.orientation, steps=args.steps, layer_sparsity=layer_sparsity)
-    fractions = {"sparsity": args.sparsity, "node_sparsity": args.node_sparsity}
+    fractions = {kind: getattr(args, kind) for kind in ("sparsity", "node_sparsity") if kind not in searched}
     search = None
     try:
         if searched:
-            from .sparsity_search import parse_ranges, search_onnx
-
-            ranges = parse_ranges(args.search_range, searched)
-            for kind in searched:
-                del fractions[kind]
             pruned, result, test, search = search_onnx(model, args.target, data, ranges=ranges,
                                                        trials=args.search_trials, train_epochs=args.train_epochs,
                                                        per_layer=args.search_per_layer, checkpoint=checkpoint,
